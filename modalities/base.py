@@ -1,0 +1,80 @@
+"""The contract every modality implements, and the error type for bad input.
+
+A modality turns one source file into records (`read`), declares the Arrow schema of those
+records (`schema`), computes dataset statistics from the written shards (`fit_stats`), and writes
+realistic demo files in its real format (`demo`). The ingest framework (pipelines/) owns listing
+sources, parallelism, shard writing, quarantine and the manifest; the modality owns the science.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pyarrow as pa
+
+
+class ModalityError(Exception):
+    """Bad input: the message is a reason a person understands (the file is named by the caller)."""
+
+
+@dataclass(frozen=True)
+class ReadContext:
+    """What the ingest framework tells a reader besides the file itself.
+
+    source: the source as the user named it (path or URL), for ids and messages.
+    local_path: a local file to open (remote sources are copied to a temp file first).
+    size: bytes of the source file.
+    max_file_bytes: refuse inputs whose decoded payload would exceed this (checked from headers,
+        before allocating).
+    """
+
+    source: str
+    local_path: str
+    size: int
+    max_file_bytes: int
+
+
+class Modality:
+    """Base class: subclasses set `name`, `extensions`, `options_type` and implement the methods."""
+
+    name: ClassVar[str]
+    #: lower-case file-name suffixes a directory scan picks up, e.g. (".nii", ".nii.gz")
+    extensions: ClassVar[tuple[str, ...]]
+    #: a dataclass type holding this modality's preprocessing options (JSON-serialisable fields)
+    options_type: ClassVar[type]
+
+    def add_cli_options(self, parser: argparse.ArgumentParser) -> None:
+        """Add this modality's options to the ingest CLI."""
+
+    def options_from_args(self, args: argparse.Namespace) -> Any:
+        """Build the options dataclass from parsed CLI arguments."""
+        return self.options_type()
+
+    def schema(self, opts: Any) -> pa.Schema:
+        """Arrow schema of the records `read` yields (without the framework's `id`/`source`)."""
+        raise NotImplementedError
+
+    def read(self, ctx: ReadContext, opts: Any) -> Iterator[dict[str, Any]]:
+        """Yield the records of one source; raise `ModalityError` for bad input."""
+        raise NotImplementedError
+
+    def fit_stats(self, batches: Iterable[pa.RecordBatch], opts: Any) -> dict[str, Any]:
+        """Dataset statistics from the written records (JSON-serialisable). Default: none."""
+        return {}
+
+    def demo(self, out_dir: str | Path, n: int, seed: int) -> list[str]:
+        """Write `n` realistic raw files in this modality's format; return their paths."""
+        raise NotImplementedError
+
+    def library_versions(self) -> dict[str, str]:
+        """Versions of the libraries whose behaviour shapes the records (for the manifest)."""
+        return {}
+
+    def matches(self, path: str) -> bool:
+        """Whether a directory scan should pick up `path`."""
+        lower = path.lower()
+        return any(lower.endswith(ext) for ext in self.extensions)
