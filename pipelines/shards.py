@@ -117,6 +117,30 @@ def is_tensor_type(t: pa.DataType) -> bool:
     return isinstance(t, pa.FixedShapeTensorType)
 
 
+def row_sizes(table: pa.Table) -> np.ndarray:
+    """Bytes each row occupies in Arrow buffers (data + offsets), exact for flat columns.
+
+    Used to cut shards at deterministic rows; nested columns fall back to their average.
+    """
+    import pyarrow.compute as pc
+
+    sizes = np.zeros(table.num_rows, dtype=np.int64)
+    for col in table.columns:
+        t = col.type
+        storage = t.storage_type if isinstance(t, pa.ExtensionType) else t
+        if isinstance(storage, pa.FixedSizeListType) and pa.types.is_primitive(storage.value_type):
+            sizes += storage.list_size * storage.value_type.bit_width // 8
+        elif pa.types.is_primitive(storage) and storage.bit_width >= 8:
+            sizes += storage.bit_width // 8
+        elif pa.types.is_string(storage) or pa.types.is_binary(storage):
+            sizes += 4 + pc.binary_length(col).fill_null(0).to_numpy(zero_copy_only=False)
+        elif pa.types.is_large_string(storage) or pa.types.is_large_binary(storage):
+            sizes += 8 + pc.binary_length(col).fill_null(0).to_numpy(zero_copy_only=False)
+        else:
+            sizes += max(1, col.nbytes // max(1, len(col)))
+    return sizes
+
+
 def records_to_table(records: Sequence[Mapping[str, Any]], schema: pa.Schema) -> pa.Table:
     """Build a table from record dicts; numpy arrays go into fixed-shape tensor columns.
 
@@ -252,18 +276,20 @@ class ShardWriter:
         if not table.schema.equals(self.schema):
             raise ValueError(f"table schema differs from the writer's:\n{table.schema}")
         committed = []
-        # Split the incoming table so that shard boundaries fall on the same rows however
-        # the caller chunked its writes.
-        offset = 0
+        # Boundaries come from exact per-row sizes, so they fall on the same rows however the
+        # caller chunked its writes (a resumed ingest re-feeds a sliced source).
+        cum = np.cumsum(row_sizes(table))
+        offset, consumed = 0, 0
         while offset < table.num_rows:
-            rest = table.slice(offset)
-            row_bytes = max(1, rest.nbytes // max(1, rest.num_rows))
             room = self.target_bytes - self._buffered_bytes
-            take = max(1, -(-room // row_bytes))  # ceil: the row that crosses the target closes it
-            part = rest.slice(0, take)
+            # first row whose cumulative size reaches the room closes the shard
+            end = int(np.searchsorted(cum, consumed + room, side="left")) + 1
+            end = min(max(end, offset + 1), table.num_rows)
+            part = table.slice(offset, end - offset)
             self._buffer.append(part)
-            self._buffered_bytes += part.nbytes
-            offset += part.num_rows
+            self._buffered_bytes += int(cum[end - 1] - consumed)
+            consumed = int(cum[end - 1])
+            offset = end
             if self._buffered_bytes >= self.target_bytes:
                 committed.append(self.flush())
         return committed
@@ -298,7 +324,10 @@ def write_shard(
     rel = shard_name(index)
     final = root / rel
     final.parent.mkdir(parents=True, exist_ok=True)
-    row_bytes = max(1, table.nbytes // max(1, table.num_rows))
+    # A compact copy: uniform record batches and no bytes of sliced-away rows, whatever the
+    # input chunking, so equal rows give equal files.
+    table = table.take(pa.array(np.arange(table.num_rows, dtype=np.int64)))
+    row_bytes = max(1, -(-int(row_sizes(table).sum()) // max(1, table.num_rows)))
     batch_rows = max(1, batch_bytes // row_bytes)
     options = pa.ipc.IpcWriteOptions(compression=compression)
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
@@ -560,6 +589,10 @@ class ShardDataset:
             self.verify_shard(i)
         elif not path.is_file():
             raise ShardError(f"{path}: shard is missing")
+        elif path.stat().st_size != info.bytes:
+            raise ShardError(
+                f"{path}: shard is {path.stat().st_size} bytes, the manifest says {info.bytes}"
+            )
         try:
             source = pa.memory_map(str(path)) if info.compression is None else pa.OSFile(str(path))
             r = pa.ipc.open_file(source)
