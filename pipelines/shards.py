@@ -300,9 +300,7 @@ class ShardWriter:
         self._buffer, self._buffered_bytes = [], 0
         if table is None or table.num_rows == 0:
             return None  # type: ignore[return-value]
-        info = write_shard(
-            self.root, self.next_index, table, self.compression, self.batch_bytes
-        )
+        info = write_shard(self.root, self.next_index, table, self.compression, self.batch_bytes)
         self.next_index += 1
         self.shards.append(info)
         return info
@@ -467,7 +465,7 @@ def load_manifest(root: str | Path) -> dict[str, Any]:
     path = root / INDEX_FILE
     if not path.is_file():
         if (root / SHARDS_DIR).is_dir():
-            raise ShardError(f"{path}: no manifest; the dataset was never committed (re-run ingest)")
+            raise ShardError(f"{path}: no manifest; the dataset was never committed (rerun ingest)")
         raise ShardError(f"{root}: not a jepa-forge dataset directory (no {INDEX_FILE})")
     try:
         manifest = json.loads(path.read_text())
@@ -478,7 +476,7 @@ def load_manifest(root: str | Path) -> dict[str, Any]:
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
         raise ShardError(
-            f"{path}: format version {version} is not supported (this reader reads {FORMAT_VERSION})"
+            f"{path}: format version {version} is not supported (this reader: {FORMAT_VERSION})"
         )
     return manifest
 
@@ -598,9 +596,11 @@ class ShardDataset:
             r = pa.ipc.open_file(source)
         except (OSError, pa.ArrowInvalid) as e:
             raise ShardError(f"{path}: unreadable shard ({e})") from e
-        n = sum(r.get_batch(j).num_rows for j in range(r.num_record_batches)) if (
-            info.compression is None
-        ) else None
+        n = (
+            sum(r.get_batch(j).num_rows for j in range(r.num_record_batches))
+            if (info.compression is None)
+            else None
+        )
         if n is not None and n != info.rows:
             raise ShardError(f"{path}: shard holds {n} rows, the manifest says {info.rows}")
         self._readers[i] = r
@@ -648,8 +648,10 @@ class ShardDataset:
             piece = batch.slice(row, 1)
             pieces.append(piece.select(list(columns)) if columns is not None else piece)
         if not pieces:
-            schema = self.schema if columns is None else pa.schema(
-                [self.schema.field(c) for c in columns]
+            schema = (
+                self.schema
+                if columns is None
+                else pa.schema([self.schema.field(c) for c in columns])
             )
             return schema.empty_table()
         return pa.Table.from_batches(pieces)

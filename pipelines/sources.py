@@ -38,11 +38,9 @@ class Source:
 
 
 def _is_url(s: str) -> bool:
-    return "://" in s and not s.startswith("file://")
-
-
-def _local(path: str) -> str:
-    return path[len("file://") :] if path.startswith("file://") else path
+    # file:// URLs take the same pyarrow filesystem path as s3:// or gs:// ones (so that path is
+    # exercised wherever the tests run); plain paths are listed with os.
+    return "://" in s
 
 
 def list_sources(
@@ -65,7 +63,7 @@ def list_sources(
             except (OSError, ValueError, SourceError) as e:
                 problems.append(f"{raw}: {e}")
             continue
-        item = _local(raw)
+        item = raw
         if glob.has_magic(item):
             hits = sorted(glob.glob(item, recursive=True))
             if not hits:
@@ -132,13 +130,15 @@ def _list_remote(url: str, matches: Callable[[str], bool]) -> list[Source]:
 def local_copy(source: str):
     """A local path for `source`: the file itself, or a temp copy of a remote one."""
     if not _is_url(source):
-        yield _local(source)
+        yield source
         return
     fs, path = pafs.FileSystem.from_uri(source)
+    # compression=None: pyarrow would otherwise gunzip a .gz stream, and readers want the file
+    # as it is.
     suffix = "".join(Path(path).suffixes[-2:])
     fd, tmp = tempfile.mkstemp(prefix="jepa-forge-src-", suffix=suffix)
     try:
-        with os.fdopen(fd, "wb") as out, fs.open_input_stream(path) as inp:
+        with os.fdopen(fd, "wb") as out, fs.open_input_stream(path, compression=None) as inp:
             shutil.copyfileobj(inp, out, 8 * 1024 * 1024)
         yield tmp
     finally:

@@ -65,8 +65,9 @@ def test_round_trip_every_record(tmp_path, compression):
 
 
 def test_manifest_contents(tmp_path):
-    manifest = write_dataset(tmp_path, "test", SCHEMA, make_records(10), options={"a": 1},
-                             stats={"median": [1.0]})
+    manifest = write_dataset(
+        tmp_path, "test", SCHEMA, make_records(10), options={"a": 1}, stats={"median": [1.0]}
+    )
     on_disk = json.loads((tmp_path / INDEX_FILE).read_text())
     assert on_disk == manifest
     assert manifest["format_version"] == 1 and manifest["modality"] == "test"
@@ -173,7 +174,9 @@ def test_plain_pyarrow_reads_a_shard_without_our_code(tmp_path):
     )
     out = subprocess.run(
         [sys.executable, "-I", "-c", code, str(tmp_path / "shards/part-00000.arrow")],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert float(out.stdout) == pytest.approx(float(recs[2]["x"].sum()), rel=1e-5)
 

@@ -1,0 +1,552 @@
+"""`python -m pipelines.ingest <modality>`: raw files -> an Arrow shard dataset, on Ray Data.
+
+The plan (sorted sources) runs as a Ray Data `map_batches` over one source per task: read and
+preprocess on workers, ordered results back to the driver, which cuts shards (pipelines.shards)
+and commits the manifest last. `ray.init()` without an address starts a local instance; with
+`--address` (or RAY_ADDRESS) the same job runs on a cluster.
+
+Resume: after every committed shard a journal records how far the plan got (sources done, and
+records of the current source already in shards). Running the same command again reuses the
+committed shards and re-reads only what was not committed, so the result is byte-identical to an
+uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from modalities import Modality, available, get_modality
+from pipelines import demo as demo_data
+from pipelines.shards import (
+    DEFAULT_SHARD_BYTES,
+    ERRORS_FILE,
+    INDEX_FILE,
+    SHARDS_DIR,
+    STATS_FILE,
+    ShardError,
+    ShardInfo,
+    ShardWriter,
+    atomic_write_bytes,
+    atomic_write_json,
+    build_manifest,
+    commit_manifest,
+    json_dumps,
+    load_manifest,
+    remove_stale_temp_files,
+    sha256_file,
+)
+from pipelines.sources import Source, list_sources
+from pipelines.worker import full_schema, payload_table, read_batch
+
+JOURNAL_FILE = ".ingest-journal.json"
+DEFAULT_MAX_FILE_BYTES = 16 * 1024**3
+
+
+class IngestError(Exception):
+    """The job as a whole cannot run (bad arguments, an output directory we must not touch)."""
+
+
+@dataclass
+class IngestConfig:
+    modality: str
+    inputs: list[str]
+    output: Path
+    options: Any  # the modality's options dataclass
+    address: str | None = None
+    num_cpus: int | None = None
+    shard_bytes: int = DEFAULT_SHARD_BYTES
+    compression: str | None = None
+    overwrite: bool = False
+    strict: bool = False
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+    quiet: bool = False
+
+
+@dataclass
+class IngestResult:
+    output: Path
+    sources_ok: int = 0
+    sources_quarantined: int = 0
+    records: int = 0
+    shards: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+    input_bytes: int = 0
+    resumed: bool = False
+    up_to_date: bool = False
+    errors: list[dict[str, Any]] = field(default_factory=list)
+
+    def summary(self, modality: str) -> str:
+        mbps = self.input_bytes / 1e6 / self.seconds if self.seconds > 0 else 0.0
+        extra = " (already complete)" if self.up_to_date else (" (resumed)" if self.resumed else "")
+        return (
+            f"ingest {modality}: {self.sources_ok} sources ok, {self.sources_quarantined} "
+            f"quarantined, {self.records} records, {self.shards} shards, "
+            f"{self.bytes / 1e6:.1f} MB, {self.seconds:.1f} s, {mbps:.1f} MB/s raw input "
+            f"-> {self.output}{extra}"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# the job
+
+
+def fingerprint(cfg: IngestConfig, sources: Sequence[Source], problems: Sequence[str]) -> str:
+    """Identity of a job: what a resume must match and what makes a dataset up to date."""
+    ident = {
+        "modality": cfg.modality,
+        "options": dataclasses.asdict(cfg.options),
+        "sources": [s.to_json() for s in sources],
+        "problems": list(problems),
+        "shard_bytes": cfg.shard_bytes,
+        "compression": cfg.compression,
+        "max_file_bytes": cfg.max_file_bytes,
+    }
+    return hashlib.sha256(json_dumps(ident).encode()).hexdigest()
+
+
+def _prepare_output(cfg: IngestConfig, fp: str) -> dict[str, Any] | None:
+    """Decide what the output directory holds. Returns a journal to resume from, or None.
+
+    Raises IngestError when the directory holds something we must not overwrite, and
+    _UpToDate when it already holds this exact job's dataset.
+    """
+    out = cfg.output
+    if cfg.overwrite and out.exists():
+        # The manifest goes first: a killed overwrite must not leave an old manifest over
+        # new shards.
+        (out / INDEX_FILE).unlink(missing_ok=True)
+        for name in (JOURNAL_FILE, ERRORS_FILE, STATS_FILE):
+            (out / name).unlink(missing_ok=True)
+        shutil.rmtree(out / SHARDS_DIR, ignore_errors=True)
+        remove_stale_temp_files(out)
+    out.mkdir(parents=True, exist_ok=True)
+    index, journal_path = out / INDEX_FILE, out / JOURNAL_FILE
+    if index.exists():
+        try:
+            manifest = load_manifest(out)
+        except ShardError as e:
+            raise IngestError(f"{e}; pass --overwrite to replace it") from e
+        if manifest.get("fingerprint") == fp:
+            raise _UpToDate(manifest)
+        raise IngestError(
+            f"{out} already holds a dataset built from other inputs or options; "
+            "pass --overwrite to replace it, or choose another --output"
+        )
+    if journal_path.exists():
+        try:
+            journal = json.loads(journal_path.read_text())
+        except ValueError as e:
+            raise IngestError(f"{journal_path}: unreadable journal ({e}); use --overwrite") from e
+        if journal.get("fingerprint") != fp:
+            raise IngestError(
+                f"{out} holds an unfinished ingest of other inputs or options; "
+                "pass --overwrite to start over, or choose another --output"
+            )
+        return journal
+    ours = {SHARDS_DIR, ERRORS_FILE, STATS_FILE}
+    foreign = [p.name for p in out.iterdir() if p.name not in ours and not p.name.startswith(".")]
+    if foreign:
+        raise IngestError(
+            f"{out} is not empty and is not a jepa-forge dataset (holds {foreign[0]!r}); "
+            "choose an empty or new --output"
+        )
+    return None
+
+
+class _UpToDate(Exception):
+    def __init__(self, manifest: dict[str, Any]) -> None:
+        self.manifest = manifest
+
+
+def _restore(out: Path, journal: dict[str, Any]) -> list[ShardInfo]:
+    """Committed shards from the journal, checked against the files; orphans removed."""
+    shards = []
+    for entry in journal["shards"]:
+        info = ShardInfo(**entry)
+        path = out / info.file
+        if (
+            not path.is_file()
+            or path.stat().st_size != info.bytes
+            or sha256_file(path) != (info.sha256)
+        ):
+            raise IngestError(
+                f"{path}: committed shard is missing or altered; pass --overwrite to start over"
+            )
+        shards.append(info)
+    keep = {s.file for s in shards}
+    for p in (out / SHARDS_DIR).glob("part-*.arrow"):
+        if f"{SHARDS_DIR}/{p.name}" not in keep:
+            p.unlink()  # written after the last journal entry: it will be rewritten identically
+    return shards
+
+
+def _write_journal(
+    out: Path,
+    fp: str,
+    shards: Sequence[ShardInfo],
+    results: dict[int, dict[str, Any]],
+    next_source: int,
+    skip_records: int,
+) -> None:
+    atomic_write_json(
+        out / JOURNAL_FILE,
+        {
+            "fingerprint": fp,
+            "shards": [s.to_json() for s in shards],
+            "results": {str(k): v for k, v in results.items() if k < next_source},
+            "next_source": next_source,
+            "skip_records": skip_records,
+        },
+    )
+
+
+def _init_ray(cfg: IngestConfig):
+    import logging
+
+    import ray
+
+    if ray.is_initialized():
+        return ray, False
+    kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "include_dashboard": False}
+    address = cfg.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        kwargs["address"] = address
+    elif cfg.num_cpus:
+        kwargs["num_cpus"] = cfg.num_cpus
+    ray.init(**kwargs)
+    return ray, True
+
+
+def run_ingest(cfg: IngestConfig) -> IngestResult:
+    """Run one ingest job; see the module docstring."""
+    t0 = time.perf_counter()
+    modality = get_modality(cfg.modality)
+    sources, problems = list_sources(cfg.inputs, modality.matches)
+    if not sources:
+        detail = "; ".join(problems) if problems else "no inputs given"
+        raise IngestError(f"no input files found ({detail})")
+    out = cfg.output
+    fp = fingerprint(cfg, sources, problems)
+    result = IngestResult(output=out)
+    try:
+        journal = _prepare_output(cfg, fp)
+    except _UpToDate as done:
+        t = done.manifest["totals"]
+        result.__dict__.update(
+            sources_ok=t["sources_ok"],
+            sources_quarantined=t["sources_quarantined"],
+            records=t["records"],
+            shards=t["shards"],
+            bytes=t["bytes"],
+            up_to_date=True,
+            seconds=time.perf_counter() - t0,
+        )
+        return result
+    remove_stale_temp_files(out)
+
+    schema = full_schema(modality.schema(cfg.options))
+    results: dict[int, dict[str, Any]] = {}
+    shards: list[ShardInfo] = []
+    next_source, skip = 0, 0
+    if journal is not None:
+        shards = _restore(out, journal)
+        results = {int(k): v for k, v in journal["results"].items()}
+        next_source, skip = journal["next_source"], journal["skip_records"]
+        result.resumed = True
+    else:
+        _write_journal(out, fp, [], {}, 0, 0)  # marks the directory as ours from the start
+    writer = ShardWriter(out, schema, cfg.shard_bytes, cfg.compression, start_index=len(shards))
+    writer.shards = list(shards)
+
+    todo = sources[next_source:]
+    if todo:
+        result.input_bytes = sum(s.size for s in todo)
+        _run_plan(cfg, modality, todo, next_source, skip, writer, results, out, fp)
+    writer.close()
+    shards = writer.shards
+
+    ok = [r for r in results.values() if r["status"] == "ok"]
+    if ok:
+        stats = modality.fit_stats(_iter_shard_batches(out, shards), cfg.options)
+        atomic_write_json(out / STATS_FILE, stats)
+    errors = [
+        {"path": sources[i].path, "reason": r["reason"], "exception": r["exception"]}
+        for i, r in sorted(results.items())
+        if r["status"] != "ok"
+    ] + [
+        {"path": p.split(": ", 1)[0], "reason": p.split(": ", 1)[-1], "exception": "SourceError"}
+        for p in problems
+    ]
+    atomic_write_bytes(out / ERRORS_FILE, "".join(json.dumps(e) + "\n" for e in errors).encode())
+    source_rows = [
+        {**sources[i].to_json(), "records": r["records"], "status": r["status"]}
+        for i, r in sorted(results.items())
+    ]
+    elapsed = time.perf_counter() - t0
+    manifest = build_manifest(
+        modality=cfg.modality,
+        schema=schema,
+        shards=shards,
+        sources=source_rows,
+        options=dataclasses.asdict(cfg.options),
+        library_versions={**_framework_versions(), **modality.library_versions()},
+        timing={
+            "created_unix": round(time.time(), 3),
+            "seconds": round(elapsed, 3),
+            "resumed": result.resumed,
+        },
+    )
+    manifest["fingerprint"] = fp
+    manifest["ingest"] = {
+        "shard_bytes": cfg.shard_bytes,
+        "compression": cfg.compression,
+        "max_file_bytes": cfg.max_file_bytes,
+        "input_problems": list(problems),
+    }
+    commit_manifest(out, manifest)
+    (out / JOURNAL_FILE).unlink(missing_ok=True)
+
+    result.sources_ok = len(ok)
+    result.sources_quarantined = len(results) - len(ok) + len(problems)
+    result.records = sum(s.rows for s in shards)
+    result.shards = len(shards)
+    result.bytes = sum(s.bytes for s in shards)
+    result.errors = errors
+    result.seconds = elapsed
+    return result
+
+
+def _run_plan(
+    cfg: IngestConfig,
+    modality: Modality,
+    todo: Sequence[Source],
+    first: int,
+    skip: int,
+    writer: ShardWriter,
+    results: dict[int, dict[str, Any]],
+    out: Path,
+    fp: str,
+) -> None:
+    ray, started = _init_ray(cfg)
+    try:
+        from ray.data import DataContext
+
+        ctx = DataContext.get_current()
+        # Shards must be cut from records in plan order, whatever order workers finish in.
+        ctx.execution_options.preserve_order = True
+        items = [{"index": first + i, "path": s.path, "size": s.size} for i, s in enumerate(todo)]
+        ds = ray.data.from_items(items, override_num_blocks=len(items))
+        ds = ds.map_batches(
+            read_batch,
+            batch_size=1,
+            batch_format="numpy",
+            num_cpus=1,
+            fn_kwargs={
+                "modality_name": cfg.modality,
+                "options": dataclasses.asdict(cfg.options),
+                "max_file_bytes": cfg.max_file_bytes,
+            },
+        )
+        for row in ds.iter_rows():
+            index = int(row["index"])
+            payload = row.pop("payload")
+            results[index] = {k: row[k] for k in ("status", "reason", "exception", "records")}
+            results[index]["records"] = int(results[index]["records"])
+            if row["status"] != "ok":
+                if not cfg.quiet:
+                    print(
+                        f"quarantined {todo[index - first].path}: {row['reason']}", file=sys.stderr
+                    )
+                continue
+            table = payload_table(payload)
+            start = skip if index == first else 0
+            if start > table.num_rows:
+                raise IngestError(
+                    f"{todo[index - first].path}: yields {table.num_rows} records now but "
+                    f"{start} were committed before; the source changed, use --overwrite"
+                )
+            table = table.slice(start)
+            fed = table.num_rows
+            if writer.write(table):
+                committed_here = fed - writer.buffered_rows
+                if writer.buffered_rows == 0:
+                    _write_journal(out, fp, writer.shards, results, index + 1, 0)
+                else:
+                    _write_journal(out, fp, writer.shards, results, index, start + committed_here)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _iter_shard_batches(out: Path, shards: Sequence[ShardInfo]):
+    for s in shards:
+        with (
+            pa.memory_map(str(out / s.file))
+            if s.compression is None
+            else pa.OSFile(str(out / s.file)) as src
+        ):
+            reader = pa.ipc.open_file(src)
+            for j in range(reader.num_record_batches):
+                yield reader.get_batch(j)
+
+
+def _framework_versions() -> dict[str, str]:
+    import numpy as np
+
+    versions = {
+        "pyarrow": pa.__version__,
+        "numpy": np.__version__,
+        "python": sys.version.split()[0],
+    }
+    try:
+        import ray
+
+        versions["ray"] = ray.__version__
+    except ImportError:  # pragma: no cover - ray is a dependency; this only guards odd installs
+        pass
+    return versions
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+
+
+def build_parser(modality_name: str | None = None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m pipelines.ingest",
+        description="Turn raw files of one modality into a jepa-forge Arrow shard dataset.",
+    )
+    p.add_argument("modality", choices=available(), help="which modality to ingest")
+    p.add_argument(
+        "--input",
+        "-i",
+        action="append",
+        default=[],
+        metavar="PATH|GLOB|URL",
+        help="a file, directory (searched recursively), glob or pyarrow URL; repeatable. "
+        "Without it, built-in demo data is generated (cached) and ingested.",
+    )
+    p.add_argument(
+        "--output",
+        "-o",
+        type=Path,
+        default=None,
+        help="dataset directory (default: datasets/<modality>)",
+    )
+    p.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster address (default: RAY_ADDRESS, else a local Ray instance)",
+    )
+    p.add_argument(
+        "--num-cpus", type=int, default=None, help="CPUs of the local Ray instance (default: all)"
+    )
+    p.add_argument(
+        "--shard-size",
+        type=float,
+        default=DEFAULT_SHARD_BYTES / 2**20,
+        metavar="MB",
+        help="target shard size in MiB before compression (default: 128)",
+    )
+    p.add_argument(
+        "--compression",
+        choices=["none", "lz4", "zstd"],
+        default="none",
+        help="Arrow IPC buffer compression (none keeps shards memory-mappable)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace whatever dataset or unfinished ingest the output holds",
+    )
+    p.add_argument(
+        "--strict", action="store_true", help="exit non-zero when any source is quarantined"
+    )
+    p.add_argument(
+        "--max-file-bytes",
+        type=int,
+        default=DEFAULT_MAX_FILE_BYTES,
+        metavar="N",
+        help="refuse sources whose decoded data would exceed N bytes (default 16 GiB)",
+    )
+    p.add_argument(
+        "--demo-n",
+        type=int,
+        default=None,
+        help="number of demo files to generate when no --input is given",
+    )
+    p.add_argument("--demo-seed", type=int, default=0, help="seed of the demo data")
+    p.add_argument("--quiet", action="store_true", help="print only the summary line")
+    if modality_name is not None:
+        get_modality(modality_name).add_cli_options(p)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # The modality's own options are added once we know which modality was asked for.
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("modality", nargs="?")
+    known, _ = pre.parse_known_args(argv)
+    name = known.modality if known.modality in available() else None
+    args = build_parser(name).parse_args(argv)
+    modality = get_modality(args.modality)
+    try:
+        options = modality.options_from_args(args)
+    except (ValueError, TypeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    inputs = list(args.input)
+    if not inputs:
+        demo_dir = demo_data.ensure_demo(modality, n=args.demo_n, seed=args.demo_seed)
+        print(f"no --input given: using demo data in {demo_dir}", file=sys.stderr)
+        inputs = [str(demo_dir)]
+    cfg = IngestConfig(
+        modality=args.modality,
+        inputs=inputs,
+        output=args.output or Path("datasets") / args.modality,
+        options=options,
+        address=args.address,
+        num_cpus=args.num_cpus,
+        shard_bytes=max(1, int(args.shard_size * 2**20)),
+        compression=None if args.compression == "none" else args.compression,
+        overwrite=args.overwrite,
+        strict=args.strict,
+        max_file_bytes=args.max_file_bytes,
+        quiet=args.quiet,
+    )
+    try:
+        result = run_ingest(cfg)
+    except (IngestError, ShardError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(result.summary(args.modality))
+    if result.sources_ok == 0:
+        print("error: no source was ingested; see errors.jsonl", file=sys.stderr)
+        return 1
+    if cfg.strict and result.sources_quarantined:
+        print(
+            f"error: {result.sources_quarantined} sources quarantined (--strict); "
+            f"see {cfg.output / ERRORS_FILE}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,245 @@
+"""The ingest framework end to end on real fMRI files: Ray Data plan, quarantine, determinism,
+resume after kill -9, rerun/overwrite rules, source listing."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipelines import ingest
+from pipelines.shards import INDEX_FILE, ShardDataset
+from pipelines.sources import list_sources
+
+pytestmark = pytest.mark.slow
+
+WINDOW = 40  # small windows: several records per demo scan, quick tests
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import logging
+
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+    from ray.data import DataContext
+
+    DataContext.get_current().enable_progress_bars = False
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> Path:
+    from modalities.fmri import generate_cohort
+
+    root = tmp_path_factory.mktemp("cohort")
+    generate_cohort(root, n_subjects=4, seed=3, n_frames=130, voxel_mm=8.0)
+    return root
+
+
+def run_cli(*args: str) -> tuple[int, str, str]:
+    import contextlib
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = ingest.main(["fmri", "--window", str(WINDOW), "--quiet", *args])
+    return code, out.getvalue(), err.getvalue()
+
+
+def shard_bytes(root: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((root / "shards").glob("*.arrow"))}
+
+
+def without_timing(manifest: dict) -> dict:
+    return {k: v for k, v in manifest.items() if k != "timing"}
+
+
+def test_cohort_end_to_end(ray_local, cohort, tmp_path):
+    out = tmp_path / "ds"
+    code, stdout, _ = run_cli("--input", str(cohort), "--output", str(out))
+    assert code == 0
+    summary = stdout.strip().splitlines()[-1]
+    assert summary.startswith("ingest fmri: 4 sources ok, 0 quarantined, 12 records")
+    assert "MB/s raw input" in summary
+    ds = ShardDataset(out, verify="all")
+    m = ds.manifest
+    assert m["modality"] == "fmri" and len(ds) == 12  # 130 frames -> 3 windows of 40, 4 scans
+    assert [s["status"] for s in m["sources"]] == ["ok"] * 4
+    assert all(s["records"] == 3 for s in m["sources"])
+    assert m["options"]["window"] == WINDOW and "nibabel" in m["library_versions"]
+    rec = ds[5]
+    assert rec["bold"].shape == (rec["n_rois"], WINDOW) and rec["bold"].dtype == np.float32
+    assert rec["id"] == f"{rec['source']}#2" and "sub-02" in rec["source"]
+    assert np.isfinite(rec["bold"]).all() and rec["bold"].std() > 0
+    assert {"roi_median", "roi_iqr", "gradients"} <= set(ds.stats)
+    assert ds.errors() == [] and not (out / ingest.JOURNAL_FILE).exists()
+
+
+def write_bad_files(d: Path, cohort: Path) -> dict[str, str]:
+    """Bad inputs with a NIfTI name; returns file name -> a word its reason must contain."""
+    import nibabel as nib
+
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "empty.nii.gz").write_bytes(b"")
+    (d / "notes.nii").write_text("these are my notes, not a scan\n" * 20)
+    good = next(cohort.glob("sub-*/func/*.nii.gz")).read_bytes()
+    (d / "truncated.nii.gz").write_bytes(good[: len(good) // 2])
+    img3d = nib.Nifti1Image(np.ones((4, 4, 4), np.float32), np.eye(4))
+    nib.save(img3d, d / "anat3d.nii.gz")
+    (d / "garbage.nii.gz").write_bytes(gzip.compress(os.urandom(600)))
+    return {
+        "empty": "empty",
+        "notes": "nifti",
+        "truncated": "truncated",
+        "anat3d": "3d",
+        "garbage": "nifti",
+    }
+
+
+def test_bad_files_are_quarantined_and_good_ones_land(ray_local, cohort, tmp_path):
+    bad = write_bad_files(tmp_path / "bad", cohort)
+    out = tmp_path / "ds"
+    code, stdout, _ = run_cli(
+        "--input", str(cohort), "--input", str(tmp_path / "bad"), "--output", str(out)
+    )
+    assert code == 0, "quarantine alone must not fail the run"
+    assert "4 sources ok, 5 quarantined, 12 records" in stdout
+    errors = {Path(e["path"]).name.split(".")[0]: e for e in ShardDataset(out).errors()}
+    assert set(errors) == set(bad)
+    for name, word in bad.items():
+        assert word in errors[name]["reason"].lower(), errors[name]
+    assert len(ShardDataset(out, verify="all")) == 12
+    # --strict turns quarantine into failure, without redoing the work
+    code, stdout, err = run_cli(
+        "--input", str(cohort), "--input", str(tmp_path / "bad"), "--output", str(out), "--strict"
+    )
+    assert code == 1 and "already complete" in stdout and "--strict" in err
+
+
+def test_no_good_source_fails(ray_local, cohort, tmp_path):
+    write_bad_files(tmp_path / "bad", cohort)
+    code, _, err = run_cli("--input", str(tmp_path / "bad"), "--output", str(tmp_path / "ds"))
+    assert code == 1 and "no source was ingested" in err
+    code, _, err = run_cli("--input", str(tmp_path / "nowhere"), "--output", str(tmp_path / "x"))
+    assert code == 2 and "no such file or directory" in err
+
+
+def test_deterministic_and_rerun_rules(ray_local, cohort, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for out in (a, b):
+        assert run_cli("--input", str(cohort), "--output", str(out), "--shard-size", "0.05")[0] == 0
+    assert len(shard_bytes(a)) > 1 and shard_bytes(a) == shard_bytes(b)
+    ma, mb = (json.loads((d / INDEX_FILE).read_text()) for d in (a, b))
+    assert without_timing(ma) == without_timing(mb)
+    assert (a / "stats.json").read_bytes() == (b / "stats.json").read_bytes()
+    # same job again: nothing to do; other options: refused unless --overwrite
+    code, stdout, _ = run_cli("--input", str(cohort), "--output", str(a), "--shard-size", "0.05")
+    assert code == 0 and "already complete" in stdout
+    code, _, err = run_cli("--input", str(cohort), "--output", str(a))
+    assert code == 2 and "--overwrite" in err
+    assert shard_bytes(a) == shard_bytes(b), "a refused run must not touch the dataset"
+    code, _, _ = run_cli("--input", str(cohort), "--output", str(a), "--overwrite")
+    assert code == 0 and len(shard_bytes(a)) == 1
+
+
+def test_refuses_foreign_directory(ray_local, cohort, tmp_path):
+    (tmp_path / "thesis.tex").write_text("precious")
+    code, _, err = run_cli("--input", str(cohort), "--output", str(tmp_path))
+    assert code == 2 and "not a jepa-forge dataset" in err
+    assert (tmp_path / "thesis.tex").read_text() == "precious"
+
+
+def test_url_and_glob_sources(ray_local, cohort, tmp_path):
+    scans = sorted(cohort.glob("sub-*/func/*.nii.gz"))
+    url = "file://" + str(scans[0])
+    pattern = str(cohort / "sub-0[23]" / "func" / "*.nii.gz")
+    out = tmp_path / "ds"
+    code, stdout, _ = run_cli("--input", url, "--input", pattern, "--output", str(out))
+    assert code == 0 and "3 sources ok" in stdout
+    paths = [s["path"] for s in ShardDataset(out).manifest["sources"]]
+    assert url in paths and str(scans[1]) in paths and str(scans[2]) in paths
+
+
+def test_list_sources_filters_and_reports(cohort, tmp_path):
+    (tmp_path / "readme.txt").write_text("x")
+    (tmp_path / "scan.nii").write_bytes(b"")
+    sources, problems = list_sources(
+        [
+            str(tmp_path),
+            str(cohort / "sub-01"),
+            str(tmp_path / "missing.nii"),
+            str(tmp_path / "*.nii.gz"),
+        ],
+        lambda p: p.endswith((".nii", ".nii.gz")),
+    )
+    assert [s.path for s in sources] == sorted(s.path for s in sources)
+    assert {Path(s.path).name for s in sources} == {"scan.nii", "sub-01_task-rest_bold.nii.gz"}
+    assert any("missing.nii: no such file" in p for p in problems)
+    assert any("matches no file" in p for p in problems)
+
+
+def test_resume_after_kill_is_byte_identical(cohort, tmp_path):
+    """kill -9 the whole job after its first shard is committed; rerun; compare with a clean run."""
+    env = {**os.environ, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
+    base = [
+        sys.executable,
+        "-m",
+        "pipelines.ingest",
+        "fmri",
+        "--input",
+        str(cohort),
+        "--window",
+        str(WINDOW),
+        "--num-cpus",
+        "2",
+        "--shard-size",
+        "0.02",
+        "--quiet",
+    ]
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    proc = subprocess.Popen(
+        [*base, "--output", str(killed)],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    journal = killed / ingest.JOURNAL_FILE
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if journal.exists() and json.loads(journal.read_text() or "{}").get("shards"):
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run ended before it could be killed"
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert not (killed / INDEX_FILE).exists(), "killed before completion: no manifest yet"
+    committed = json.loads(journal.read_text())["shards"]
+    assert committed
+    resumed = subprocess.run(
+        [*base, "--output", str(killed)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert "(resumed)" in resumed.stdout
+    subprocess.run(
+        [*base, "--output", str(clean)], env=env, check=True, capture_output=True, timeout=300
+    )
+    assert shard_bytes(killed) == shard_bytes(clean)
+    mk, mc = (json.loads((d / INDEX_FILE).read_text()) for d in (killed, clean))
+    assert without_timing(mk) == without_timing(mc)
+    ds = ShardDataset(killed, verify="all")
+    ids = [r for b in ds.iter_batches(columns=["id"]) for r in b.column("id").to_pylist()]
+    assert len(ids) == len(set(ids)) == 12
