@@ -1,4 +1,4 @@
-"""Modalities: one module per data type (reader, tokenizer, positional embedding, masker, demo data).
+"""Modalities: one module per data type (reader, tokenizer, positional embedding, masker, demo).
 
 May import numpy, pyarrow and torch at top level. Heavy readers (nibabel, mne, open3d, librosa, av)
 are imported inside the functions that need them, so `engine` and `kernels` load without them.
