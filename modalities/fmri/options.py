@@ -1,0 +1,86 @@
+"""fMRI options and the paper/format constants they default to."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+#: the built-in parcellation, made by modalities/data/make_default_atlas.py (see docs/fmri.md)
+DEFAULT_ATLAS_PATH = DATA_DIR / "default_atlas_450.nii.gz"
+
+#: Brain-JEPA's window: 160 frames per sample.
+DEFAULT_WINDOW = 160
+#: Brain-JEPA's gradient positional embedding uses 30 gradient dimensions.
+DEFAULT_GRADIENT_DIMS = 30
+#: BrainSpace's default: keep the strongest 10% of connections of each ROI before the kernel.
+GRADIENT_SPARSITY = 0.9
+#: Diffusion maps' anisotropy; 0.5 is BrainSpace's and Margulies et al. 2016's choice.
+DIFFUSION_ALPHA = 0.5
+#: At most this many values are kept (per dataset, over all ROIs) to estimate median / IQR.
+ROBUST_SAMPLE_VALUES = 1 << 24
+#: A TR "in seconds" above this is read as milliseconds: no BOLD protocol has TR > 100 s, while
+#: several converters write milliseconds under a seconds unit (nibabel's own example4d.nii.gz).
+MAX_PLAUSIBLE_TR_S = 100.0
+#: A TR below this (after unit conversion) is refused: 20 Hz is faster than any BOLD acquisition.
+MIN_PLAUSIBLE_TR_S = 0.05
+
+_TIME_UNIT_SECONDS = {"sec": 1.0, "msec": 1e-3, "usec": 1e-6}
+_GZIP_MAGIC = b"\x1f\x8b"
+_NIFTI2_MAGIC = b"n+2\x00\r\n\x1a\n"
+
+
+@dataclass(frozen=True)
+class FmriOptions:
+    """Preprocessing options of the fMRI reader (all JSON-serialisable; recorded in the manifest).
+
+    atlas: label image (3D, integer labels, 0 = background); None = the built-in 450-parcel atlas.
+    tr: repetition time in seconds, overriding the header's.
+    target_tr: resample every scan to this TR (seconds); None keeps each scan's own TR.
+    window: frames per record (after resampling). hop: frames between window starts (None = window).
+    detrend: remove a linear trend per ROI. high_pass / low_pass: Butterworth band edges in Hz.
+    standardize: z-score each ROI over the whole scan (after resampling).
+    min_roi_coverage: refuse a scan in which fewer than this fraction of ROIs have signal.
+    gradient_dims: dimensions of the brain-gradient vector in the dataset statistics.
+    """
+
+    atlas: str | None = None
+    tr: float | None = None
+    target_tr: float | None = None
+    window: int = DEFAULT_WINDOW
+    hop: int | None = None
+    detrend: bool = True
+    high_pass: float | None = None
+    low_pass: float | None = None
+    standardize: bool = True
+    min_roi_coverage: float = 0.5
+    gradient_dims: int = DEFAULT_GRADIENT_DIMS
+
+    def __post_init__(self) -> None:
+        if self.hop is None:
+            object.__setattr__(self, "hop", self.window)
+        problems = []
+        if not isinstance(self.window, int) or self.window < 1:
+            problems.append(f"window must be a positive number of frames, got {self.window!r}")
+        if not isinstance(self.hop, int) or self.hop < 1:
+            problems.append(f"hop must be a positive number of frames, got {self.hop!r}")
+        for name in ("tr", "target_tr", "high_pass", "low_pass"):
+            value = getattr(self, name)
+            if value is not None and not (np.isfinite(value) and value > 0):
+                problems.append(f"{name} must be a positive number, got {value!r}")
+        if (
+            self.high_pass is not None
+            and self.low_pass is not None
+            and not self.high_pass < self.low_pass
+        ):
+            problems.append(
+                f"high_pass ({self.high_pass} Hz) must be below low_pass ({self.low_pass} Hz)"
+            )
+        if not 0.0 <= self.min_roi_coverage <= 1.0:
+            problems.append(f"min_roi_coverage must be in [0, 1], got {self.min_roi_coverage!r}")
+        if not isinstance(self.gradient_dims, int) or self.gradient_dims < 1:
+            problems.append(f"gradient_dims must be a positive integer, got {self.gradient_dims!r}")
+        if problems:
+            raise ValueError("invalid fMRI options: " + "; ".join(problems))
