@@ -78,3 +78,27 @@ class Modality:
         """Whether a directory scan should pick up `path`."""
         lower = path.lower()
         return any(lower.endswith(ext) for ext in self.extensions)
+
+    # -- model side (used by the engine; see modalities/grid.py for generic grid pieces)
+
+    def tokenize(self, record: dict[str, Any], stats: dict[str, Any], cfg: Any) -> dict[str, Any]:
+        """Turn one record into tokens for the encoder.
+
+        Returns at least ``tokens`` (float32 [N, patch_dim]) and ``coords`` (int [N, c], the
+        token's position on this modality's grid, what the embedder and masker read). `stats` is
+        the dataset's statistics (stats.json); `cfg` is the engine's resolved config.
+        """
+        raise NotImplementedError(f"{self.name} has no tokenizer")
+
+    def masker(self, cfg: Any) -> Any:
+        """A callable ``(rng: np.random.Generator, coords) -> (context_idx, [target_idx, ...])``.
+
+        Index arrays point into the sample's tokens; lengths vary per sample (never truncated).
+        """
+        raise NotImplementedError(f"{self.name} has no masker")
+
+    def embedder(self, cfg: Any) -> Any:
+        """An ``nn.Module``: ``forward(tokens [B, N, patch_dim], coords [B, N, c]) -> [B, N, D]``
+        (patch embedding plus positions) and ``position(coords) -> [B, N, D]`` (positions alone),
+        with ``D = cfg.model.embed_dim``."""
+        raise NotImplementedError(f"{self.name} has no embedder")
