@@ -40,6 +40,7 @@ from modalities.fmri.scan import (
     clean_signals,
     header_tr,
     parcellate,
+    participant_values,
     resample_tr,
 )
 from modalities.fmri.stats import connectivity_gradients, fit_fmri_stats
@@ -155,6 +156,15 @@ class FmriModality(Modality):
             metavar="N",
             help=f"brain-gradient dimensions in stats (default {DEFAULT_GRADIENT_DIMS})",
         )
+        g.add_argument(
+            "--participants-column",
+            dest="fmri_participants_columns",
+            action="append",
+            default=[],
+            metavar="NAME",
+            help="copy this column of the BIDS participants.tsv into every record (repeatable), "
+            "e.g. a diagnosis or group label for probes",
+        )
 
     def options_from_args(self, args: argparse.Namespace) -> FmriOptions:
         atlas = getattr(args, "fmri_atlas", None)
@@ -171,6 +181,7 @@ class FmriModality(Modality):
             standardize=getattr(args, "fmri_standardize", True),
             min_roi_coverage=getattr(args, "fmri_min_roi_coverage", 0.5),
             gradient_dims=getattr(args, "fmri_gradient_dims", DEFAULT_GRADIENT_DIMS),
+            participants_columns=tuple(getattr(args, "fmri_participants_columns", ())),
         )
 
     def schema(self, opts: FmriOptions) -> pa.Schema:
@@ -180,7 +191,7 @@ class FmriModality(Modality):
             "fmri.atlas_sha256": atlas.sha256,
             "fmri.roi_labels": json.dumps(list(atlas.label_values)),
         }
-        return _schema(atlas.n_rois, opts.window, metadata)
+        return _schema(atlas.n_rois, opts.window, metadata, opts.participants_columns)
 
     def read(self, ctx: ReadContext, opts: FmriOptions) -> Iterator[dict[str, Any]]:
         atlas = load_atlas(opts.atlas)
@@ -195,9 +206,11 @@ class FmriModality(Modality):
         signals, present, out_tr = clean_signals(signals, present, scan.tr, opts)
         missing = [int(i) for i in np.flatnonzero(~present)]
         entities = bids_entities(ctx.source)
+        extra = participant_values(ctx.source, entities["subject"], opts.participants_columns)
         bold = signals.astype(np.float32)
         for start in range(0, bold.shape[0] - opts.window + 1, opts.hop):
             yield {
+                **extra,
                 **entities,
                 "window_start": start,
                 "window_start_s": start * out_tr,

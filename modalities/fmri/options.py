@@ -27,6 +27,23 @@ MAX_PLAUSIBLE_TR_S = 100.0
 #: A TR below this (after unit conversion) is refused: 20 Hz is faster than any BOLD acquisition.
 MIN_PLAUSIBLE_TR_S = 0.05
 
+#: the record fields the reader always writes (participants columns may not reuse them)
+RECORD_FIELDS = (
+    "id",
+    "source",
+    "subject",
+    "session",
+    "task",
+    "run",
+    "window_start",
+    "window_start_s",
+    "tr",
+    "n_rois",
+    "n_missing_rois",
+    "missing_rois",
+    "bold",
+)
+
 _TIME_UNIT_SECONDS = {"sec": 1.0, "msec": 1e-3, "usec": 1e-6}
 _GZIP_MAGIC = b"\x1f\x8b"
 _NIFTI2_MAGIC = b"n+2\x00\r\n\x1a\n"
@@ -44,6 +61,8 @@ class FmriOptions:
     standardize: z-score each ROI over the whole scan (after resampling).
     min_roi_coverage: refuse a scan in which fewer than this fraction of ROIs have signal.
     gradient_dims: dimensions of the brain-gradient vector in the dataset statistics.
+    participants_columns: columns of the BIDS participants.tsv (found in a folder above the scan)
+        copied into every record as strings, e.g. ("group", "age") for probes.
     """
 
     atlas: str | None = None
@@ -57,11 +76,18 @@ class FmriOptions:
     standardize: bool = True
     min_roi_coverage: float = 0.5
     gradient_dims: int = DEFAULT_GRADIENT_DIMS
+    participants_columns: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.hop is None:
             object.__setattr__(self, "hop", self.window)
+        # JSON (the manifest) and Ray hand lists back; the options stay hashable tuples.
+        object.__setattr__(self, "participants_columns", tuple(self.participants_columns))
         problems = []
+        reserved = set(RECORD_FIELDS)
+        for col in self.participants_columns:
+            if not isinstance(col, str) or not col or col in reserved or col == "participant_id":
+                problems.append(f"participants column {col!r} is empty or clashes with a field")
         if not isinstance(self.window, int) or self.window < 1:
             problems.append(f"window must be a positive number of frames, got {self.window!r}")
         if not isinstance(self.hop, int) or self.hop < 1:

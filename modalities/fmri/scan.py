@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import csv
+import functools
 import gzip
 import os
 import re
 import struct
 import zlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -352,9 +355,44 @@ def bids_entities(source: str) -> dict[str, str | None]:
     return {"subject": subject, "session": found["ses"], "task": found["task"], "run": found["run"]}
 
 
-def _schema(n_rois: int, window: int, metadata: dict[str, str]) -> pa.Schema:
+def find_participants_tsv(source: str) -> Path | None:
+    """The nearest participants.tsv in a folder above a local scan (BIDS puts it at the root)."""
+    if "://" in source:
+        return None
+    for folder in Path(source).resolve().parents:
+        candidate = folder / "participants.tsv"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+@functools.lru_cache(maxsize=8)
+def _participants_table(path: str, mtime_ns: int) -> dict[str, dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    if rows and "participant_id" not in rows[0]:
+        raise ModalityError(f"{path} has no participant_id column")
+    return {r["participant_id"]: r for r in rows}
+
+
+def participant_values(source: str, subject: str, columns: tuple[str, ...]) -> dict[str, Any]:
+    """The requested participants.tsv columns for `subject` (None where absent or 'n/a')."""
+    if not columns:
+        return {}
+    path = find_participants_tsv(source)
+    row: dict[str, str] = {}
+    if path is not None:
+        table = _participants_table(str(path), path.stat().st_mtime_ns)
+        row = table.get(f"sub-{subject}") or table.get(subject) or {}
+    return {c: (None if row.get(c) in (None, "", "n/a") else row[c]) for c in columns}
+
+
+def _schema(
+    n_rois: int, window: int, metadata: dict[str, str], participants_columns: tuple[str, ...] = ()
+) -> pa.Schema:
     return pa.schema(
         [
+            *(pa.field(c, pa.string()) for c in participants_columns),
             pa.field("subject", pa.string(), nullable=False),
             pa.field("session", pa.string()),
             pa.field("task", pa.string()),

@@ -692,3 +692,29 @@ def test_atlas_resampling_matches_nilearn_nearest(zooms, shape):
     ours = _nearest_labels(atlas, shape, affine)
     assert (ours > 0).sum() > 10000
     np.testing.assert_array_equal(ours, np.asarray(ref.dataobj).astype(np.int32))
+
+
+def test_participants_columns_join_bids_participants_tsv(demo_cohort, tmp_path):
+    opts = FmriOptions(participants_columns=["group", "coupling"])  # lists come back from JSON
+    assert opts.participants_columns == ("group", "coupling")
+    schema = MODALITY.schema(opts)
+    assert schema.field("group").type == pa.string()
+    root = Path(demo_cohort[0]).parents[2]
+    rows = dict(
+        line.split("\t")[:2] for line in (root / "participants.tsv").read_text().splitlines()[1:]
+    )
+    for path in demo_cohort:
+        recs = read_all(Path(path), opts)
+        assert {r["group"] for r in recs} == {rows[f"sub-{recs[0]['subject']}"]}
+        assert all(r["coupling"] is not None for r in recs)
+    assert {rows["sub-01"], rows["sub-02"]} == {"control", "coupled"}
+    # a scan with no participants.tsv above it still lands, with nulls
+    lone = tmp_path / "lone.nii.gz"
+    lone.write_bytes(Path(demo_cohort[0]).read_bytes())
+    assert {r["group"] for r in read_all(lone, opts)} == {None}
+
+
+@pytest.mark.parametrize("bad", ["bold", "subject", "participant_id", ""])
+def test_participants_columns_may_not_clash(bad):
+    with pytest.raises(ValueError, match="participants column"):
+        FmriOptions(participants_columns=(bad,))
