@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# One call on a lent GPU box: the kernel tests on the GPU, then the bench, in under 5 minutes.
+# Needs python with torch, triton and pytest; installs nothing and uses no network.
+# Usage (from anywhere): bash kernels/device_check.sh [OUT_DIR]   (default: $OUT or ./device_check)
+# Every step has its own timeout so one hang cannot eat the budget; logs and JSON land in OUT_DIR.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-python}"
+OUT_DIR="${1:-${OUT:-device_check}}"
+mkdir -p "$OUT_DIR"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+start=$SECONDS
+status=0
+
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+  "$PY" -c "import sys, torch, triton; print('python', sys.version.split()[0], 'torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
+} 2>&1 | tee "$OUT_DIR/device.txt"
+
+# Tests: compile time dominates, so four pytest processes share the CPU cores.
+ATTN=tests/kernels/interpret/test_interp_attention.py
+run_tests() {  # name, pytest args...
+  local name=$1; shift
+  timeout 170 "$PY" -m pytest -q -p no:cacheprovider "$@" >"$OUT_DIR/tests_$name.txt" 2>&1
+  echo "$name rc=$?" >>"$OUT_DIR/tests_rc.txt"
+}
+: >"$OUT_DIR/tests_rc.txt"
+run_tests attn_fp32 "$ATTN" -k "not gpu_half" &
+run_tests attn_bf16 "$ATTN" -k "gpu_half and bf16" &
+run_tests attn_fp16 "$ATTN" -k "gpu_half and fp16" &
+run_tests rest tests/kernels --ignore "$ATTN" &
+wait
+cat "$OUT_DIR/tests_rc.txt"
+for f in "$OUT_DIR"/tests_[a-z]*_*.txt "$OUT_DIR"/tests_rest.txt; do tail -n 3 "$f"; done
+grep -q "rc=[^0]" "$OUT_DIR/tests_rc.txt" && status=1
+echo "tests done at $((SECONDS - start)) s"
+
+# Bench: JEPA presets without FlexAttention (it compiles per shape), then FlexAttention on one
+# preset, then the head-dim-128 long-sequence point for the FlashAttention-3 comparison.
+bench() {  # name, seconds, bench args...
+  local name=$1 secs=$2; shift 2
+  timeout "$secs" "$PY" -m kernels.bench --json "$OUT_DIR/bench_$name.json" "$@" \
+    >"$OUT_DIR/bench_$name.txt" 2>&1
+  local rc=$?
+  echo "bench $name rc=$rc"; tail -n 1 "$OUT_DIR/bench_$name.txt"
+  [ $rc -eq 0 ] || status=1
+}
+bench main 90 --no-flex
+bench flex 50 --kernels attention --presets vit-l
+bench hd128 30 --kernels attention --presets hd128 --batch 8 --keep 1,1 --no-flex
+echo "device check finished in $((SECONDS - start)) s, status $status"
+exit $status

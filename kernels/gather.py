@@ -1,0 +1,299 @@
+"""Fused token gather for JEPA masking: pick each sample's kept tokens, add positions, pack.
+
+``gather_tokens(x, idx, cu_seqlens, pos)`` returns ``out [T, D]`` with
+``out[t] = x[b, idx[t]] + pos[idx[t]]`` where ``b`` is the sample owning position ``t``
+(``cu_seqlens[b] <= t < cu_seqlens[b + 1]``). Samples keep different numbers of tokens and the
+result is already packed for :func:`kernels.attention.varlen_attention`.
+
+Reads are one row of ``x`` (and ``pos``) per output row plus one index; the kernel finds each
+row's sample by binary search in ``cu_seqlens``, so no per-token batch id is materialised. This
+replaces I-JEPA's ``apply_masks``, which expands each index to an int64 ``[B, K, D]`` tensor (eight
+bytes of index per payload element) and needs the same ``K`` for every sample.
+
+Backward scatters ``dout`` into ``dx``: plain stores (deterministic) when every sample's indices
+are unique, fp32 atomics when they may repeat. ``dpos`` is ``dx`` summed over the batch, because
+``x[b, n]`` and ``pos[n]`` receive exactly the same gradient terms.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels import _dispatch
+from kernels._dispatch import Backend
+
+
+@triton.jit
+def _find_sample(CU, offs_t, batch, search_steps, BLOCK_T: tl.constexpr):
+    # Largest b in [0, batch) with cu[b] <= t; empty samples (cu[b] == cu[b+1]) are skipped
+    # because the next non-empty sample starts at the same offset and is larger.
+    lo = tl.zeros([BLOCK_T], dtype=tl.int32)
+    hi = tl.zeros([BLOCK_T], dtype=tl.int32) + (batch - 1)
+    for _ in range(search_steps):
+        mid = (lo + hi + 1) // 2
+        right = tl.load(CU + mid) <= offs_t
+        lo = tl.where(right, mid, lo)
+        hi = tl.where(right, hi, mid - 1)
+    return lo
+
+
+@triton.jit
+def _gather_fwd_kernel(
+    X,
+    IDX,
+    CU,
+    POS,
+    OUT,
+    total,
+    dim,
+    batch,
+    search_steps,
+    stride_xb,
+    stride_xn,
+    stride_pn,
+    stride_ot,
+    HAS_POS: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    offs_t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    t_ok = offs_t < total
+    mask = t_ok[:, None] & (offs_d < dim)[None, :]
+    b = _find_sample(CU, offs_t, batch, search_steps, BLOCK_T).to(tl.int64)
+    i = tl.load(IDX + offs_t, mask=t_ok, other=0).to(tl.int64)
+    row = b * stride_xb + i * stride_xn
+    val = tl.load(X + row[:, None] + offs_d[None, :], mask=mask, other=0.0)
+    if HAS_POS:
+        p = tl.load(POS + (i * stride_pn)[:, None] + offs_d[None, :], mask=mask, other=0.0)
+        val = val.to(tl.float32) + p.to(tl.float32)
+    out_ptrs = OUT + offs_t.to(tl.int64)[:, None] * stride_ot + offs_d[None, :]
+    tl.store(out_ptrs, val.to(OUT.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _gather_bwd_kernel(
+    DOUT,
+    IDX,
+    CU,
+    DX,
+    total,
+    dim,
+    batch,
+    search_steps,
+    stride_dot,
+    stride_dxb,
+    stride_dxn,
+    ATOMIC: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    offs_t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    t_ok = offs_t < total
+    mask = t_ok[:, None] & (offs_d < dim)[None, :]
+    b = _find_sample(CU, offs_t, batch, search_steps, BLOCK_T).to(tl.int64)
+    i = tl.load(IDX + offs_t, mask=t_ok, other=0).to(tl.int64)
+    g = tl.load(
+        DOUT + offs_t.to(tl.int64)[:, None] * stride_dot + offs_d[None, :], mask=mask, other=0.0
+    )
+    dx_ptrs = DX + (b * stride_dxb + i * stride_dxn)[:, None] + offs_d[None, :]
+    if ATOMIC:
+        tl.atomic_add(dx_ptrs, g.to(tl.float32), mask=mask, sem="relaxed")
+    else:
+        # Unique indices per sample: each dx row has at most one writer, so a store suffices.
+        tl.store(dx_ptrs, g.to(DX.dtype.element_ty), mask=mask)
+
+
+def _launch_shape(total: int, dim: int, device: torch.device) -> tuple[tuple[int, int], int, int]:
+    block_d = min(triton.next_power_of_2(max(dim, 1)), 256)
+    block_t = max(1, 4096 // block_d) if device.type == "cuda" else 16
+    return (triton.cdiv(total, block_t), triton.cdiv(dim, block_d)), block_t, block_d
+
+
+def _search_steps(batch: int) -> int:
+    return max(batch - 1, 0).bit_length()
+
+
+def indices_unique(idx: torch.Tensor, cu_seqlens: torch.Tensor, n_tokens: int) -> bool:
+    """True when no sample lists a token index twice (one host sync)."""
+    lengths = cu_seqlens[1:] - cu_seqlens[:-1]
+    sample = torch.repeat_interleave(
+        torch.arange(lengths.numel(), device=idx.device), lengths, output_size=idx.numel()
+    )
+    key = sample * n_tokens + idx.long()
+    return torch.unique(key).numel() == key.numel()
+
+
+class GatherTokensFunction(torch.autograd.Function):
+    """Autograd wrapper around the Triton gather and scatter kernels."""
+
+    @staticmethod
+    def forward(
+        ctx,
+        x: torch.Tensor,
+        idx: torch.Tensor,
+        cu_seqlens: torch.Tensor,
+        pos: torch.Tensor | None,
+        unique_indices: bool | None,
+    ) -> torch.Tensor:
+        batch, _, dim = x.shape
+        total = idx.numel()
+        out = _dispatch.empty((total, dim), x.dtype, x.device)
+        if total > 0 and dim > 0:
+            grid, block_t, block_d = _launch_shape(total, dim, x.device)
+            _gather_fwd_kernel[grid](
+                x,
+                idx,
+                cu_seqlens,
+                pos if pos is not None else x,  # unread when HAS_POS is False
+                out,
+                total,
+                dim,
+                batch,
+                _search_steps(batch),
+                x.stride(0),
+                x.stride(1),
+                pos.stride(0) if pos is not None else 0,
+                out.stride(0),
+                HAS_POS=pos is not None,
+                BLOCK_T=block_t,
+                BLOCK_D=block_d,
+            )
+        ctx.save_for_backward(idx, cu_seqlens)
+        ctx.x_shape = x.shape
+        ctx.x_dtype = x.dtype
+        ctx.pos_dtype = pos.dtype if pos is not None else None
+        ctx.unique = unique_indices
+        return out
+
+    @staticmethod
+    def backward(ctx, dout: torch.Tensor):
+        idx, cu_seqlens = ctx.saved_tensors
+        need_x, _, _, need_pos, _ = ctx.needs_input_grad
+        if not (need_x or need_pos):
+            return None, None, None, None, None
+        batch, n_tokens, dim = ctx.x_shape
+        dout = dout if dout.stride(-1) == 1 else dout.contiguous()
+        unique = ctx.unique
+        if unique is None:
+            unique = indices_unique(idx, cu_seqlens, n_tokens)
+        # Atomics accumulate in fp32 so repeated rows do not round in bf16 on every add.
+        buf_dtype = ctx.x_dtype if unique else torch.float32
+        dx = torch.zeros(ctx.x_shape, dtype=buf_dtype, device=dout.device)
+        total = idx.numel()
+        if total > 0 and dim > 0:
+            grid, block_t, block_d = _launch_shape(total, dim, dout.device)
+            _gather_bwd_kernel[grid](
+                dout,
+                idx,
+                cu_seqlens,
+                dx,
+                total,
+                dim,
+                batch,
+                _search_steps(batch),
+                dout.stride(0),
+                dx.stride(0),
+                dx.stride(1),
+                ATOMIC=not unique,
+                BLOCK_T=block_t,
+                BLOCK_D=block_d,
+            )
+        dpos = None
+        if need_pos:
+            dpos = dx.sum(0, dtype=torch.float32).to(ctx.pos_dtype)
+        return (dx.to(ctx.x_dtype) if need_x else None), None, None, dpos, None
+
+
+def _check_inputs(
+    x: torch.Tensor, idx: torch.Tensor, cu_seqlens: torch.Tensor, pos: torch.Tensor | None
+) -> None:
+    if x.dim() != 3:
+        raise ValueError(f"gather_tokens expects x [B, N, D], got shape {tuple(x.shape)}")
+    if idx.dim() != 1 or idx.dtype not in (torch.int32, torch.int64):
+        raise ValueError(
+            f"idx must be a 1-D int32/int64 tensor, got {idx.dtype} {tuple(idx.shape)}"
+        )
+    if cu_seqlens.dim() != 1 or cu_seqlens.numel() != x.shape[0] + 1:
+        raise ValueError(
+            f"cu_seqlens must have batch + 1 = {x.shape[0] + 1} entries, "
+            f"got {tuple(cu_seqlens.shape)}"
+        )
+    if cu_seqlens.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"cu_seqlens must be int32 or int64, got {cu_seqlens.dtype}")
+    if pos is not None and (pos.dim() != 2 or pos.shape != x.shape[1:]):
+        raise ValueError(f"pos must be [N, D] = {tuple(x.shape[1:])}, got {tuple(pos.shape)}")
+
+
+def gather_tokens_reference(
+    x: torch.Tensor, idx: torch.Tensor, cu_seqlens: torch.Tensor, pos: torch.Tensor | None = None
+) -> torch.Tensor:
+    """torch version of :func:`gather_tokens` (advanced indexing; differentiable)."""
+    _check_inputs(x, idx, cu_seqlens, pos)
+    lengths = cu_seqlens[1:] - cu_seqlens[:-1]
+    sample = torch.repeat_interleave(
+        torch.arange(x.shape[0], device=x.device), lengths, output_size=idx.numel()
+    )
+    # index_select on the flat view: its backward is an index_add, much faster on CPU than the
+    # accumulate-index_put that advanced indexing x[sample, idx] backpropagates through.
+    batch, n_tokens, dim = x.shape
+    out = x.reshape(batch * n_tokens, dim).index_select(0, sample * n_tokens + idx.long())
+    if pos is not None:
+        out = (out.float() + pos.index_select(0, idx.long()).float()).to(x.dtype)
+    return out
+
+
+def gather_tokens(
+    x: torch.Tensor,
+    idx: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    pos: torch.Tensor | None = None,
+    unique_indices: bool | None = None,
+    backend: Backend = "auto",
+) -> torch.Tensor:
+    """Packed rows ``x[b, idx[t]] (+ pos[idx[t]])`` for every sample ``b``; returns ``[T, D]``.
+
+    ``x [B, N, D]``; ``idx`` int32/int64 ``[T]`` holds each sample's token indices back to back,
+    sample ``b`` owning ``idx[cu_seqlens[b]:cu_seqlens[b + 1]]`` (``cu_seqlens[0] == 0``,
+    ``cu_seqlens[-1] == T``); indices must lie in ``[0, N)``. ``pos [N, D]`` is added in the same
+    pass. ``unique_indices``: True promises no sample repeats an index (deterministic backward
+    without atomics), False allows repeats (fp32 atomics), None checks in the backward (one sync).
+    """
+    _check_inputs(x, idx, cu_seqlens, pos)
+    tensors = (x, idx, cu_seqlens) if pos is None else (x, idx, cu_seqlens, pos)
+    if not _dispatch.use_triton(backend, *tensors):
+        return gather_tokens_reference(x, idx, cu_seqlens, pos)
+    x = x if x.stride(-1) == 1 else x.contiguous()
+    if pos is not None and pos.stride(-1) != 1:
+        pos = pos.contiguous()
+    return GatherTokensFunction.apply(
+        x, idx.contiguous(), cu_seqlens.contiguous(), pos, unique_indices
+    )
+
+
+# ----------------------------------------------------------------------------- baselines (bench)
+
+
+def apply_masks_baseline(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """I-JEPA-style gather: ``keep [B, K]`` (same K for every sample); returns ``[B, K, D]``.
+
+    Materialises the index as int64 ``[B, K, D]`` before ``torch.gather``, as the reference code
+    does, so the bench measures what that approach costs.
+    """
+    index = keep.long().unsqueeze(-1).repeat(1, 1, x.shape[-1])
+    return torch.gather(x, dim=1, index=index)
+
+
+def index_select_baseline(
+    x: torch.Tensor, idx: torch.Tensor, cu_seqlens: torch.Tensor
+) -> torch.Tensor:
+    """Packed gather via one ``index_select`` on the flattened ``[B * N, D]`` view."""
+    batch, n_tokens, dim = x.shape
+    lengths = cu_seqlens[1:] - cu_seqlens[:-1]
+    sample = torch.repeat_interleave(
+        torch.arange(batch, device=x.device), lengths, output_size=idx.numel()
+    )
+    return x.reshape(batch * n_tokens, dim).index_select(0, sample * n_tokens + idx.long())
