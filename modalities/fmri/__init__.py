@@ -16,6 +16,7 @@ the engine can import `modalities` without them. Never imports `engine` or `pipe
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -227,6 +228,19 @@ class FmriModality(Modality):
     def demo(self, out_dir: str | Path, n: int, seed: int) -> list[str]:
         return generate_cohort(out_dir, n, seed)
 
+    # -- model side: the engine's generic grid pieces (1 ROI x patch_len frames, 2-D sin-cos,
+    # I-JEPA multi-block masks) until Brain-JEPA's own land. Imported on first use so Ray ingest
+    # workers, which only read scans, never import torch.
+
+    def tokenize(self, record: dict[str, Any], stats: dict[str, Any], cfg: Any) -> dict[str, Any]:
+        return _grid_pieces().tokenize(record, stats, cfg)
+
+    def masker(self, cfg: Any) -> Any:
+        return _grid_pieces().masker(cfg)
+
+    def embedder(self, cfg: Any) -> Any:
+        return _grid_pieces().embedder(cfg)
+
     def library_versions(self) -> dict[str, str]:
         import nibabel
         import nilearn
@@ -238,6 +252,19 @@ class FmriModality(Modality):
             "numpy": np.__version__,
             "scipy": scipy.__version__,
         }
+
+
+@functools.lru_cache(maxsize=1)
+def _grid_pieces() -> Any:
+    from modalities.grid import GridPieces
+
+    class FmriGrid(GridPieces):
+        grid_column = "bold"
+        # Brain-JEPA scales each ROI robustly with dataset statistics (median / IQR).
+        row_center_stat = "roi_median"
+        row_scale_stat = "roi_iqr"
+
+    return FmriGrid()
 
 
 MODALITY = FmriModality()

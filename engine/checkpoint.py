@@ -1,0 +1,212 @@
+"""Atomic, exactly-resumable training checkpoints.
+
+A checkpoint is a directory `RUN_DIR/checkpoints/step-NNNNNNNN/` holding
+  ds/                 DeepSpeed's checkpoint (module, optimizer partitions per rank)
+  target.safetensors  the fp32 EMA target encoder
+  state.json          step, skips, data position, EMA step, world size, the resolved config
+  rng-rank-R.json     torch / numpy / python (and CUDA) RNG states of rank R
+It is written under `.tmp-step-NNNNNNNN` and renamed once every rank has finished, so a checkpoint
+is complete or absent; `latest_checkpoint` only sees complete ones.
+
+DeepSpeed's own loader unpickles with `weights_only=False`; `install_safe_loader` swaps in one
+that loads with `weights_only=True`, allowing only the few DeepSpeed classes its files contain.
+Imports torch, safetensors, deepspeed (lazily: only the functions that touch the engine).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+
+CHECKPOINTS = "checkpoints"
+_STEP_DIR = re.compile(r"^step-(\d{8})$")
+DS_TAG = "ds"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, incomplete or does not fit the current run."""
+
+
+def step_dir_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def complete_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """(step, path) of every complete checkpoint of a run, oldest first."""
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        m = _STEP_DIR.match(p.name)
+        if m and p.is_dir() and (p / "state.json").is_file():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    ckpts = complete_checkpoints(run_dir)
+    return ckpts[-1][1] if ckpts else None
+
+
+# ----------------------------------------------------------------------------------------------
+# RNG
+
+
+def capture_rng() -> dict[str, Any]:
+    """Every RNG this process draws from, as JSON-serialisable values."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state().tolist(),
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+        "python": [py_state[0], list(py_state[1]), py_state[2]],
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    n = state["numpy"]
+    np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), *n[2:]))
+    p = state["python"]
+    random.setstate((p[0], tuple(p[1]), p[2]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
+
+
+# ----------------------------------------------------------------------------------------------
+# DeepSpeed's loader, without unpickling arbitrary objects
+
+
+def install_safe_loader(engine: Any) -> None:
+    """Make `engine.load_checkpoint` read files with `torch.load(weights_only=True)`."""
+    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    # The only non-tensor objects DeepSpeed (0.19) writes into ZeRO-0/1/2 checkpoints.
+    allowed = [LossScaler, ZeroStageEnum, fragment_address]
+
+    class WeightsOnlyCheckpointEngine(TorchCheckpointEngine):
+        def load(self, path: str, map_location: Any = None) -> Any:
+            with torch.serialization.safe_globals(allowed):
+                return torch.load(path, map_location=map_location, weights_only=True)
+
+    engine.checkpoint_engine = WeightsOnlyCheckpointEngine(engine._config)
+
+
+# ----------------------------------------------------------------------------------------------
+# save / load
+
+
+def _fsync_tree(path: Path) -> None:
+    for p in sorted(path.rglob("*")) + [path]:
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+    for d in [path, path.parent]:
+        fd = os.open(d, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj))
+
+
+def save_checkpoint(
+    run_dir: str | Path,
+    step: int,
+    engine: Any,
+    target: torch.nn.Module,
+    state: dict[str, Any],
+    rank: int,
+    keep: int = 0,
+) -> Path:
+    """Write checkpoint `step` collectively (every rank calls this); returns its final path.
+
+    `state` is the trainer state (JSON-serialisable) saved by rank 0. Every rank saves its RNG.
+    After the rename, all but the `keep` newest complete checkpoints are deleted (0 keeps all).
+    """
+    root = Path(run_dir) / CHECKPOINTS
+    final = root / step_dir_name(step)
+    tmp = root / f".tmp-{step_dir_name(step)}"
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)  # leftovers of a run killed while saving
+        tmp.mkdir(parents=True)
+    dist.barrier()
+    engine.save_checkpoint(str(tmp), tag=DS_TAG, save_latest=False)
+    _write_json(tmp / f"rng-rank-{rank}.json", capture_rng())
+    if rank == 0:
+        tensors = {k: v.detach().float().contiguous() for k, v in target.state_dict().items()}
+        save_file(tensors, str(tmp / "target.safetensors"))
+        # state.json marks completeness inside the directory as well; written last.
+        _write_json(tmp / "state.json", state)
+    dist.barrier()
+    if rank == 0:
+        _fsync_tree(tmp)
+        if final.exists():  # same step saved again (e.g. a resumed run's final save)
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        if keep > 0:
+            for _, old in complete_checkpoints(run_dir)[:-keep]:
+                shutil.rmtree(old, ignore_errors=True)
+    dist.barrier()
+    return final
+
+
+def read_state(path: str | Path) -> dict[str, Any]:
+    p = Path(path) / "state.json"
+    try:
+        return json.loads(p.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{p}: unreadable checkpoint state ({e})") from e
+
+
+def load_target(path: str | Path, target: torch.nn.Module) -> None:
+    """Load the EMA target weights of a checkpoint into `target` (all keys must match)."""
+    p = Path(path) / "target.safetensors"
+    if not p.is_file():
+        raise CheckpointError(f"{p}: missing")
+    target.load_state_dict(load_file(str(p)), strict=True)
+
+
+def load_checkpoint(
+    path: str | Path, engine: Any, target: torch.nn.Module, rank: int, world: int
+) -> dict[str, Any]:
+    """Restore module, optimizer, EMA target and this rank's RNG; return the trainer state."""
+    path = Path(path)
+    state = read_state(path)
+    if state.get("world") != world:
+        raise CheckpointError(
+            f"{path}: saved by {state.get('world')} processes, this run has {world}; exact resume "
+            "needs the same world size"
+        )
+    loaded, _ = engine.load_checkpoint(
+        str(path), tag=DS_TAG, load_optimizer_states=True, load_lr_scheduler_states=False
+    )
+    if loaded is None:
+        raise CheckpointError(f"{path}: DeepSpeed could not load {path / DS_TAG}")
+    load_target(path, target)
+    rng_path = path / f"rng-rank-{rank}.json"
+    try:
+        restore_rng(json.loads(rng_path.read_text()))
+    except (OSError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{rng_path}: unreadable RNG state ({e})") from e
+    return state

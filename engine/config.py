@@ -1,0 +1,339 @@
+"""Typed training configuration: dataclass defaults, a YAML file, then `key=value` overrides.
+
+`load_config(yaml_path, overrides)` builds a `Config`, validates it once and raises `ConfigError`
+naming the bad key. `Config.to_dict()` is what the run directory's `config.yaml` holds.
+Imports only the standard library and yaml.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration key is unknown, mistyped or out of range; the message names the key."""
+
+
+@dataclass
+class DataConfig:
+    path: str = ""  # dataset directory (usually given as --data)
+    # "" = the registered modality named by the dataset's manifest; or "package.module:ATTR"
+    # for a Modality object outside the registry.
+    modality: str = ""
+    batch_size: int = 32  # samples per micro-batch per rank
+    num_workers: int = 1  # DataLoader worker processes (0 = tokenize in the main process)
+    prefetch_factor: int = 4
+    shuffle_buffer: int = 1024  # window of the within-buffer sample shuffle
+    verify: str = "first_touch"  # shard checksums: first_touch | all | none
+
+
+@dataclass
+class ModelConfig:
+    patch_len: int = 16  # frames per patch (Brain-JEPA: 1 ROI x 16 frames)
+    embed_dim: int = 192
+    depth: int = 6
+    num_heads: int = 3
+    mlp_ratio: float = 4.0
+    pred_dim: int = 96  # the predictor is narrow (I-JEPA: 384 next to a 1280-wide ViT-H)
+    pred_depth: int = 3
+    pred_heads: int = 3
+
+
+@dataclass
+class MaskConfig:
+    # I-JEPA defaults
+    num_targets: int = 4
+    target_scale: list[float] = field(default_factory=lambda: [0.15, 0.2])
+    target_aspect: list[float] = field(default_factory=lambda: [0.75, 1.5])
+    context_scale: list[float] = field(default_factory=lambda: [0.85, 1.0])
+    min_context: float = 0.1  # fraction of a sample's tokens the context keeps at least
+
+
+@dataclass
+class LossConfig:
+    kind: str = "smooth_l1"  # smooth_l1 (I-JEPA) | l1 (V-JEPA) | l2
+    beta: float = 1.0  # smooth L1 transition point
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    min_lr: float = 1e-6
+    warmup_frac: float = 0.1  # fraction of train.steps spent warming up linearly from 0
+    weight_decay: float = 0.04  # cosine ramp to final_weight_decay (I-JEPA)
+    final_weight_decay: float = 0.4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # 0 = off
+    grad_accum: int = 1
+
+
+@dataclass
+class EMAConfig:
+    start: float = 0.996  # I-JEPA's linear ramp
+    end: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000  # optimizer steps
+    save_every: int = 500  # 0 = only at the end
+    keep_checkpoints: int = 2  # newest complete checkpoints kept (0 = all)
+    log_every: int = 1
+    seed: int = 0
+    zero_stage: int = 2
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
+    nonfinite: str = "stop"  # stop | skip (skip the micro-batch on every rank and count it)
+    max_skips: int = 100  # with nonfinite=skip: stop once this many micro-batches were skipped
+    progress: bool = True  # tqdm bar on rank 0
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------------------------
+# building
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """`value` as type `tp` (bool, int, float, str, list[float]); ConfigError naming `key`."""
+    origin = typing.get_origin(tp)
+    if origin in (list, tuple):
+        (item_tp,) = typing.get_args(tp)[:1]
+        if isinstance(value, str):
+            value = yaml.safe_load(value) if value.strip().startswith("[") else value.split(",")
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(f"{key}[{i}]", v, item_tp) for i, v in enumerate(value)]
+    if origin in (typing.Union, types.UnionType):
+        raise ConfigError(f"{key}: union types are not supported in configs")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
+            return False
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.replace("_", ""))
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported config type {tp}")
+
+
+def _section_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _set(cfg: Config, key: str, value: Any) -> None:
+    parts = key.split(".")
+    if len(parts) != 2:
+        raise ConfigError(f"{key}: keys look like section.name, e.g. optim.lr")
+    section_name, name = parts
+    sections = _section_types(Config)
+    if section_name not in sections:
+        raise ConfigError(f"{key}: unknown section {section_name!r}; known: {', '.join(sections)}")
+    section = getattr(cfg, section_name)
+    fields = _section_types(type(section))
+    if name not in fields:
+        raise ConfigError(
+            f"{key}: unknown key in section {section_name!r}; known: {', '.join(fields)}"
+        )
+    setattr(section, name, _coerce(key, value, fields[name]))
+
+
+def _flatten(tree: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {tree!r}")
+    out = []
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.extend(_flatten(v, key + "."))
+        else:
+            out.append((key, v))
+    return out
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`section.name=value` -> (key, value); the value is parsed as YAML (so 1e-3, true, [1, 2])."""
+    if "=" not in text:
+        raise ConfigError(f"{text}: overrides look like section.name=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{key}: unparsable value {raw!r} ({e})") from None
+    return key.strip(), value
+
+
+def load_config(
+    yaml_path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    values: dict[str, Any] | None = None,
+) -> Config:
+    """Defaults, then the YAML file, then `key=value` overrides, then `values`; validated."""
+    cfg = Config()
+    if yaml_path is not None:
+        try:
+            tree = yaml.safe_load(Path(yaml_path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise ConfigError(f"{yaml_path}: cannot read config ({e})") from None
+        for key, value in _flatten(tree):
+            _set(cfg, key, value)
+    for text in overrides or []:
+        _set(cfg, *parse_override(text))
+    for key, value in (values or {}).items():
+        _set(cfg, key, value)
+    validate(cfg)
+    return cfg
+
+
+def config_from_dict(tree: dict[str, Any]) -> Config:
+    """A `Config` from `Config.to_dict()` output (a saved run's config), validated."""
+    cfg = Config()
+    for key, value in _flatten(tree):
+        _set(cfg, key, value)
+    validate(cfg)
+    return cfg
+
+
+def _check(ok: bool, key: str, why: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {why}, got {value!r}")
+
+
+def _check_range(cfg: Config, key: str, lo: float, hi: float) -> None:
+    v = getattr(getattr(cfg, key.split(".")[0]), key.split(".")[1])
+    _check(len(v) == 2 and lo <= v[0] <= v[1] <= hi, key, f"expected [min, max] in [{lo}, {hi}]", v)
+
+
+def validate(cfg: Config) -> None:
+    """Raise ConfigError naming the first bad key."""
+    d, m, k, o, t = cfg.data, cfg.model, cfg.mask, cfg.optim, cfg.train
+    for key, v in (
+        ("data.batch_size", d.batch_size),
+        ("data.prefetch_factor", d.prefetch_factor),
+        ("data.shuffle_buffer", d.shuffle_buffer),
+        ("model.patch_len", m.patch_len),
+        ("model.embed_dim", m.embed_dim),
+        ("model.depth", m.depth),
+        ("model.num_heads", m.num_heads),
+        ("model.pred_dim", m.pred_dim),
+        ("model.pred_depth", m.pred_depth),
+        ("model.pred_heads", m.pred_heads),
+        ("mask.num_targets", k.num_targets),
+        ("optim.grad_accum", o.grad_accum),
+        ("train.steps", t.steps),
+        ("train.log_every", t.log_every),
+    ):
+        _check(v >= 1, key, "must be >= 1", v)
+    for key, v in (
+        ("data.num_workers", d.num_workers),
+        ("train.save_every", t.save_every),
+        ("train.keep_checkpoints", t.keep_checkpoints),
+        ("train.max_skips", t.max_skips),
+        ("optim.grad_clip", o.grad_clip),
+        ("optim.min_lr", o.min_lr),
+        ("optim.weight_decay", o.weight_decay),
+        ("optim.final_weight_decay", o.final_weight_decay),
+    ):
+        _check(v >= 0, key, "must be >= 0", v)
+    _check(
+        d.verify in ("first_touch", "all", "none"), "data.verify", "first_touch|all|none", d.verify
+    )
+    _check(
+        m.embed_dim % m.num_heads == 0,
+        "model.num_heads",
+        "must divide model.embed_dim",
+        m.num_heads,
+    )
+    _check(
+        m.pred_dim % m.pred_heads == 0,
+        "model.pred_heads",
+        "must divide model.pred_dim",
+        m.pred_heads,
+    )
+    _check(m.mlp_ratio > 0, "model.mlp_ratio", "must be > 0", m.mlp_ratio)
+    _check_range(cfg, "mask.target_scale", 1e-9, 1.0)
+    _check_range(cfg, "mask.context_scale", 1e-9, 1.0)
+    _check_range(cfg, "mask.target_aspect", 1e-9, float("inf"))
+    _check(0 <= k.min_context < 1, "mask.min_context", "must be in [0, 1)", k.min_context)
+    _check(
+        cfg.loss.kind in ("smooth_l1", "l1", "l2"), "loss.kind", "smooth_l1|l1|l2", cfg.loss.kind
+    )
+    _check(cfg.loss.beta > 0, "loss.beta", "must be > 0", cfg.loss.beta)
+    _check(o.lr > 0, "optim.lr", "must be > 0", o.lr)
+    _check(0 <= o.warmup_frac < 1, "optim.warmup_frac", "must be in [0, 1)", o.warmup_frac)
+    _check(
+        len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas),
+        "optim.betas",
+        "expected [beta1, beta2] in [0, 1)",
+        o.betas,
+    )
+    _check(o.eps > 0, "optim.eps", "must be > 0", o.eps)
+    for key, v in (("ema.start", cfg.ema.start), ("ema.end", cfg.ema.end)):
+        _check(0 <= v <= 1, key, "must be in [0, 1]", v)
+    _check(t.zero_stage in (0, 1, 2, 3), "train.zero_stage", "must be 0, 1, 2 or 3", t.zero_stage)
+    _check(
+        t.zero_stage != 3,
+        "train.zero_stage",
+        "ZeRO-3 partitions the parameters, and the fp32 EMA target is updated from full "
+        "parameters outside DeepSpeed; use stage 0, 1 or 2",
+        t.zero_stage,
+    )
+    _check(
+        t.precision in ("auto", "fp32", "bf16"), "train.precision", "auto|fp32|bf16", t.precision
+    )
+    _check(t.nonfinite in ("stop", "skip"), "train.nonfinite", "stop|skip", t.nonfinite)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML (atomically: temp file + rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    tmp.replace(path)

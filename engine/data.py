@@ -1,0 +1,241 @@
+"""Shard dataset, sample order, masking collation and a resumable loader for JEPA training.
+
+- `epoch_order`: the global sample order, a pure function of (seed, epoch, manifest): shards in a
+  shuffled order, then samples shuffled within windows of `shuffle_buffer`.
+- `rank_batches`: the micro-batches of one rank, disjoint across ranks, equal in number (the
+  remainder is dropped).
+- `collate`: tokenize + mask each sample, pack into variable-length batches with `cu_seqlens`
+  for context, targets and predictor sequences (never truncated to the batch minimum).
+- `JEPALoader`: DataLoader workers each take every k-th batch; `state_dict()` is the position
+  (epoch, next batch), and resuming starts there without reading the skipped samples.
+
+May import numpy, pyarrow, torch, `modalities` and `pipelines.shards` (never Ray or the rest of
+`pipelines`).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from engine.config import Config
+from modalities import Modality, get_modality
+from pipelines.shards import ShardDataset
+
+
+def resolve_modality(spec: str, manifest_modality: str) -> Modality:
+    """The modality object: `spec` "" -> the registry's entry for the dataset's modality;
+    a registered name; or "package.module:ATTR" for one outside the registry."""
+    if not spec:
+        return get_modality(manifest_modality)
+    if ":" in spec:
+        module, _, attr = spec.partition(":")
+        try:
+            obj = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as e:
+            raise ValueError(f"data.modality: cannot load {spec!r} ({e})") from None
+        return obj
+    return get_modality(spec)
+
+
+def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    """The masking RNG of one sample: a function of (seed, epoch, index) alone, so masks do not
+    depend on worker count, rank count or where a run resumed."""
+    return np.random.default_rng([seed, epoch, index, 0x6D61736B])
+
+
+def epoch_order(
+    shard_rows: Sequence[int], seed: int, epoch: int, shuffle_buffer: int
+) -> np.ndarray:
+    """Global record indices of one epoch.
+
+    Shards are visited in a seeded random order (so consecutive reads stay inside one memory-map),
+    then the stream is shuffled within consecutive windows of `shuffle_buffer` samples.
+    """
+    rng = np.random.default_rng([seed, epoch, 0x6F72646572])
+    starts = np.concatenate([[0], np.cumsum(shard_rows, dtype=np.int64)])
+    parts = [np.arange(starts[s], starts[s + 1]) for s in rng.permutation(len(shard_rows))]
+    order = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    for lo in range(0, len(order), shuffle_buffer):
+        window = order[lo : lo + shuffle_buffer]
+        order[lo : lo + shuffle_buffer] = window[rng.permutation(len(window))]
+    return order
+
+
+def rank_batches(order: np.ndarray, rank: int, world: int, batch_size: int) -> np.ndarray:
+    """[n_batches, batch_size] record indices of `rank`: global batch g holds world*batch_size
+    consecutive samples of the order, rank r the r-th slice; the incomplete tail is dropped so
+    every rank runs the same number of steps."""
+    per_global = world * batch_size
+    n = len(order) // per_global
+    if n == 0:
+        raise ValueError(
+            f"the dataset has {len(order)} records, fewer than one global batch "
+            f"({world} ranks x {batch_size}); lower data.batch_size"
+        )
+    return order[: n * per_global].reshape(n, world, batch_size)[:, rank, :]
+
+
+@dataclass
+class Sample:
+    index: int
+    tokens: np.ndarray  # [N, patch_dim] float32
+    coords: np.ndarray  # [N, c] int
+    context: np.ndarray  # [Lc] int64
+    targets: list[np.ndarray]  # per block [Lt] int64
+
+
+def _cu(lengths: Sequence[int]) -> torch.Tensor:
+    return torch.from_numpy(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
+
+
+def pad_tokens(samples: Sequence[Any]) -> dict[str, torch.Tensor]:
+    """tokens [B, Nmax, P], coords [B, Nmax, c] (zero-padded) and n_tokens [B]."""
+    n = [len(s.tokens) for s in samples]
+    nmax = max(n)
+    p = samples[0].tokens.shape[1]
+    c = samples[0].coords.shape[1]
+    tokens = np.zeros((len(samples), nmax, p), dtype=np.float32)
+    coords = np.zeros((len(samples), nmax, c), dtype=np.int64)
+    for b, s in enumerate(samples):
+        tokens[b, : n[b]] = s.tokens
+        coords[b, : n[b]] = s.coords
+    return {
+        "tokens": torch.from_numpy(tokens),
+        "coords": torch.from_numpy(coords),
+        "n_tokens": torch.tensor(n, dtype=torch.int32),
+    }
+
+
+def collate(samples: Sequence[Sample]) -> dict[str, Any]:
+    """Pack masked samples into one variable-length batch.
+
+    ctx_idx [Tc] / cu_ctx [B+1]: context tokens per sample. tgt_idx [Tt] / cu_tgt [B+1]: all
+    target tokens per sample (blocks concatenated); cu_blk [S+1]: the S = sum of blocks target
+    blocks. The predictor runs S sequences, each = its sample's encoded context followed by the
+    block's mask tokens: `pred_src` [Tp] indexes rows of cat([context features, mask tokens]),
+    cu_pred [S+1] delimits them and `pred_out` [Tt] picks the mask-token rows, in tgt order.
+    """
+    out = pad_tokens(samples)
+    lc = [len(s.context) for s in samples]
+    blocks = [(b, t) for b, s in enumerate(samples) for t in s.targets]
+    lt = [len(t) for _, t in blocks]
+    tc = sum(lc)
+    cu_ctx = np.concatenate([[0], np.cumsum(lc)])
+    cu_blk = np.concatenate([[0], np.cumsum(lt)])
+    pred_src, pred_out, lp = [], [], []
+    pos = 0
+    for s, (b, t) in enumerate(blocks):
+        pred_src.append(np.arange(cu_ctx[b], cu_ctx[b + 1]))
+        pred_src.append(tc + np.arange(cu_blk[s], cu_blk[s + 1]))
+        pred_out.append(pos + lc[b] + np.arange(len(t)))
+        lp.append(lc[b] + len(t))
+        pos += lp[-1]
+    out.update(
+        index=torch.tensor([s.index for s in samples], dtype=torch.int64),
+        ctx_idx=torch.from_numpy(np.concatenate([s.context for s in samples]).astype(np.int64)),
+        cu_ctx=_cu(lc),
+        max_ctx=max(lc),
+        tgt_idx=torch.from_numpy(np.concatenate([t for _, t in blocks]).astype(np.int64)),
+        cu_tgt=_cu([sum(len(t) for t in s.targets) for s in samples]),
+        cu_blk=_cu(lt),
+        pred_src=torch.from_numpy(np.concatenate(pred_src).astype(np.int64)),
+        cu_pred=_cu(lp),
+        max_pred=max(lp),
+        pred_out=torch.from_numpy(np.concatenate(pred_out).astype(np.int64)),
+    )
+    return out
+
+
+class MaskedBatches(IterableDataset):
+    """Yields collated batches of one rank for one epoch, from batch `start` on.
+
+    Each DataLoader worker opens its own `ShardDataset` (memory maps do not cross processes) and
+    takes every `num_workers`-th batch; the DataLoader hands batches out round-robin over workers,
+    so the batch sequence is the same for any worker count.
+    """
+
+    def __init__(
+        self, cfg: Config, modality: Modality, batches: np.ndarray, epoch: int, start: int
+    ) -> None:
+        self.cfg = cfg
+        self.modality = modality
+        self.batches = batches
+        self.epoch = epoch
+        self.start = start
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        ds = ShardDataset(self.cfg.data.path, verify=self.cfg.data.verify)
+        stats = ds.stats
+        masker = self.modality.masker(self.cfg)
+        seed = self.cfg.train.seed
+        for j in range(self.start + wid, len(self.batches), nw):
+            samples = []
+            for idx in self.batches[j]:
+                t = self.modality.tokenize(ds[int(idx)], stats, self.cfg)
+                ctx, tgts = masker(sample_rng(seed, self.epoch, int(idx)), t["coords"])
+                samples.append(Sample(int(idx), t["tokens"], t["coords"], ctx, list(tgts)))
+            yield collate(samples)
+
+
+class JEPALoader:
+    """Endless, resumable stream of masked batches for one rank.
+
+    `state_dict()` is {"epoch", "batch"}: the next batch this loader will hand out. Batches
+    prefetched by workers but not handed out do not count, so a checkpoint taken between steps
+    resumes at exactly the next unseen batch.
+    """
+
+    def __init__(self, cfg: Config, modality: Modality, rank: int = 0, world: int = 1) -> None:
+        self.cfg = cfg
+        self.modality = modality
+        self.rank = rank
+        self.world = world
+        ds = ShardDataset(cfg.data.path, verify="none")
+        self.shard_rows = [s.rows for s in ds.shards]
+        self.epoch = 0
+        self.batch = 0
+        self.batches_per_epoch = len(self._batches(0))
+
+    def _batches(self, epoch: int) -> np.ndarray:
+        d = self.cfg.data
+        order = epoch_order(self.shard_rows, self.cfg.train.seed, epoch, d.shuffle_buffer)
+        return rank_batches(order, self.rank, self.world, d.batch_size)
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "batch": self.batch}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        epoch, batch = int(state["epoch"]), int(state["batch"])
+        if not 0 <= batch <= self.batches_per_epoch:
+            raise ValueError(
+                f"data position batch {batch} is outside an epoch of {self.batches_per_epoch} "
+                "batches: the dataset or data.batch_size changed since the checkpoint"
+            )
+        self.epoch, self.batch = epoch, batch
+
+    def _epoch_loader(self) -> DataLoader:
+        d = self.cfg.data
+        ds = MaskedBatches(
+            self.cfg, self.modality, self._batches(self.epoch), self.epoch, self.batch
+        )
+        kwargs: dict[str, Any] = {}
+        if d.num_workers > 0:
+            kwargs.update(prefetch_factor=d.prefetch_factor, num_workers=d.num_workers)
+        return DataLoader(ds, batch_size=None, pin_memory=torch.cuda.is_available(), **kwargs)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        while True:
+            if self.batch >= self.batches_per_epoch:
+                self.epoch, self.batch = self.epoch + 1, 0
+            for batch in self._epoch_loader():
+                self.batch += 1
+                yield batch

@@ -1,0 +1,135 @@
+"""`python -m engine.export RUN_DIR OUT`: a trained encoder as safetensors + config JSON.
+
+OUT/encoder.safetensors holds the encoder's state dict (fp32); OUT/config.json the resolved
+training config, the modality and which encoder it is. Load it back without DeepSpeed:
+
+    from engine.export import load_encoder
+    encoder, cfg, modality = load_encoder("OUT")          # engine.model.Encoder, eval mode
+    # or, with nothing of ours: safetensors.torch.load_file("OUT/encoder.safetensors")
+
+`load_encoder` also accepts a run directory (its latest complete checkpoint) or a checkpoint
+directory. Imports torch, safetensors and engine (never DeepSpeed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from engine.checkpoint import CheckpointError, latest_checkpoint, read_state
+from engine.config import Config, config_from_dict
+from engine.data import resolve_modality
+from engine.model import Encoder
+from modalities import Modality
+
+EXPORT_FORMAT = "jepa-forge-encoder"
+EXPORT_VERSION = 1
+
+
+def _checkpoint_dir(path: Path) -> Path:
+    if (path / "state.json").is_file():
+        return path
+    ckpt = latest_checkpoint(path)
+    if ckpt is None:
+        raise CheckpointError(f"{path}: no complete checkpoint (nor an export) found")
+    return ckpt
+
+
+def _checkpoint_weights(ckpt: Path, which: str) -> dict[str, torch.Tensor]:
+    if which == "target":
+        return load_file(str(ckpt / "target.safetensors"))
+    if which == "context":
+        states = torch.load(
+            ckpt / "ds" / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True
+        )
+        prefix = "encoder."
+        return {
+            k[len(prefix) :]: v.float() for k, v in states["module"].items() if k.startswith(prefix)
+        }
+    raise ValueError(f"encoder must be 'target' or 'context', got {which!r}")
+
+
+def _modality(cfg: Config, modality_name: str) -> Modality:
+    return resolve_modality(cfg.data.modality, modality_name)
+
+
+def _build(cfg: Config, modality: Modality, weights: dict[str, torch.Tensor]) -> Encoder:
+    encoder = Encoder(modality.embedder(cfg), cfg.model)
+    encoder.load_state_dict(weights, strict=True)
+    return encoder.eval().requires_grad_(False)
+
+
+def load_encoder(path: str | Path, which: str = "target") -> tuple[Encoder, Config, Modality]:
+    """An encoder from an export directory, a checkpoint directory or a run directory."""
+    path = Path(path)
+    meta_path = path / "config.json"
+    if meta_path.is_file() and (path / "encoder.safetensors").is_file():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("format") != EXPORT_FORMAT or meta.get("version") != EXPORT_VERSION:
+            raise CheckpointError(f"{meta_path}: not a {EXPORT_FORMAT} v{EXPORT_VERSION} export")
+        if meta["encoder"] != which:
+            raise CheckpointError(f"{path}: this export holds the {meta['encoder']} encoder")
+        cfg = config_from_dict(meta["config"])
+        modality = _modality(cfg, meta["modality"])
+        return _build(cfg, modality, load_file(str(path / "encoder.safetensors"))), cfg, modality
+    ckpt = _checkpoint_dir(path)
+    state = read_state(ckpt)
+    cfg = config_from_dict(state["config"])
+    modality = _modality(cfg, state["modality"])
+    return _build(cfg, modality, _checkpoint_weights(ckpt, which)), cfg, modality
+
+
+def export(run_dir: str | Path, out: str | Path, which: str = "target") -> Path:
+    """Write OUT/encoder.safetensors and OUT/config.json; returns OUT."""
+    ckpt = _checkpoint_dir(Path(run_dir))
+    state = read_state(ckpt)
+    encoder, cfg, modality = load_encoder(ckpt, which)  # proves the weights load strictly
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.contiguous() for k, v in encoder.state_dict().items()}
+    save_file(tensors, str(out / "encoder.safetensors"), metadata={"format": EXPORT_FORMAT})
+    meta: dict[str, Any] = {
+        "format": EXPORT_FORMAT,
+        "version": EXPORT_VERSION,
+        "encoder": which,
+        "step": state["run"]["step"],
+        "modality": state["modality"],
+        "config": cfg.to_dict(),
+        "checkpoint": str(ckpt),
+    }
+    (out / "config.json").write_text(json.dumps(meta, indent=2))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m engine.export",
+        description="Export a trained encoder as safetensors + config JSON (no DeepSpeed needed).",
+    )
+    p.add_argument("run_dir", help="run directory (latest complete checkpoint) or checkpoint dir")
+    p.add_argument("out", help="output directory")
+    p.add_argument(
+        "--encoder",
+        choices=("target", "context"),
+        default="target",
+        help="the EMA target encoder (default, what I-JEPA evaluates) or the context one",
+    )
+    args = p.parse_args(argv)
+    try:
+        out = export(args.run_dir, args.out, args.encoder)
+    except (CheckpointError, ValueError, OSError, RuntimeError) as e:
+        print(f"engine.export: error: {e}", file=sys.stderr)
+        return 1
+    n = sum(t.numel() for t in load_file(str(out / "encoder.safetensors")).values())
+    print(f"exported {args.encoder} encoder ({n} parameters) to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""JEPA model: pre-norm transformer blocks on packed variable-length tokens.
+
+- `Block`: pre-norm attention (`varlen_attention`, tokens attend within their own sequence) + MLP.
+- `Encoder`: the modality's embedder, blocks, final norm. Used as the context encoder (trained)
+  and, as an fp32 deep copy updated by EMA, as the target encoder.
+- `Predictor`: narrow; context features plus one mask token per target token (carrying that
+  token's position, gathered with `gather_tokens`), one sequence per target block.
+- `JEPA`: context encoder + predictor, the part DeepSpeed trains.
+- `target_features`: layer-normed target-encoder features at the target tokens.
+
+Imports torch, `engine.ops` (kernels) and `engine.config`; never DeepSpeed, so exported encoders
+load with plain torch.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.config import ModelConfig
+from engine.ops import gather_tokens, varlen_attention
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, cu: torch.Tensor, max_len: int) -> torch.Tensor:
+        t, d = x.shape
+        q, k, v = self.qkv(x).view(t, 3, self.heads, d // self.heads).unbind(1)
+        out = varlen_attention(q, k, v, cu, cu, max_len, max_len)
+        return self.proj(out.reshape(t, d))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block over packed tokens [T, D] delimited by `cu` [S+1]."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        hidden = int(dim * mlp_ratio)
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor, cu: torch.Tensor, max_len: int) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), cu, max_len)
+        return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
+
+
+def _init_weights(module: nn.Module, blocks: nn.ModuleList) -> None:
+    # I-JEPA / ViT init: truncated normal 0.02, zero biases, and the residual projections of
+    # layer i scaled by 1/sqrt(2 i) so deep stacks start near identity.
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    for i, blk in enumerate(blocks, start=1):
+        blk.attn.proj.weight.data.div_(math.sqrt(2.0 * i))
+        blk.fc2.weight.data.div_(math.sqrt(2.0 * i))
+
+
+def _param_dtype(module: nn.Module) -> torch.dtype:
+    return next(module.parameters()).dtype
+
+
+class Encoder(nn.Module):
+    """Embedder (patch embedding + positions), transformer blocks and a final LayerNorm."""
+
+    def __init__(self, embedder: nn.Module, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.embedder = embedder
+        self.blocks = nn.ModuleList(
+            Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio) for _ in range(cfg.depth)
+        )
+        self.norm = nn.LayerNorm(cfg.embed_dim)
+        _init_weights(self, self.blocks)
+
+    def embed(self, tokens: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+        """[B, N, P] tokens -> [B, N, D] embeddings with positions."""
+        return self.embedder(tokens.to(_param_dtype(self)), coords)
+
+    def encode(self, x: torch.Tensor, cu: torch.Tensor, max_len: int) -> torch.Tensor:
+        """Packed embeddings [T, D] -> packed features [T, D]."""
+        for blk in self.blocks:
+            x = blk(x, cu, max_len)
+        return self.norm(x)
+
+    def forward_all(
+        self, tokens: torch.Tensor, coords: torch.Tensor, n_tokens: torch.Tensor
+    ) -> torch.Tensor:
+        """Encode every token of every sample: [B, N, D] features (zeros at padding)."""
+        x = self.embed(tokens, coords)
+        b, n, d = x.shape
+        valid = torch.arange(n, device=x.device)[None, :] < n_tokens[:, None].to(x.device)
+        cu = F.pad(n_tokens.to(torch.int32).cumsum(0, dtype=torch.int32), (1, 0)).to(x.device)
+        h = self.encode(x[valid], cu, int(n_tokens.max()))
+        out = h.new_zeros(b, n, d)
+        out[valid] = h
+        return out
+
+
+class Predictor(nn.Module):
+    """Narrow transformer predicting target features from context features.
+
+    Each target block is one sequence: its sample's context (projected to the predictor width, plus
+    positions) followed by one mask token per target token (a learned vector plus the token's
+    position). Positions arrive at encoder width from the embedder and are projected here, so any
+    modality's positional scheme feeds the predictor.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.embed = nn.Linear(cfg.embed_dim, cfg.pred_dim)
+        self.pos_proj = nn.Linear(cfg.embed_dim, cfg.pred_dim, bias=False)
+        self.mask_token = nn.Parameter(torch.zeros(cfg.pred_dim))
+        self.blocks = nn.ModuleList(
+            Block(cfg.pred_dim, cfg.pred_heads, cfg.mlp_ratio) for _ in range(cfg.pred_depth)
+        )
+        self.norm = nn.LayerNorm(cfg.pred_dim)
+        self.out = nn.Linear(cfg.pred_dim, cfg.embed_dim)
+        _init_weights(self, self.blocks)
+        nn.init.trunc_normal_(self.mask_token, std=0.02)
+
+    def forward(
+        self, context: torch.Tensor, positions: torch.Tensor, batch: dict[str, Any]
+    ) -> torch.Tensor:
+        """context [Tc, D] features, positions [B, N, D] -> predictions [Tt, D] in tgt order."""
+        ctx_pos = gather_tokens(positions, batch["ctx_idx"], batch["cu_ctx"], unique_indices=True)
+        # Target blocks may overlap, so a sample's target indices can repeat.
+        tgt_pos = gather_tokens(positions, batch["tgt_idx"], batch["cu_tgt"], unique_indices=False)
+        z = self.embed(context) + self.pos_proj(ctx_pos)
+        m = self.mask_token + self.pos_proj(tgt_pos)
+        x = torch.cat([z, m]).index_select(0, batch["pred_src"])
+        for blk in self.blocks:
+            x = blk(x, batch["cu_pred"], batch["max_pred"])
+        x = self.norm(x.index_select(0, batch["pred_out"]))
+        return self.out(x)
+
+
+class JEPA(nn.Module):
+    """The trained part: context encoder + predictor. forward(batch) -> predictions [Tt, D]."""
+
+    def __init__(self, embedder: nn.Module, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.encoder = Encoder(embedder, cfg)
+        self.predictor = Predictor(cfg)
+
+    def forward(self, batch: dict[str, Any]) -> torch.Tensor:
+        enc = self.encoder
+        x = enc.embed(batch["tokens"], batch["coords"])
+        ctx = gather_tokens(x, batch["ctx_idx"], batch["cu_ctx"], unique_indices=True)
+        ctx = enc.encode(ctx, batch["cu_ctx"], batch["max_ctx"])
+        positions = enc.embedder.position(batch["coords"]).to(ctx.dtype)
+        return self.predictor(ctx, positions, batch)
+
+
+@torch.no_grad()
+def target_features(target: Encoder, batch: dict[str, Any]) -> torch.Tensor:
+    """Layer-normed target-encoder features at the target tokens, [Tt, D] in tgt order (fp32)."""
+    h = target.forward_all(batch["tokens"], batch["coords"], batch["n_tokens"])
+    # I-JEPA normalises each target token's features (F.layer_norm without affine).
+    h = F.layer_norm(h.float(), (h.shape[-1],))
+    return gather_tokens(h, batch["tgt_idx"], batch["cu_tgt"], unique_indices=False)
+
+
+def batch_to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """Tensors of a collated batch moved to `device` (ints stay ints)."""
+    return {
+        k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+        for k, v in batch.items()
+    }

@@ -1,0 +1,45 @@
+"""JEPA objective and the representation-collapse monitor.
+
+`jepa_loss(pred, target, kind, beta)`: mean over every target token and channel of smooth L1
+(I-JEPA), L1 (V-JEPA) or squared error, against layer-normed target features (see
+`engine.model.target_features`). `collapse_stats`: per-dimension standard deviation of target
+and predicted features across tokens; a collapsed encoder drives it towards 0.
+
+Imports torch only.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def jepa_loss(
+    pred: torch.Tensor, target: torch.Tensor, kind: str, beta: float = 1.0
+) -> torch.Tensor:
+    """Regression loss between predictions [T, D] and targets [T, D], averaged over all entries.
+
+    Every target token weighs the same whichever block or sample it belongs to, so nothing is
+    truncated or re-weighted by block length.
+    """
+    if pred.shape != target.shape:
+        raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ")
+    pred = pred.float()
+    if kind == "smooth_l1":
+        return F.smooth_l1_loss(pred, target, beta=beta)
+    if kind == "l1":
+        return F.l1_loss(pred, target)
+    if kind == "l2":
+        return F.mse_loss(pred, target)
+    raise ValueError(f"loss.kind must be smooth_l1, l1 or l2, got {kind!r}")
+
+
+@torch.no_grad()
+def collapse_stats(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+    """Mean and minimum over channels of the per-channel std across tokens, for both."""
+    out: dict[str, float] = {}
+    for name, x in (("target", target), ("pred", pred)):
+        std = x.float().std(dim=0, unbiased=False) if len(x) > 1 else x.new_zeros(x.shape[-1])
+        out[f"{name}_std"] = float(std.mean())
+        out[f"{name}_std_min"] = float(std.min())
+    return out

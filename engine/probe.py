@@ -1,0 +1,129 @@
+"""`python -m engine.probe --checkpoint RUN_DIR --data DIR --label COLUMN`: linear probe.
+
+The frozen encoder (EMA target by default) encodes every token of every record; features are
+mean-pooled per record; a linear model (logistic regression for class labels, ridge for numeric
+ones) is scored with k-fold cross-validation and the mean and std over folds are printed.
+Imports torch, numpy, scikit-learn and engine (never DeepSpeed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+import numpy as np
+import torch
+
+from engine.config import Config
+from engine.data import pad_tokens
+from engine.export import load_encoder
+from engine.model import Encoder
+from modalities import Modality
+from pipelines.shards import ShardDataset, ShardError
+
+
+@torch.no_grad()
+def extract_features(
+    encoder: Encoder, cfg: Config, modality: Modality, ds: ShardDataset, batch_size: int = 64
+) -> np.ndarray:
+    """Mean-pooled encoder features [num_records, D], records in storage order."""
+    stats = ds.stats
+    feats = []
+    for lo in range(0, len(ds), batch_size):
+        samples = []
+        for i in range(lo, min(lo + batch_size, len(ds))):
+            t = modality.tokenize(ds[i], stats, cfg)
+            samples.append(argparse.Namespace(tokens=t["tokens"], coords=t["coords"]))
+        b = pad_tokens(samples)
+        h = encoder.forward_all(b["tokens"], b["coords"], b["n_tokens"])
+        n = b["n_tokens"].to(h.dtype)[:, None]
+        feats.append((h.sum(1) / n).float().numpy())
+    return np.concatenate(feats)
+
+
+def is_classification(labels: np.ndarray) -> bool:
+    """Strings, booleans and integers are classes; floats are regression targets."""
+    return labels.dtype.kind in "OUSbiu"
+
+
+def linear_probe(
+    features: np.ndarray,
+    labels: np.ndarray,
+    folds: int = 5,
+    seed: int = 0,
+    task: str = "auto",
+) -> dict[str, Any]:
+    """k-fold CV score of a standardised linear model: accuracy (logistic) or R^2 (ridge)."""
+    from sklearn.linear_model import LogisticRegression, RidgeCV
+    from sklearn.model_selection import KFold, StratifiedKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    classify = is_classification(labels) if task == "auto" else task == "classification"
+    if classify:
+        _, counts = np.unique(labels, return_counts=True)
+        if len(counts) < 2:
+            raise ValueError("the label column has a single class; nothing to probe")
+        if counts.min() < folds:
+            raise ValueError(
+                f"the rarest class has {counts.min()} records, fewer than {folds} folds"
+            )
+        model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+        cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
+        metric = "accuracy"
+    else:
+        model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 3, 13)))
+        cv = KFold(folds, shuffle=True, random_state=seed)
+        metric = "r2"
+    scores = cross_val_score(model, features, labels, cv=cv, scoring=metric)
+    return {
+        "metric": metric,
+        "mean": float(scores.mean()),
+        "std": float(scores.std()),
+        "scores": scores.tolist(),
+        "folds": folds,
+        "n": int(len(labels)),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m engine.probe",
+        description="Linear probe of a frozen encoder with k-fold cross-validation.",
+    )
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="run directory (latest checkpoint), checkpoint directory or export",
+    )
+    p.add_argument("--data", required=True, help="dataset directory")
+    p.add_argument("--label", required=True, help="column holding the label")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--task", choices=("auto", "classification", "regression"), default="auto")
+    p.add_argument("--encoder", choices=("target", "context"), default="target")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    try:
+        encoder, cfg, modality = load_encoder(args.checkpoint, args.encoder)
+        ds = ShardDataset(args.data)
+        if args.label not in ds.schema.names:
+            raise ValueError(f"{args.data}: no column {args.label!r}; columns: {ds.schema.names}")
+        labels = np.asarray(
+            [v for b in ds.iter_batches([args.label]) for v in b.column(0).to_pylist()]
+        )
+        feats = extract_features(encoder, cfg, modality, ds, args.batch_size)
+        res = linear_probe(feats, labels, args.folds, args.seed, args.task)
+    except (ValueError, ShardError, OSError, RuntimeError) as e:
+        print(f"engine.probe: error: {e}", file=sys.stderr)
+        return 1
+    print(
+        f"probe {args.label}: {res['metric']} {res['mean']:.4f} +- {res['std']:.4f} "
+        f"({res['folds']}-fold CV, {res['n']} records, {feats.shape[1]}-d {args.encoder} features)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

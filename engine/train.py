@@ -1,0 +1,110 @@
+"""`python -m engine.train`: JEPA pretraining on a shard dataset directory.
+
+    python -m engine.train --data DIR [--out RUN_DIR] [--steps N] [--save-every N]
+                           [--resume auto|PATH] [--config FILE.yaml] [section.key=value ...]
+
+One CPU process needs no launcher; the same command runs under `torchrun --nproc_per_node K` or
+`deepspeed`. The run directory receives config.yaml, checkpoints/, metrics.jsonl, tensorboard/
+and curves.png. Exits non-zero on failure with a message naming the cause.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from engine.config import ConfigError, load_config, save_config
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m engine.train",
+        description="JEPA pretraining with DeepSpeed on a jepa-forge shard dataset.",
+        epilog="Any config key is reachable as section.key=value, e.g. optim.lr=5e-4 "
+        "model.depth=4 train.zero_stage=1 (see docs/engine.md).",
+    )
+    p.add_argument("--data", required=True, help="dataset directory (index.json + shards/)")
+    p.add_argument("--out", help="run directory (default: runs/<dataset name>)")
+    p.add_argument("--steps", type=int, help="optimizer steps (train.steps)")
+    p.add_argument("--save-every", type=int, help="checkpoint interval (train.save_every)")
+    p.add_argument(
+        "--resume",
+        help="'auto': continue from the run directory's latest complete checkpoint (or start "
+        "fresh when it has none); or a checkpoint directory",
+    )
+    p.add_argument("--config", help="YAML file of config values")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value")
+    return p
+
+
+def resolve_resume(arg: str | None, run_dir: Path) -> Path | None:
+    from engine.checkpoint import CheckpointError, complete_checkpoints, latest_checkpoint
+
+    if arg is None:
+        if complete_checkpoints(run_dir):
+            raise CheckpointError(
+                f"{run_dir} already holds checkpoints; pass --resume auto to continue it, "
+                "or choose another --out"
+            )
+        return None
+    if arg == "auto":
+        return latest_checkpoint(run_dir)
+    path = Path(arg)
+    if not (path / "state.json").is_file():
+        raise CheckpointError(f"{path}: not a complete checkpoint directory")
+    return path
+
+
+def run(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    values: dict[str, object] = {"data.path": args.data}
+    if args.steps is not None:
+        values["train.steps"] = args.steps
+    if args.save_every is not None:
+        values["train.save_every"] = args.save_every
+    cfg = load_config(args.config, args.overrides, values)
+    run_dir = Path(args.out) if args.out else Path("runs") / Path(args.data).resolve().name
+
+    # Only now, on the CLI path: pick DeepSpeed's accelerator and join (or make) the group.
+    from engine.launch import setup_distributed, teardown_distributed
+
+    info = setup_distributed()
+    try:
+        from engine.trainer import Trainer
+
+        resume = resolve_resume(args.resume, run_dir)
+        if info.rank == 0:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, run_dir / "config.yaml")
+        trainer = Trainer(cfg, run_dir, info, resume)
+        summary = trainer.run()
+    finally:
+        teardown_distributed()
+    if info.rank == 0:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        print(
+            f"trained {summary['steps_run']} steps (to step {summary['steps']}) in "
+            f"{summary['seconds']:.1f}s: loss {summary['first_loss']:.4f} -> "
+            f"{summary['last_loss']:.4f}, {summary['samples_per_s']:.1f} samples/s, "
+            f"{summary['skips']} skipped, checkpoint {summary['checkpoint']}",
+            flush=True,
+        )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from engine.checkpoint import CheckpointError
+    from engine.trainer import NonFiniteLoss
+    from pipelines.shards import ShardError
+
+    try:
+        return run(sys.argv[1:] if argv is None else argv)
+    except (ConfigError, CheckpointError, NonFiniteLoss, ShardError, ValueError) as e:
+        print(f"engine.train: error: {e}", file=sys.stderr, flush=True)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,300 @@
+"""The training loop: DeepSpeed-wrapped context encoder + predictor, fp32 EMA target outside it.
+
+`Trainer(cfg, run_dir, dist_info, resume)` builds everything (data, model, optimizer, DeepSpeed
+engine, EMA target, metrics), restores a checkpoint when asked and `run()` trains to
+`cfg.train.steps`, checkpointing every `cfg.train.save_every` steps and at the end.
+Imports deepspeed (the caller has set DS_ACCELERATOR and the process group), torch and engine.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from engine.checkpoint import (
+    CheckpointError,
+    install_safe_loader,
+    load_checkpoint,
+    read_state,
+    save_checkpoint,
+)
+from engine.config import Config
+from engine.data import JEPALoader, resolve_modality, sample_rng
+from engine.launch import DistInfo
+from engine.metrics import MetricsLogger, plot_curves, truncate_metrics
+from engine.model import JEPA, Encoder, batch_to, target_features
+from engine.objective import collapse_stats, jepa_loss
+from engine.ops import EMATarget
+from engine.schedules import cosine_ramp, warmup_cosine
+from pipelines.shards import ShardDataset
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss was NaN or infinite; the message names the step."""
+
+
+# Keys that may differ between a checkpoint and the run resuming it: they change neither the
+# model nor the sample sequence. Everything else must match for an exact resume.
+RESUMABLE_CHANGES = {
+    "data.path",
+    "data.num_workers",
+    "data.prefetch_factor",
+    "data.verify",
+    "train.steps",
+    "train.save_every",
+    "train.keep_checkpoints",
+    "train.log_every",
+    "train.progress",
+    "train.max_skips",
+}
+
+
+@dataclass
+class RunState:
+    step: int = 0  # optimizer steps done
+    skips: int = 0  # micro-batches skipped for a non-finite loss
+    samples: int = 0  # samples consumed by this rank (skipped ones included)
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_resumable(saved: dict[str, Any], cfg: Config, where: Path) -> None:
+    """Raise CheckpointError naming the config keys that differ from the checkpoint's."""
+    old, new = _flat(saved), _flat(cfg.to_dict())
+    bad = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    bad = [k for k in bad if k not in RESUMABLE_CHANGES]
+    if bad:
+        detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in bad)
+        raise CheckpointError(f"{where}: cannot resume exactly, the config changed ({detail})")
+
+
+def param_groups(model: torch.nn.Module) -> list[dict[str, Any]]:
+    """AdamW groups: matrices decay; biases, norms and other 1-D parameters do not (I-JEPA)."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    return [{"params": decay, "weight_decay": 0.0}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def deepspeed_config(cfg: Config, bf16: bool) -> dict[str, Any]:
+    return {
+        "train_micro_batch_size_per_gpu": cfg.data.batch_size,
+        "gradient_accumulation_steps": cfg.optim.grad_accum,
+        "gradient_clipping": cfg.optim.grad_clip,
+        "zero_optimization": {"stage": cfg.train.zero_stage},
+        "bf16": {"enabled": bf16},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 2**62,
+    }
+
+
+class Trainer:
+    def __init__(self, cfg: Config, run_dir: Path, info: DistInfo, resume: Path | None) -> None:
+        import deepspeed
+
+        logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+        self.cfg, self.run_dir, self.info = cfg, run_dir, info
+        ds = ShardDataset(cfg.data.path, verify=cfg.data.verify)
+        self.modality = resolve_modality(cfg.data.modality, ds.modality)
+        self.modality_name = ds.modality
+        self._check_first_record(ds)
+        self.bf16 = cfg.train.precision == "bf16" or (
+            cfg.train.precision == "auto" and info.device.type == "cuda"
+        )
+
+        torch.manual_seed(cfg.train.seed)
+        model = JEPA(self.modality.embedder(cfg), cfg.model).to(info.device)
+        # The target is an fp32 copy kept outside DeepSpeed: an EMA step of 1 - m <= 0.004 is
+        # below bf16 resolution, and the engine must not shard or cast it.
+        self.target: Encoder = copy.deepcopy(model.encoder).float().requires_grad_(False)
+        self.ema = EMATarget(self.target, cfg.train.steps, cfg.ema.start, cfg.ema.end)
+        o = cfg.optim
+        optimizer = torch.optim.AdamW(param_groups(model), lr=o.lr, betas=tuple(o.betas), eps=o.eps)
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(
+            model=model, optimizer=optimizer, config=deepspeed_config(cfg, self.bf16)
+        )
+        install_safe_loader(self.engine)
+        self.loader = JEPALoader(cfg, self.modality, info.rank, info.world)
+        self.state = RunState()
+        if resume is not None:
+            self._resume(resume)
+        elif info.rank == 0:
+            truncate_metrics(run_dir, 0)
+        self.metrics = MetricsLogger(
+            run_dir, cfg.train.steps, self.state.step, info.rank == 0, cfg.train.progress
+        )
+
+    # -- set-up
+
+    def _check_first_record(self, ds: ShardDataset) -> None:
+        """Tokenize and mask record 0 here, so a modality/config mismatch fails before workers."""
+        if len(ds) == 0:
+            raise ValueError(f"{self.cfg.data.path}: the dataset has no records")
+        t = self.modality.tokenize(ds[0], ds.stats, self.cfg)
+        self.modality.masker(self.cfg)(sample_rng(0, 0, 0), t["coords"])
+
+    def _resume(self, path: Path) -> None:
+        saved = read_state(path)
+        check_resumable(saved["config"], self.cfg, path)
+        state = load_checkpoint(path, self.engine, self.target, self.info.rank, self.info.world)
+        self.state = RunState(**state["run"])
+        self.ema.step = int(state["ema_step"])
+        self.loader.load_state_dict(state["data"])
+        if self.info.rank == 0:
+            truncate_metrics(self.run_dir, self.state.step)
+
+    # -- one optimizer step
+
+    def _set_schedules(self, step: int) -> dict[str, float]:
+        c, o = self.cfg, self.cfg.optim
+        warmup = int(o.warmup_frac * c.train.steps)
+        lr = warmup_cosine(step, c.train.steps, o.lr, o.min_lr, warmup)
+        wd = cosine_ramp(step, c.train.steps, o.weight_decay, o.final_weight_decay)
+        for group, decays in zip(self.optimizer.param_groups, (True, False), strict=True):
+            group["lr"] = lr
+            group["weight_decay"] = wd if decays else 0.0
+        return {"lr": lr, "wd": wd}
+
+    def _any_rank_nonfinite(self, loss: torch.Tensor) -> bool:
+        flag = (~torch.isfinite(loss.detach())).to(torch.float32).reshape(1)
+        if self.info.world > 1:
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def _forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        batch = batch_to(batch, self.info.device)
+        pred = self.engine(batch)
+        autocast = (
+            torch.autocast("cuda", dtype=torch.bfloat16)
+            if self.bf16 and self.info.device.type == "cuda"
+            else nullcontext()
+        )
+        with autocast:
+            tgt = target_features(self.target, batch)
+        loss = jepa_loss(pred, tgt.float(), self.cfg.loss.kind, self.cfg.loss.beta)
+        return loss, pred.detach(), tgt
+
+    def train_step(self, batches: Iterator[dict[str, Any]]) -> dict[str, float]:
+        """grad_accum finite micro-batches, one optimizer step, one EMA update."""
+        c = self.cfg
+        sched = self._set_schedules(self.state.step)
+        losses: list[torch.Tensor] = []
+        while len(losses) < c.optim.grad_accum:
+            batch = next(batches)
+            self.state.samples += len(batch["index"])
+            loss, pred, tgt = self._forward(batch)
+            if self._any_rank_nonfinite(loss):
+                where = f"step {self.state.step + 1} (epoch {self.loader.epoch})"
+                if c.train.nonfinite == "stop":
+                    raise NonFiniteLoss(f"non-finite loss at {where}; stopping")
+                self.state.skips += 1
+                if self.state.skips > c.train.max_skips:
+                    raise NonFiniteLoss(
+                        f"non-finite loss at {where}: {self.state.skips} micro-batches skipped, "
+                        f"more than train.max_skips={c.train.max_skips}; stopping"
+                    )
+                continue  # every rank skips this micro-batch; the next one takes its place
+            self.engine.backward(loss)
+            self.engine.step()
+            losses.append(loss.detach())
+        momentum = self.ema.update(self.engine.module.encoder)
+        self.state.step += 1
+        mean_loss = torch.stack(losses).mean().reshape(1)
+        if self.info.world > 1:
+            dist.all_reduce(mean_loss)
+            mean_loss /= self.info.world
+        out = {"loss": float(mean_loss), **sched, "momentum": momentum}
+        grad_norm = self.engine.get_global_grad_norm()
+        if grad_norm is not None:
+            out["grad_norm"] = float(grad_norm)
+        out.update(collapse_stats(pred, tgt))
+        return out
+
+    # -- the loop
+
+    def save(self) -> Path:
+        state = {
+            "run": asdict(self.state),
+            "ema_step": self.ema.step,
+            "data": self.loader.state_dict(),
+            "world": self.info.world,
+            "modality": self.modality_name,
+            "config": self.cfg.to_dict(),
+        }
+        return save_checkpoint(
+            self.run_dir,
+            self.state.step,
+            self.engine,
+            self.target,
+            state,
+            self.info.rank,
+            self.cfg.train.keep_checkpoints,
+        )
+
+    def run(self) -> dict[str, Any]:
+        """Train to cfg.train.steps; return a summary (first/last loss, samples/s, paths)."""
+        t = self.cfg.train
+        start_step = self.state.step
+        batches = iter(self.loader)
+        first_loss = last_loss = float("nan")
+        t0 = t_log = time.perf_counter()
+        samples_log = self.state.samples
+        last_ckpt = None
+        try:
+            while self.state.step < t.steps:
+                rec = self.train_step(batches)
+                step = self.state.step
+                last_loss = rec["loss"]
+                if step == start_step + 1:
+                    first_loss = last_loss
+                now = time.perf_counter()
+                rate = (self.state.samples - samples_log) * self.info.world / max(now - t_log, 1e-9)
+                if step % t.log_every == 0 or step == t.steps:
+                    self.metrics.log(
+                        {
+                            "step": step,
+                            **rec,
+                            "samples_per_s": rate,
+                            "skips": self.state.skips,
+                            "epoch": self.loader.epoch,
+                        }
+                    )
+                self.metrics.advance(
+                    1, {"loss": rec["loss"], "lr": rec["lr"], "m": rec["momentum"], "sps": rate}
+                )
+                t_log, samples_log = now, self.state.samples
+                if (t.save_every and step % t.save_every == 0) or step == t.steps:
+                    last_ckpt = self.save()
+        finally:
+            self.metrics.close()
+        seconds = time.perf_counter() - t0
+        plot = plot_curves(self.run_dir) if self.info.rank == 0 else None
+        steps_done = self.state.step - start_step
+        samples = steps_done * self.cfg.data.batch_size * self.cfg.optim.grad_accum
+        return {
+            "steps": self.state.step,
+            "steps_run": steps_done,
+            "first_loss": first_loss,
+            "last_loss": last_loss,
+            "seconds": seconds,
+            "samples_per_s": samples * self.info.world / max(seconds, 1e-9),
+            "skips": self.state.skips,
+            "checkpoint": str(last_ckpt) if last_ckpt else None,
+            "plot": str(plot) if plot else None,
+        }

@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from engine.config import Config, ConfigError, config_from_dict, load_config, save_config
+
+
+def test_defaults_validate_and_round_trip(tmp_path):
+    cfg = load_config()
+    assert cfg == Config()
+    save_config(cfg, tmp_path / "config.yaml")
+    again = config_from_dict(yaml.safe_load((tmp_path / "config.yaml").read_text()))
+    assert again == cfg
+
+
+def test_yaml_then_overrides_then_values(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("optim:\n  lr: 0.5\n  betas: [0.8, 0.9]\nmodel:\n  depth: 3\n")
+    cfg = load_config(f, ["optim.lr=2e-4", "mask.target_scale=[0.1, 0.3]"], {"model.depth": 5})
+    assert cfg.optim.lr == 2e-4
+    assert cfg.optim.betas == [0.8, 0.9]
+    assert cfg.mask.target_scale == [0.1, 0.3]
+    assert cfg.model.depth == 5
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("optim.lrr=1", "optim.lrr"),
+        ("optimizer.lr=1", "optimizer.lr"),
+        ("lr=1", "lr"),
+        ("model.depth=two", "model.depth"),
+        ("model.depth=0", "model.depth"),
+        ("train.progress=maybe", "train.progress"),
+        ("loss.kind=huber", "loss.kind"),
+        ("mask.target_scale=[0.3, 0.1]", "mask.target_scale"),
+        ("model.num_heads=5", "model.num_heads"),
+        ("optim.betas=[0.9]", "optim.betas"),
+        ("train.nonfinite=ignore", "train.nonfinite"),
+    ],
+)
+def test_bad_override_names_the_key(override, named):
+    with pytest.raises(ConfigError) as e:
+        load_config(overrides=[override])
+    assert str(e.value).startswith(named + ":")
+
+
+def test_bad_yaml_key_is_named(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("train:\n  stepz: 3\n")
+    with pytest.raises(ConfigError, match=r"^train\.stepz:"):
+        load_config(f)
+
+
+def test_zero3_is_refused_with_the_reason():
+    with pytest.raises(ConfigError, match=r"train\.zero_stage: ZeRO-3 partitions the parameters"):
+        load_config(overrides=["train.zero_stage=3"])

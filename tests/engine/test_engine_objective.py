@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from conftest import TINY
+
+from engine.config import load_config
+from engine.data import JEPALoader, resolve_modality
+from engine.model import JEPA, target_features
+from engine.objective import collapse_stats, jepa_loss
+
+
+def _pair(seed=0, n=37, d=12):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, d, generator=g), torch.randn(n, d, generator=g)
+
+
+def test_loss_equivalences():
+    p, t = _pair()
+    l1 = jepa_loss(p, t, "l1")
+    l2 = jepa_loss(p, t, "l2")
+    torch.testing.assert_close(l1, (p - t).abs().mean())
+    torch.testing.assert_close(l2, ((p - t) ** 2).mean())
+    # smooth L1 is L1 - beta/2 where |d| > beta, and squared error / (2 beta) where it is below
+    torch.testing.assert_close(jepa_loss(p, t, "smooth_l1", beta=1e-6), l1, atol=1e-5, rtol=0)
+    torch.testing.assert_close(jepa_loss(p, t, "smooth_l1", beta=100.0), l2 / 200.0)
+    for kind in ("l1", "l2", "smooth_l1"):
+        assert jepa_loss(t, t, kind) == 0
+
+
+def test_loss_weighs_every_target_token_equally():
+    p, t = _pair(n=30)
+    sizes = [3, 11, 16]  # three target blocks of different lengths
+    per_block = [jepa_loss(a, b, "l1") for a, b in zip(p.split(sizes), t.split(sizes), strict=True)]
+    weighted = sum(lb * n for lb, n in zip(per_block, sizes, strict=True)) / sum(sizes)
+    torch.testing.assert_close(jepa_loss(p, t, "l1"), weighted)
+
+
+def test_collapse_monitor():
+    p, t = _pair(d=6)
+    s = collapse_stats(p, t)
+    torch.testing.assert_close(torch.tensor(s["target_std"]), t.std(0, unbiased=False).mean())
+    flat = collapse_stats(torch.ones(10, 6), t)
+    assert flat["pred_std"] == 0 and flat["pred_std_min"] == 0
+
+
+def _select(batch, keep: list[int], blocks_per_sample: int):
+    """The same samples collated alone: re-run collate on the kept samples."""
+    from engine.data import Sample, collate
+
+    samples = []
+    for b in keep:
+        n = int(batch["n_tokens"][b])
+        ctx = batch["ctx_idx"][batch["cu_ctx"][b] : batch["cu_ctx"][b + 1]].numpy()
+        tgts = [
+            batch["tgt_idx"][batch["cu_blk"][s] : batch["cu_blk"][s + 1]].numpy()
+            for s in range(b * blocks_per_sample, (b + 1) * blocks_per_sample)
+        ]
+        samples.append(
+            Sample(
+                int(batch["index"][b]),
+                batch["tokens"][b, :n].numpy(),
+                batch["coords"][b, :n].numpy(),
+                ctx,
+                tgts,
+            )
+        )
+    return collate(samples)
+
+
+@pytest.mark.parametrize("which", ["pred", "target"])
+def test_packed_samples_do_not_see_each_other(grid_data, which):
+    """A sample's predictions and targets are the same in a batch of 8 as alone: varlen attention
+    keeps sequences apart and nothing is truncated to the batch minimum."""
+    cfg = load_config(overrides=[*TINY, "data.num_workers=0"], values={"data.path": str(grid_data)})
+    modality = resolve_modality(cfg.data.modality, "grid")
+    batch = next(iter(JEPALoader(cfg, modality)))
+    torch.manual_seed(0)
+    model = JEPA(modality.embedder(cfg), cfg.model)
+    target = copy.deepcopy(model.encoder)
+    run = (
+        (lambda b: model(b).detach()) if which == "pred" else (lambda b: target_features(target, b))
+    )
+    full = run(batch)
+    k = cfg.mask.num_targets
+    for b in (0, 5):
+        alone = run(_select(batch, [b], k))
+        rows = slice(int(batch["cu_tgt"][b]), int(batch["cu_tgt"][b + 1]))
+        torch.testing.assert_close(full[rows], alone, rtol=1e-5, atol=1e-5)

@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_cli
+from safetensors.torch import load_file
+
+from engine.export import load_encoder
+from engine.probe import extract_features, linear_probe
+from pipelines.shards import ShardDataset
+
+pytestmark = pytest.mark.slow
+
+
+def test_linear_probe_scores_separable_and_random_labels():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((120, 6))
+    y = (x[:, 2] > 0).astype(int)
+    sep = linear_probe(x, y, folds=5)
+    assert sep["metric"] == "accuracy" and sep["mean"] > 0.95 and len(sep["scores"]) == 5
+    rand = linear_probe(x, rng.integers(0, 2, 120), folds=5)
+    assert rand["mean"] < 0.75
+    reg = linear_probe(x, 3.0 * x[:, 0] + 0.01 * rng.standard_normal(120), folds=4)
+    assert reg["metric"] == "r2" and reg["mean"] > 0.99
+
+
+def test_export_round_trip_and_probe_cli(trained_run, grid_data, tmp_path):
+    out = tmp_path / "export"
+    proc = run_cli(["engine.export", str(trained_run), str(out)])
+    assert "exported target encoder" in proc.stdout
+    meta = json.loads((out / "config.json").read_text())
+    assert meta["step"] == 30 and meta["encoder"] == "target"
+    # plain safetensors holds exactly the checkpoint's EMA target weights
+    weights = load_file(out / "encoder.safetensors")
+    target = load_file(trained_run / "checkpoints" / "step-00000030" / "target.safetensors")
+    assert weights.keys() == target.keys()
+    assert all(torch.equal(weights[k], target[k]) for k in weights)
+
+    ds = ShardDataset(grid_data)
+    enc_a, cfg, modality = load_encoder(out)
+    enc_b, _, _ = load_encoder(trained_run)
+    fa = extract_features(enc_a, cfg, modality, ds, batch_size=16)
+    fb = extract_features(enc_b, cfg, modality, ds, batch_size=64)
+    assert fa.shape == (64, cfg.model.embed_dim)
+    np.testing.assert_allclose(fa, fb, rtol=1e-5, atol=1e-5)
+
+    proc = run_cli(
+        [
+            "engine.probe",
+            "--checkpoint",
+            str(out),
+            "--data",
+            str(grid_data),
+            "--label",
+            "label",
+            "--folds",
+            "4",
+        ]
+    )
+    assert (
+        "probe label: accuracy" in proc.stdout and "+-" in proc.stdout and "4-fold" in proc.stdout
+    )
+    bad = run_cli(
+        ["engine.probe", "--checkpoint", str(out), "--data", str(grid_data), "--label", "nope"],
+        check=False,
+    )
+    assert bad.returncode == 1 and "no column 'nope'" in bad.stderr
