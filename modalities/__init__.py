@@ -13,6 +13,7 @@ from modalities.base import Modality, ModalityError, ReadContext
 
 # name -> module path; each module exposes `MODALITY`, an instance of `Modality`.
 _REGISTRY: dict[str, str] = {
+    "eeg": "modalities.eeg",
     "fmri": "modalities.fmri",
 }
 

@@ -16,7 +16,7 @@ from modalities import Modality
 
 # Bump when a generator changes, so caches of the old output are not reused.
 DEMO_VERSION = 1
-DEFAULT_N = {"fmri": 12}
+DEFAULT_N = {"fmri": 12, "eeg": 16}
 
 
 def cache_root() -> Path:

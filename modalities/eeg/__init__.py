@@ -1,0 +1,229 @@
+"""EEG: recordings in any format MNE reads -> fixed-channel windows (S-JEPA input), stats, demo.
+
+- options.py: `EegOptions` and the named channel sets ("10-20", "10-10").
+- channels.py: channel-name normalisation and the standard_1005 position table.
+- reader.py: one recording -> records (header checks, channel mapping, filters, windows).
+- stats.py: per-channel robust scaling, positions and notes over a dataset.
+- demo.py: a synthetic eyes-open / eyes-closed cohort written as EDF+ and FIF.
+- sjepa.py: S-JEPA's tokenizer, embedder and spatial block masker (imports torch; loaded only by
+  the model-side hooks, so Ray workers reading files never import torch).
+
+docs/eeg.md is the user guide. Imports numpy and pyarrow at top level, MNE inside functions.
+Never imports `engine` or `pipelines`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from modalities.base import Modality, ReadContext
+from modalities.eeg.channels import resolve_channels
+from modalities.eeg.options import (
+    BAD_POLICIES,
+    CHANNEL_SETS,
+    DEFAULT_SFREQ,
+    DEFAULT_WINDOW_S,
+    LABEL_SOURCES,
+    UNKNOWN_POLICIES,
+    EegOptions,
+)
+from modalities.eeg.reader import EXTENSIONS, is_recording, read_recording, record_schema
+from modalities.eeg.stats import fit_eeg_stats
+
+
+def _channels_arg(text: str) -> str | tuple[str, ...]:
+    """`--channels`: a named set, or a comma-separated list of channel names."""
+    if text in CHANNEL_SETS:
+        return text
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if not names:
+        raise argparse.ArgumentTypeError("give a named set or a comma-separated list of names")
+    return names
+
+
+def _floats_arg(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got {text!r}"
+        ) from None
+
+
+class EegModality(Modality):
+    """EEG recordings -> windows of channels x time on a fixed channel set (module docstring)."""
+
+    name = "eeg"
+    extensions = EXTENSIONS
+    options_type = EegOptions
+
+    def matches(self, path: str) -> bool:
+        return is_recording(path)
+
+    def add_cli_options(self, parser: argparse.ArgumentParser) -> None:
+        g = parser.add_argument_group("EEG options")
+        g.add_argument(
+            "--channels",
+            dest="eeg_channels",
+            type=_channels_arg,
+            default="10-20",
+            metavar="SET|A,B,...",
+            help=f"fixed channel set of every record: {', '.join(CHANNEL_SETS)} (default 10-20, "
+            "19 channels) or a comma-separated list of names",
+        )
+        g.add_argument(
+            "--unknown-channels",
+            dest="eeg_unknown_channels",
+            choices=UNKNOWN_POLICIES,
+            default="keep",
+            help="channels of --channels with no 10-05 position: keep (position NaN, default) "
+            "or drop",
+        )
+        g.add_argument(
+            "--sfreq",
+            dest="eeg_sfreq",
+            type=float,
+            default=DEFAULT_SFREQ,
+            metavar="HZ",
+            help=f"resample every recording to this rate (default {DEFAULT_SFREQ:g}, S-JEPA)",
+        )
+        g.add_argument(
+            "--window",
+            dest="eeg_window",
+            type=float,
+            default=DEFAULT_WINDOW_S,
+            metavar="SECONDS",
+            help=f"seconds per record (default {DEFAULT_WINDOW_S:g})",
+        )
+        g.add_argument(
+            "--hop",
+            dest="eeg_hop",
+            type=float,
+            metavar="SECONDS",
+            help="seconds between window starts (default: the window, no overlap)",
+        )
+        g.add_argument(
+            "--high-pass",
+            dest="eeg_high_pass",
+            type=float,
+            default=0.5,
+            metavar="HZ",
+            help="high-pass edge in Hz (default 0.5; 0 = off)",
+        )
+        g.add_argument(
+            "--low-pass", dest="eeg_low_pass", type=float, metavar="HZ", help="low-pass edge in Hz"
+        )
+        g.add_argument(
+            "--notch",
+            dest="eeg_notch",
+            type=_floats_arg,
+            default=(),
+            metavar="HZ[,HZ...]",
+            help="line frequencies to notch out, e.g. 50 or 60,120 (default none)",
+        )
+        g.add_argument(
+            "--bad-channels",
+            dest="eeg_bad_channels",
+            choices=BAD_POLICIES,
+            default="drop-channel",
+            help="a flat or non-finite channel in a window: zero it and clear its mask bit "
+            "(drop-channel, default) or skip the window (drop-window)",
+        )
+        g.add_argument(
+            "--flat-uv",
+            dest="eeg_flat_uv",
+            type=float,
+            default=1.0,
+            metavar="UV",
+            help="peak-to-peak below which a channel is flat in a window (default 1 uV)",
+        )
+        g.add_argument(
+            "--min-channels",
+            dest="eeg_min_channels",
+            type=int,
+            default=1,
+            metavar="N",
+            help="refuse recordings with fewer channels of the set (default 1)",
+        )
+        g.add_argument(
+            "--label-from",
+            dest="eeg_label_from",
+            choices=LABEL_SOURCES,
+            default="task",
+            help="what fills the label column: the BIDS task entity (default) or none",
+        )
+
+    def options_from_args(self, args: argparse.Namespace) -> EegOptions:
+        high_pass = getattr(args, "eeg_high_pass", 0.5)
+        return EegOptions(
+            channels=getattr(args, "eeg_channels", "10-20"),
+            unknown_channels=getattr(args, "eeg_unknown_channels", "keep"),
+            sfreq=getattr(args, "eeg_sfreq", DEFAULT_SFREQ),
+            window_s=getattr(args, "eeg_window", DEFAULT_WINDOW_S),
+            hop_s=getattr(args, "eeg_hop", None),
+            high_pass=high_pass if high_pass else None,
+            low_pass=getattr(args, "eeg_low_pass", None),
+            notch=getattr(args, "eeg_notch", ()),
+            bad_channels=getattr(args, "eeg_bad_channels", "drop-channel"),
+            flat_uv=getattr(args, "eeg_flat_uv", 1.0),
+            min_channels=getattr(args, "eeg_min_channels", 1),
+            label_from=getattr(args, "eeg_label_from", "task"),
+        )
+
+    def schema(self, opts: EegOptions) -> pa.Schema:
+        cs = resolve_channels(opts)
+        metadata = {
+            "eeg.channels": json.dumps(list(cs.names)),
+            "eeg.unknown_channels": json.dumps(list(cs.unknown)),
+            "eeg.dropped_from_set": json.dumps(list(cs.dropped)),
+            "eeg.units": "microvolts",
+            "eeg.positions": "metres, MNE head frame",
+        }
+        return record_schema(len(cs.names), opts.window_samples, metadata)
+
+    def read(self, ctx: ReadContext, opts: EegOptions) -> Iterator[dict[str, Any]]:
+        cs = resolve_channels(opts)
+        return read_recording(ctx.local_path, ctx.source, ctx.max_file_bytes, opts, cs)
+
+    def fit_stats(self, batches: Iterable[pa.RecordBatch], opts: EegOptions) -> dict[str, Any]:
+        return fit_eeg_stats(batches)
+
+    def demo(self, out_dir: str | Path, n: int, seed: int) -> list[str]:
+        from modalities.eeg.demo import generate_cohort
+
+        return generate_cohort(out_dir, n, seed)
+
+    def library_versions(self) -> dict[str, str]:
+        import mne
+        import numpy
+        import scipy
+
+        return {"mne": mne.__version__, "numpy": numpy.__version__, "scipy": scipy.__version__}
+
+    # -- model side: S-JEPA (sjepa.py imports torch, so it is loaded here, not at module import)
+
+    def tokenize(self, record: dict[str, Any], stats: dict[str, Any], cfg: Any) -> dict[str, Any]:
+        from modalities.eeg.sjepa import tokenize_record
+
+        return tokenize_record(record, stats)
+
+    def masker(self, cfg: Any) -> Any:
+        from modalities.eeg.sjepa import SpatialBlockMasker
+
+        return SpatialBlockMasker.from_config(cfg)
+
+    def embedder(self, cfg: Any) -> Any:
+        from modalities.eeg.sjepa import EegEmbedder
+
+        return EegEmbedder(cfg.model.embed_dim)
+
+
+MODALITY = EegModality()
+
+__all__ = ["MODALITY", "EegModality", "EegOptions"]

@@ -1,0 +1,286 @@
+"""S-JEPA for EEG (Guetschel et al. 2024): tokens, embedder and spatial block masking.
+
+- `tokenize_record`: a record's present channels cut into 1-second segments (one token per
+  channel per second; at S-JEPA's 128 Hz a token is 128 samples), robust-scaled per channel from
+  the dataset statistics. coords [N, 6] int64 = (channel index, second, x, y, z, has_position)
+  with xyz in micrometres, so the masker and embedder see each token's electrode position even
+  when a recording brings its own montage.
+- `EegEmbedder`: a per-channel 1-D convolutional feature encoder over each token's samples, plus a
+  channel embedding that starts as a 3-D sin-cos encoding of the electrode position and is then
+  learned (a Linear initialised to the identity), plus a fixed sin-cos encoding of the second.
+- `SpatialBlockMasker`: each target block is the k nearest electrodes to a random electrode (or
+  all within a radius) over a contiguous span of seconds; the context is everything else.
+
+Imports numpy and torch (loaded lazily by the modality's hooks, never by Ray workers).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from modalities.grid import sincos_1d
+
+#: coords columns
+CHANNEL, SECOND, X, Y, Z, HAS_POSITION = range(6)
+#: positions travel in coords as integer micrometres
+UM_PER_M = 1e6
+
+
+def tokenize_record(record: dict[str, Any], stats: dict[str, Any]) -> dict[str, np.ndarray]:
+    """tokens float32 [C_present * S, sfreq] and coords int64 [C_present * S, 6] of one record.
+
+    Channels absent from the recording (mask 0) give no tokens. With `channel_median` /
+    `channel_iqr` in `stats`, each channel is scaled as (x - median) / IQR.
+    """
+    eeg = np.asarray(record["eeg"], dtype=np.float32)
+    mask = np.asarray(record["channel_mask"]).astype(bool)
+    positions = np.asarray(record["positions"], dtype=np.float64)
+    seg = int(round(float(record["sfreq"])))
+    n_ch, n_samples = eeg.shape
+    if seg < 1 or n_samples % seg:
+        raise ValueError(
+            f"EEG window of {n_samples} samples is not a whole number of seconds at {seg} Hz"
+        )
+    if stats.get("channels") is not None and list(stats["channels"]) != list(record["channels"]):
+        raise ValueError(
+            "the dataset statistics describe other channels than the record: "
+            f"{stats['channels'][:4]}... vs {list(record['channels'])[:4]}..."
+        )
+    present = np.flatnonzero(mask)
+    if present.size == 0:
+        raise ValueError("EEG record has no present channel (channel_mask is all 0)")
+    x = eeg[present]
+    if "channel_median" in stats and "channel_iqr" in stats:
+        med = np.asarray(stats["channel_median"], dtype=np.float32)[present, None]
+        iqr = np.asarray(stats["channel_iqr"], dtype=np.float32)[present, None]
+        x = (x - med) / np.where(iqr > 0, iqr, 1.0)
+    n_sec = n_samples // seg
+    tokens = np.ascontiguousarray(x.reshape(present.size * n_sec, seg), dtype=np.float32)
+    pos = positions[present]
+    has = np.isfinite(pos).all(axis=1)
+    pos_um = np.where(has[:, None], np.round(np.nan_to_num(pos) * UM_PER_M), 0).astype(np.int64)
+    coords = np.zeros((present.size, n_sec, 6), dtype=np.int64)
+    coords[..., CHANNEL] = present[:, None]
+    coords[..., SECOND] = np.arange(n_sec)[None, :]
+    coords[..., X : Z + 1] = pos_um[:, None, :]
+    coords[..., HAS_POSITION] = has[:, None]
+    return {"tokens": tokens, "coords": coords.reshape(-1, 6)}
+
+
+# --------------------------------------------------------------------------------------------
+# Embedder
+
+
+def xyz_sincos(xyz_m: torch.Tensor, dim: int) -> torch.Tensor:
+    """3-D sin-cos encoding of positions in metres [..., 3] -> [..., dim] (zero-padded).
+
+    Each axis gets dim // 6 frequencies spaced geometrically from a 40 cm to a 1 cm period: a head
+    is ~20 cm across and 10-10 electrodes are ~3 cm apart, so both scales are resolved.
+    """
+    n = max(1, dim // 6)
+    periods = torch.logspace(math.log10(0.4), math.log10(0.01), n, device=xyz_m.device)
+    omega = (2 * math.pi / periods).to(torch.float64)
+    angles = xyz_m.to(torch.float64).unsqueeze(-1) * omega  # [..., 3, n]
+    enc = torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1).flatten(-2)  # [..., 6n]
+    enc = enc[..., :dim]
+    if enc.shape[-1] < dim:
+        enc = torch.nn.functional.pad(enc, (0, dim - enc.shape[-1]))
+    return enc.to(torch.float32)
+
+
+class ChannelConvEncoder(nn.Module):
+    """Per-channel feature encoder: a strided 1-D conv stack over one token's samples.
+
+    Every token (one channel, one second) goes through the same convolutions on its own, so the
+    features know nothing of other channels: mixing across channels is the transformer's job.
+    """
+
+    def __init__(self, dim: int, widths: tuple[int, ...] = (32, 64, 128), pooled: int = 4) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c_in = 1
+        for i, width in enumerate(widths):
+            k = 7 if i == 0 else 5
+            layers += [
+                nn.Conv1d(c_in, width, k, stride=2, padding=k // 2),
+                nn.GroupNorm(min(8, width), width),
+                nn.GELU(),
+            ]
+            c_in = width
+        self.convs = nn.Sequential(*layers)
+        # A few pooled steps (not one mean) keep coarse order within the second.
+        self.pool = nn.AdaptiveAvgPool1d(pooled)
+        self.proj = nn.Linear(c_in * pooled, dim)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        lead = tokens.shape[:-1]
+        x = tokens.reshape(-1, 1, tokens.shape[-1])
+        x = self.pool(self.convs(x)).flatten(1)
+        return self.proj(x).reshape(*lead, -1)
+
+
+class EegEmbedder(nn.Module):
+    """S-JEPA embedding: conv features + channel embedding (from xyz) + time encoding."""
+
+    def __init__(self, dim: int, widths: tuple[int, ...] = (32, 64, 128)) -> None:
+        super().__init__()
+        if dim % 2:
+            raise ValueError(f"embedding width must be even, got {dim}")
+        self.dim = dim
+        self.features = ChannelConvEncoder(dim, widths)
+        self.channel_proj = nn.Linear(dim, dim)
+        # Identity at the start: the channel embedding is exactly the xyz sin-cos encoding, and
+        # training moves it from there.
+        with torch.no_grad():
+            self.channel_proj.weight.copy_(torch.eye(dim))
+            self.channel_proj.bias.zero_()
+        # Channels with no known position share one learned embedding.
+        self.unknown_channel = nn.Parameter(torch.randn(dim) * 0.02)
+
+    def channel_embedding(self, coords: torch.Tensor) -> torch.Tensor:
+        """[B, N, dim] from the xyz columns of coords [B, N, 6]."""
+        xyz = coords[..., X : Z + 1].to(torch.float32) / UM_PER_M
+        enc = xyz_sincos(xyz, self.dim).to(self.channel_proj.weight.dtype)
+        emb = self.channel_proj(enc)
+        known = coords[..., HAS_POSITION : HAS_POSITION + 1] > 0
+        return torch.where(known, emb, self.unknown_channel.to(emb.dtype))
+
+    def position(self, coords: torch.Tensor) -> torch.Tensor:
+        """Channel embedding + sin-cos of the second: [B, N, dim]."""
+        time = sincos_1d(coords[..., SECOND], self.dim).to(self.channel_proj.weight.dtype)
+        return self.channel_embedding(coords) + time
+
+    def forward(self, tokens: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+        feats = self.features(tokens.to(self.channel_proj.weight.dtype))
+        return feats + self.position(coords)
+
+
+# --------------------------------------------------------------------------------------------
+# Spatial block masking
+
+
+@dataclass(frozen=True)
+class SpatialBlock:
+    """One target block: the centre electrode, the channels masked, seconds [start, stop)."""
+
+    centre: int
+    channels: np.ndarray
+    start: int
+    stop: int
+
+
+def _pair(name: str, v: Any, lo: float = 0.0, hi: float = 1.0) -> tuple[float, float]:
+    a, b = (float(x) for x in v)
+    if not lo < a <= b <= hi:
+        raise ValueError(f"{name} must satisfy {lo} < min <= max <= {hi}, got {(a, b)}")
+    return a, b
+
+
+class SpatialBlockMasker:
+    """S-JEPA's spatial block masking, one sample at a time, variable lengths.
+
+    Each of `num_targets` blocks picks a random electrode with a known position and masks the
+    `round(U(channel_scale) * channels)` electrodes nearest to it (ties broken by channel index),
+    or with `radius` (metres) every electrode within that distance, over a contiguous run of
+    `round(U(time_scale) * seconds)` seconds. Channels without a position are never masked
+    (they are infinitely far from every centre); if no channel has a position, channels are
+    drawn at random. The context is every token in no block; draws again (up to `max_tries`)
+    while it keeps fewer than `min_context` of the tokens.
+    """
+
+    def __init__(
+        self,
+        num_targets: int = 1,
+        channel_scale: tuple[float, float] = (0.15, 0.3),
+        time_scale: tuple[float, float] = (1.0, 1.0),
+        radius: float | None = None,
+        min_context: float = 0.1,
+        max_tries: int = 100,
+    ) -> None:
+        if num_targets < 1:
+            raise ValueError(f"num_targets must be >= 1, got {num_targets}")
+        if radius is not None and not radius > 0:
+            raise ValueError(f"radius must be positive metres, got {radius}")
+        if not 0 <= min_context < 1:
+            raise ValueError(f"min_context must be in [0, 1), got {min_context}")
+        self.num_targets = int(num_targets)
+        self.channel_scale = _pair("channel_scale", channel_scale)
+        self.time_scale = _pair("time_scale", time_scale)
+        self.radius = radius
+        self.min_context = float(min_context)
+        self.max_tries = int(max_tries)
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> SpatialBlockMasker:
+        """From the engine config: mask.num_targets blocks, mask.target_scale as the fraction
+        of channels per block, mask.min_context; each block spans the whole window."""
+        m = cfg.mask
+        return cls(
+            num_targets=m.num_targets,
+            channel_scale=tuple(m.target_scale),
+            min_context=m.min_context,
+        )
+
+    def block_size(self, n_channels: int, u: float) -> int:
+        """Channels in a block drawn with scale `u` among `n_channels`."""
+        return int(min(n_channels, max(1, round(u * n_channels))))
+
+    def draw_blocks(self, rng: np.random.Generator, coords: np.ndarray) -> list[SpatialBlock]:
+        """The target blocks of one draw (without the context check)."""
+        channels, first = np.unique(coords[:, CHANNEL], return_index=True)
+        pos = coords[first, X : Z + 1].astype(np.float64) / UM_PER_M
+        has = coords[first, HAS_POSITION] > 0
+        n_sec = int(coords[:, SECOND].max()) + 1
+        blocks = []
+        for _ in range(self.num_targets):
+            k = self.block_size(len(channels), rng.uniform(*self.channel_scale))
+            if has.any():
+                centre = int(rng.choice(np.flatnonzero(has)))
+                dist = np.where(has, np.linalg.norm(pos - pos[centre], axis=1), np.inf)
+                if self.radius is not None:
+                    chosen = np.flatnonzero(dist <= self.radius)
+                else:
+                    order = np.lexsort((channels, dist))  # nearest first, ties by channel index
+                    chosen = order[: min(k, int(has.sum()))]
+            else:
+                chosen = rng.choice(len(channels), size=k, replace=False)
+                centre = int(chosen[0])
+            length = int(min(n_sec, max(1, round(rng.uniform(*self.time_scale) * n_sec))))
+            start = int(rng.integers(0, n_sec - length + 1))
+            blocks.append(
+                SpatialBlock(
+                    int(channels[centre]), np.sort(channels[chosen]), start, start + length
+                )
+            )
+        return blocks
+
+    def __call__(
+        self, rng: np.random.Generator, coords: np.ndarray
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Context and target token indices (sorted int64) for one sample's coords [N, 6]."""
+        coords = np.asarray(coords)
+        if coords.ndim != 2 or coords.shape[1] != 6 or len(coords) == 0:
+            raise ValueError(f"EEG coords must be [N, 6] with N > 0, got shape {coords.shape}")
+        need = max(1, math.ceil(self.min_context * len(coords)))
+        for _ in range(self.max_tries):
+            targets = []
+            for b in self.draw_blocks(rng, coords):
+                hit = np.isin(coords[:, CHANNEL], b.channels)
+                hit &= (coords[:, SECOND] >= b.start) & (coords[:, SECOND] < b.stop)
+                targets.append(np.flatnonzero(hit).astype(np.int64))
+            masked = np.zeros(len(coords), dtype=bool)
+            for t in targets:
+                masked[t] = True
+            context = np.flatnonzero(~masked).astype(np.int64)
+            if len(context) >= need and all(len(t) for t in targets):
+                return context, targets
+        raise ValueError(
+            f"could not draw a spatial mask leaving {need} of {len(coords)} tokens as context in "
+            f"{self.max_tries} tries; lower mask.num_targets or mask.target_scale"
+        )

@@ -1,0 +1,201 @@
+"""Tests of modalities/eeg/sjepa.py: S-JEPA tokens, the spatial block masker's invariants over
+1000 draws, and the embedder (conv features, xyz channel embedding, time encoding)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from engine.config import load_config
+from engine.data import Sample, collate
+from engine.model import JEPA
+from modalities.eeg import MODALITY, EegOptions
+from modalities.eeg.channels import resolve_channels
+from modalities.eeg.sjepa import (
+    HAS_POSITION,
+    EegEmbedder,
+    SpatialBlockMasker,
+    tokenize_record,
+    xyz_sincos,
+)
+
+CS = resolve_channels(EegOptions())
+
+
+def record(n_sec: int = 16, absent=(), unpositioned=(), seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    mask = np.ones(19, dtype=np.uint8)
+    mask[list(absent)] = 0
+    pos = CS.positions.copy()
+    pos[list(unpositioned)] = np.nan
+    eeg = rng.normal(0, 10, (19, n_sec * 128)).astype(np.float32) * mask[:, None]
+    return {
+        "eeg": eeg,
+        "channel_mask": mask,
+        "positions": pos,
+        "sfreq": 128.0,
+        "channels": list(CS.names),
+    }
+
+
+def test_tokens_are_one_second_per_present_channel():
+    rec = record(absent=(3, 7), unpositioned=(5,))
+    out = tokenize_record(rec, {})
+    tokens, coords = out["tokens"], out["coords"]
+    assert tokens.shape == (17 * 16, 128) and coords.shape == (17 * 16, 6)
+    assert coords.dtype == np.int64 and tokens.dtype == np.float32
+    assert 3 not in coords[:, 0] and 7 not in coords[:, 0]
+    # token (channel 9, second 4) is samples 512..640 of channel 9
+    i = np.flatnonzero((coords[:, 0] == 9) & (coords[:, 1] == 4))[0]
+    np.testing.assert_array_equal(tokens[i], rec["eeg"][9, 512:640])
+    np.testing.assert_array_equal(coords[i, 2:5], np.round(CS.positions[9] * 1e6))
+    assert coords[i, HAS_POSITION] == 1
+    assert (coords[coords[:, 0] == 5, HAS_POSITION] == 0).all()
+
+
+def test_robust_scaling_from_stats():
+    rec = record()
+    stats = {
+        "channels": list(CS.names),
+        "channel_median": list(np.arange(19.0)),
+        "channel_iqr": [2.0] * 18 + [0.0],
+    }
+    out = tokenize_record(rec, stats)
+    np.testing.assert_allclose(out["tokens"][:16].ravel(), rec["eeg"][0] / 2.0, rtol=1e-6)
+    np.testing.assert_allclose(out["tokens"][-16:].ravel(), rec["eeg"][18] - 18.0, rtol=1e-6)
+    with pytest.raises(ValueError, match="other channels"):
+        tokenize_record(rec, {**stats, "channels": ["Cz"]})
+    with pytest.raises(ValueError, match="whole number of seconds"):
+        tokenize_record({**rec, "eeg": rec["eeg"][:, :200]}, {})
+
+
+def _dist(coords: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    ch, first = np.unique(coords[:, 0], return_index=True)
+    pos = coords[first, 2:5] / 1e6
+    return ch, pos, coords[first, HAS_POSITION] > 0
+
+
+@pytest.mark.parametrize("radius", [None, 0.06])
+def test_spatial_block_invariants_over_1000_draws(radius):
+    rec = record(absent=(2,), unpositioned=(11,))
+    coords = tokenize_record(rec, {})["coords"]
+    masker = SpatialBlockMasker(
+        num_targets=2, channel_scale=(0.15, 0.3), time_scale=(0.25, 1.0), radius=radius,
+        min_context=0.2,
+    )  # fmt: skip
+    ch, pos, has = _dist(coords)
+    n_ch, n_sec = len(ch), 16
+    rng = np.random.default_rng(0)
+    for _ in range(1000):
+        state = rng.bit_generator.state
+        context, targets = masker(rng, coords)
+        # the same draw, seen block by block
+        probe = np.random.default_rng()
+        probe.bit_generator.state = state
+        blocks = masker.draw_blocks(probe, coords)
+        assert len(targets) == 2
+        union = np.concatenate(targets)
+        assert len(np.intersect1d(context, union)) == 0  # no overlap with the context
+        assert len(context) + len(np.unique(union)) == len(coords)  # the rest is context
+        assert len(context) >= 0.2 * len(coords)
+        assert np.all(np.diff(context) > 0)
+        for t, b in zip(targets, blocks, strict=True):
+            assert len(t) > 0
+            masked_ch = np.unique(coords[t, 0])
+            np.testing.assert_array_equal(masked_ch, b.channels)
+            seconds = np.unique(coords[t, 1])
+            np.testing.assert_array_equal(seconds, np.arange(b.start, b.stop))
+            assert 0.25 * n_sec - 0.5 <= len(seconds) <= n_sec
+            # spatially contiguous: every masked electrode is nearer the centre than every other
+            c = np.flatnonzero(ch == b.centre)[0]
+            assert has[c] and b.centre in masked_ch
+            d = np.where(has, np.linalg.norm(pos - pos[c], axis=1), np.inf)
+            inside = np.isin(ch, masked_ch)
+            assert d[inside].max() <= d[~inside].min()
+            assert 11 not in masked_ch  # no position: never in a spatial block
+            if radius is None:
+                assert round(0.15 * n_ch) <= len(masked_ch) <= round(0.3 * n_ch)
+            else:
+                assert d[inside].max() <= radius and (d[~inside] > radius).all()
+
+
+def test_masker_without_positions_draws_channels_at_random():
+    coords = tokenize_record(record(unpositioned=range(19)), {})["coords"]
+    masker = SpatialBlockMasker(num_targets=1, channel_scale=(0.2, 0.2))
+    rng = np.random.default_rng(1)
+    seen = set()
+    for _ in range(50):
+        context, (target,) = masker(rng, coords)
+        chans = np.unique(coords[target, 0])
+        assert len(chans) == 4
+        seen.update(chans.tolist())
+    assert len(seen) > 10
+
+
+def test_masker_from_engine_config_and_refusals():
+    cfg = load_config(values={"mask.num_targets": 3, "mask.target_scale": [0.1, 0.2]})
+    masker = MODALITY.masker(cfg)
+    assert masker.num_targets == 3 and masker.channel_scale == (0.1, 0.2)
+    with pytest.raises(ValueError, match="could not draw"):
+        SpatialBlockMasker(channel_scale=(1.0, 1.0), min_context=0.5, max_tries=3)(
+            np.random.default_rng(0), tokenize_record(record(), {})["coords"]
+        )
+    with pytest.raises(ValueError, match=r"\[N, 6\]"):
+        masker(np.random.default_rng(0), np.zeros((4, 2), dtype=np.int64))
+
+
+def test_embedder_channel_embedding_starts_as_xyz_sincos_and_learns():
+    torch.manual_seed(0)
+    emb = EegEmbedder(48)
+    coords = torch.from_numpy(tokenize_record(record(n_sec=2, unpositioned=(4,)), {})["coords"])
+    ch = emb.channel_embedding(coords[None])[0]
+    xyz = coords[:, 2:5].float() / 1e6
+    known = coords[:, HAS_POSITION] == 1
+    torch.testing.assert_close(ch[known], xyz_sincos(xyz[known], 48))
+    torch.testing.assert_close(ch[~known], emb.unknown_channel.expand(int((~known).sum()), 48))
+    # nearby electrodes get more similar embeddings than distant ones (Fp1~Fp2, Fp1 vs O1)
+    per_ch = {int(c): ch[i] for i, c in enumerate(coords[:, 0].tolist())}
+    cos = torch.nn.functional.cosine_similarity
+    assert cos(per_ch[0], per_ch[1], dim=0) > cos(per_ch[0], per_ch[17], dim=0)
+    # position = channel + time; forward adds token features
+    pos = emb.position(coords[None])[0]
+    assert not torch.allclose(pos[0], pos[1])  # same channel, seconds 0 and 1
+    tokens = torch.randn(1, len(coords), 128, requires_grad=True)
+    out = emb(tokens, coords[None])
+    assert out.shape == (1, len(coords), 48)
+    out.square().mean().backward()
+    assert emb.channel_proj.weight.grad.abs().sum() > 0 and tokens.grad.abs().sum() > 0
+
+
+def test_conv_features_are_per_token():
+    torch.manual_seed(0)
+    emb = EegEmbedder(32)
+    tokens = torch.randn(2, 5, 128)
+    a = emb.features(tokens)
+    tokens2 = tokens.clone()
+    tokens2[0, 3] += 1.0
+    b = emb.features(tokens2)
+    changed = (a - b).abs().sum(-1) > 1e-6
+    assert changed.tolist() == [[False, False, False, True, False], [False] * 5]
+
+
+def test_one_jepa_step_with_the_engine_model():
+    """Tokenize, mask, collate and run the engine's JEPA forward/backward on EEG records."""
+    cfg = load_config(
+        values={"model.embed_dim": 32, "model.num_heads": 2, "model.depth": 1,
+                "model.pred_dim": 16, "model.pred_heads": 2, "model.pred_depth": 1,
+                "mask.num_targets": 2}
+    )  # fmt: skip
+    masker = MODALITY.masker(cfg)
+    samples = []
+    for i, absent in enumerate([(), (4, 5)]):
+        t = MODALITY.tokenize(record(n_sec=4, absent=absent, seed=i), {}, cfg)
+        ctx, tgts = masker(np.random.default_rng(i), t["coords"])
+        samples.append(Sample(i, t["tokens"], t["coords"], ctx, tgts))
+    batch = collate(samples)
+    model = JEPA(MODALITY.embedder(cfg), cfg.model)
+    pred = model(batch)
+    assert pred.shape == (len(batch["tgt_idx"]), 32)
+    pred.square().mean().backward()
+    assert model.encoder.embedder.features.proj.weight.grad is not None
