@@ -21,8 +21,14 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
+# The demo cohort (12 synthetic subjects, generated once and cached) -> shards -> a short
+# pretraining run that resumes if interrupted -> a linear probe of the subjects' group label.
 demo: $(STAMP)
-	$(PY) -m pipelines.ingest fmri --output demo_data/fmri
+	$(PY) -m pipelines.ingest fmri --atlas builtin:100 --participants-column group \
+		--output demo_data/fmri
+	$(PY) -m engine.train --data demo_data/fmri --out runs/demo \
+		--config engine/configs/fmri_demo.yaml --resume auto
+	$(PY) -m engine.probe --checkpoint runs/demo --data demo_data/fmri --label group
 
 test: $(STAMP)
 	$(PY) -m ruff check .
@@ -33,3 +39,5 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/ingest_fmri.py
+	$(PY) -m kernels.bench
+	$(PY) benchmarks/train_fmri.py

@@ -1,7 +1,8 @@
 """Generate the built-in default fMRI parcellation shipped next to this script.
 
-Run once by a developer (`python modalities/data/make_default_atlas.py`); ingest only reads the
-result, `default_atlas_450.nii.gz` (+ `default_atlas_450.tsv`), so it never downloads anything.
+Run once by a developer (`python modalities/data/make_default_atlas.py --parcels 450`, and
+`--parcels 100` for the small one); ingest only reads the results, `default_atlas_{450,100}.nii.gz`
+(+ `.tsv`), so it never downloads anything.
 
 How it is made (docs/fmri.md says the same for users):
 1. nilearn's bundled MNI152 (2009) brain mask at 2 mm (`load_mni152_brain_mask(resolution=2)`,
@@ -88,13 +89,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out-dir", default=str(HERE))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--parcels",
+        type=int,
+        default=2 * N_PER_HEMISPHERE,
+        help="total parcels, even (450: Brain-JEPA's count; 100: the CPU demo's)",
+    )
     args = parser.parse_args()
+    if args.parcels % 2 or args.parcels < 2:
+        parser.error("--parcels must be a positive even number (half per hemisphere)")
     import nibabel as nib
 
-    img, rows = make_default_atlas(seed=args.seed)
+    img, rows = make_default_atlas(args.parcels // 2, seed=args.seed)
     out = Path(args.out_dir)
-    nib.save(img, out / "default_atlas_450.nii.gz")
-    with open(out / "default_atlas_450.tsv", "w", newline="") as f:
+    nib.save(img, out / f"default_atlas_{args.parcels}.nii.gz")
+    with open(out / f"default_atlas_{args.parcels}.tsv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]), delimiter="\t")
         writer.writeheader()
         writer.writerows(rows)

@@ -16,7 +16,6 @@ the engine can import `modalities` without them. Never imports `engine` or `pipe
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -29,6 +28,7 @@ from modalities.base import Modality, ModalityError, ReadContext
 from modalities.fmri.atlas import Atlas, _nearest_labels, atlas_on_grid, load_atlas
 from modalities.fmri.demo import _NETWORK_NODES, generate_cohort, network_weights
 from modalities.fmri.options import (
+    BUILTIN_PREFIX,
     DEFAULT_ATLAS_PATH,
     DEFAULT_GRADIENT_DIMS,
     DEFAULT_WINDOW,
@@ -94,7 +94,8 @@ class FmriModality(Modality):
             "--atlas",
             dest="fmri_atlas",
             metavar="LABELS.nii[.gz]",
-            help="label image (0 = background); default: the built-in 450-parcel MNI152 atlas",
+            help="label image (0 = background), or builtin:450 (default) / builtin:100, the "
+            "shipped MNI152 parcellations (100 suits CPU demos)",
         )
         g.add_argument(
             "--tr", dest="fmri_tr", type=float, metavar="SECONDS", help="override the header TR"
@@ -171,7 +172,11 @@ class FmriModality(Modality):
         atlas = getattr(args, "fmri_atlas", None)
         return FmriOptions(
             # Absolute, so Ray workers with another working directory find the same file.
-            atlas=None if atlas is None else str(Path(atlas).expanduser().resolve()),
+            atlas=(
+                atlas
+                if atlas is None or atlas.startswith(BUILTIN_PREFIX)
+                else str(Path(atlas).expanduser().resolve())
+            ),
             tr=getattr(args, "fmri_tr", None),
             target_tr=getattr(args, "fmri_target_tr", None),
             window=getattr(args, "fmri_window", DEFAULT_WINDOW),
@@ -228,18 +233,25 @@ class FmriModality(Modality):
     def demo(self, out_dir: str | Path, n: int, seed: int) -> list[str]:
         return generate_cohort(out_dir, n, seed)
 
-    # -- model side: the engine's generic grid pieces (1 ROI x patch_len frames, 2-D sin-cos,
-    # I-JEPA multi-block masks) until Brain-JEPA's own land. Imported on first use so Ray ingest
-    # workers, which only read scans, never import torch.
+    # -- model side: Brain-JEPA (jepa.py). Imported on first use so Ray ingest workers, which
+    # only read scans, never import torch.
 
     def tokenize(self, record: dict[str, Any], stats: dict[str, Any], cfg: Any) -> dict[str, Any]:
-        return _grid_pieces().tokenize(record, stats, cfg)
+        from modalities.fmri.jepa import tokenize_record
+
+        return tokenize_record(record, stats, cfg.model.patch_len)
 
     def masker(self, cfg: Any) -> Any:
-        return _grid_pieces().masker(cfg)
+        from modalities.fmri.jepa import BrainJepaConfig, SpatiotemporalMasker
 
-    def embedder(self, cfg: Any) -> Any:
-        return _grid_pieces().embedder(cfg)
+        return SpatiotemporalMasker(BrainJepaConfig.from_config(cfg))
+
+    def embedder(self, cfg: Any, stats: dict[str, Any] | None = None) -> Any:
+        """Brain-JEPA's embedder. The engine calls `embedder(cfg)`; the gradient positions then
+        come from the stats.json of `cfg.data.path` (pass `stats` to skip reading it)."""
+        from modalities.fmri.jepa import build_embedder
+
+        return build_embedder(cfg, stats)
 
     def library_versions(self) -> dict[str, str]:
         import nibabel
@@ -252,19 +264,6 @@ class FmriModality(Modality):
             "numpy": np.__version__,
             "scipy": scipy.__version__,
         }
-
-
-@functools.lru_cache(maxsize=1)
-def _grid_pieces() -> Any:
-    from modalities.grid import GridPieces
-
-    class FmriGrid(GridPieces):
-        grid_column = "bold"
-        # Brain-JEPA scales each ROI robustly with dataset statistics (median / IQR).
-        row_center_stat = "roi_median"
-        row_scale_stat = "roi_iqr"
-
-    return FmriGrid()
 
 
 MODALITY = FmriModality()

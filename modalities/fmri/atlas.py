@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from modalities.fmri.options import DEFAULT_ATLAS_PATH
+from modalities.fmri.options import BUILTIN_PREFIX, DEFAULT_ATLAS_PATH
 
 # --------------------------------------------------------------------------------------------
 # Atlas
@@ -38,14 +38,36 @@ class Atlas:
         return f"atlas {Path(self.path).name}"
 
 
+def builtin_atlas_path(name: str) -> Path:
+    """The shipped file of a built-in atlas name, `builtin:450` or `builtin:100`."""
+    count = name.removeprefix(BUILTIN_PREFIX)
+    path = DEFAULT_ATLAS_PATH.parent / f"default_atlas_{count}.nii.gz"
+    if not count.isdigit() or not path.is_file():
+        shipped = sorted(
+            p.name[len("default_atlas_") : -len(".nii.gz")]
+            for p in DEFAULT_ATLAS_PATH.parent.glob("default_atlas_*.nii.gz")
+        )
+        raise ValueError(
+            f"unknown built-in atlas {name!r}; shipped: "
+            + ", ".join(f"{BUILTIN_PREFIX}{n}" for n in shipped)
+        )
+    return path
+
+
 def load_atlas(path: str | None) -> Atlas:
-    """Load and validate a label atlas (None = the built-in one). Raises ValueError if unusable."""
-    resolved = str(DEFAULT_ATLAS_PATH if path is None else Path(path).expanduser().resolve())
+    """Load and validate a label atlas: a path, a built-in name (`builtin:100`), or None for the
+    default `builtin:450`. Raises ValueError if unusable."""
+    if path is None:
+        resolved, builtin = str(DEFAULT_ATLAS_PATH), True
+    elif path.startswith(BUILTIN_PREFIX):
+        resolved, builtin = str(builtin_atlas_path(path)), True
+    else:
+        resolved, builtin = str(Path(path).expanduser().resolve()), False
     try:
         stat = os.stat(resolved)
     except OSError as exc:
         raise ValueError(f"atlas {resolved} cannot be opened: {exc.strerror}") from None
-    return _load_atlas_cached(resolved, stat.st_mtime_ns, stat.st_size, path is None)
+    return _load_atlas_cached(resolved, stat.st_mtime_ns, stat.st_size, builtin)
 
 
 @functools.lru_cache(maxsize=4)

@@ -10,6 +10,8 @@ import numpy as np
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 #: the built-in parcellation, made by modalities/data/make_default_atlas.py (see docs/fmri.md)
 DEFAULT_ATLAS_PATH = DATA_DIR / "default_atlas_450.nii.gz"
+#: `--atlas builtin:N` names a shipped parcellation (450, the default; 100 for CPU demos)
+BUILTIN_PREFIX = "builtin:"
 
 #: Brain-JEPA's window: 160 frames per sample.
 DEFAULT_WINDOW = 160
@@ -53,7 +55,8 @@ _NIFTI2_MAGIC = b"n+2\x00\r\n\x1a\n"
 class FmriOptions:
     """Preprocessing options of the fMRI reader (all JSON-serialisable; recorded in the manifest).
 
-    atlas: label image (3D, integer labels, 0 = background); None = the built-in 450-parcel atlas.
+    atlas: label image (3D, integer labels, 0 = background), or `builtin:N` for a shipped MNI152
+        parcellation (N = 450 or 100); None = `builtin:450`.
     tr: repetition time in seconds, overriding the header's.
     target_tr: resample every scan to this TR (seconds); None keeps each scan's own TR.
     window: frames per record (after resampling). hop: frames between window starts (None = window).

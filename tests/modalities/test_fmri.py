@@ -718,3 +718,12 @@ def test_participants_columns_join_bids_participants_tsv(demo_cohort, tmp_path):
 def test_participants_columns_may_not_clash(bad):
     with pytest.raises(ValueError, match="participants column"):
         FmriOptions(participants_columns=(bad,))
+
+
+def test_builtin_atlas_names(demo_cohort):
+    small = FmriOptions(atlas="builtin:100")
+    assert MODALITY.schema(small).field("bold").type.shape == [100, small.window]
+    recs = read_all(Path(demo_cohort[0]), small)
+    assert recs and recs[0]["n_rois"] == 100 and recs[0]["n_missing_rois"] == 0
+    with pytest.raises(ValueError, match=r"unknown built-in atlas 'builtin:7'.*builtin:100"):
+        MODALITY.schema(FmriOptions(atlas="builtin:7"))
