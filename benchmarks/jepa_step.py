@@ -1,0 +1,776 @@
+"""One full JEPA training step at ViT-B/16 image-JEPA shapes: our engine vs the I-JEPA approach.
+
+    python benchmarks/jepa_step.py [--steps 20] [--warmup 5] [--json FILE]   # GPU: ViT-B/16
+    python benchmarks/jepa_step.py --tiny                                    # CPU smoke run
+    python benchmarks/jepa_step.py --check                                   # CPU equivalence
+
+A step = context encoder forward on the context tokens, target encoder forward (no grad, all
+tokens, layer norm), predictor forward over context + mask tokens per target block, smooth L1
+loss, backward, AdamW step, EMA update of the fp32 target. Three ways, in one run, from the same
+initial weights and the same masks (I-JEPA multi-block: 4 targets of 15-20%, context 85-100%
+minus the targets; 196 tokens per sample):
+
+- ours: `engine.model` on packed variable-length tokens (Triton `varlen_attention` and
+  `gather_tokens`, fused `ema_`), nothing truncated.
+- reference (truncated): the same modules run as the I-JEPA code runs them: every mask cut to
+  the batch minimum length, padded [B, N, D] tensors, `apply_masks` (int64 [B, K, D] index +
+  `torch.gather`), `F.scaled_dot_product_attention` on the dense batch, per-parameter EMA loop.
+  It processes fewer tokens than the masks hold.
+- reference (padded): the same but masks padded to the batch maximum with a key-padding mask,
+  so it processes every masked token (equal useful tokens to ours, plus padding).
+
+Both references use the same AdamW (torch default implementation) as ours, bf16 autocast on CUDA.
+Reported per path: median step time over `--steps` CUDA-synchronised steps after `--warmup`
+(phases fwd / bwd / optimizer / EMA from CUDA events inside the same steps), token counts,
+tokens/s with tokens = context tokens + predicted target tokens, time per token, model FLOPs
+and MFU against a bf16 matmul measured in the same run (`kernels.bench.measure_ceilings`).
+
+Model FLOPs per step (weights' matmuls and attention; norms, biases, elementwise ignored), with
+D / Dp encoder / predictor width, L / Lp depths, P patch dim, B*N all tokens, Tc context tokens,
+Tt target tokens, Tp = sum over target blocks of (its sample's context + block length), lc / lp
+per-sequence lengths of context encoder / predictor, W = 4 D^2 + 2 D h (h = MLP width), Wp alike:
+    trained = P*D*B*N + L*W*Tc + D*Dp*(2*Tc + Tt) + Lp*Wp*Tp + Dp*D*Tt
+    flops   = 6 * trained + 3.5 * (4*D*L*sum(lc^2) + 4*Dp*Lp*sum(lp^2))     (fwd + bwd)
+            + 2 * (P*D + L*W) * B*N + 4*D*L*B*N^2                           (target, fwd only)
+Each path is credited with the tokens it computes usefully (the truncated reference with its
+truncated lengths; the padded one with the same useful tokens as ours, not its padding).
+
+On CPU (no GPU) the kernels run their torch reference paths at tiny sizes: those numbers only
+show the script runs and are not the benchmark. `--check` (CPU, fp32, tiny) verifies that ours
+and the padded reference give the same loss, gradients and post-step weights, and that ours on
+truncated masks matches the truncated reference; exit status 1 if not.
+
+Imports torch, numpy, `kernels`, `engine.objective`, `engine/model.py` and `modalities/grid.py`
+only, so it runs on a bare GPU box (torch + triton + numpy): `engine/model.py` is loaded with a
+stand-in for `engine.config` (which imports yaml) and `modalities/grid.py` by file (the
+`modalities` package imports pyarrow). Never asserts timings; results go to docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib.util
+import json
+import math
+import statistics
+import sys
+import time
+import types
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from engine.objective import jepa_loss  # noqa: E402
+from engine.ops import EMATarget  # noqa: E402
+from kernels import _dispatch  # noqa: E402
+from kernels.bench import measure_ceilings  # noqa: E402
+from kernels.gather import apply_masks_baseline  # noqa: E402
+
+
+@dataclass
+class ModelShape:
+    """The fields of `engine.config.ModelConfig` that `engine.model` reads, plus the data shape."""
+
+    patch_len: int = 768  # patch dim: 16 x 16 x 3 pixels
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    pred_dim: int = 384
+    pred_depth: int = 12  # I-JEPA's configs use a 12-deep, 384-wide predictor
+    pred_heads: int = 12
+    grid: int = 14  # 224 px / 16 px patches -> 14 x 14 = 196 tokens
+    batch: int = 64
+    num_targets: int = 4
+
+    @property
+    def tokens(self) -> int:
+        return self.grid * self.grid
+
+
+TINY = dict(
+    patch_len=48,
+    embed_dim=64,
+    depth=2,
+    num_heads=4,
+    pred_dim=32,
+    pred_depth=2,
+    pred_heads=4,
+    batch=4,
+)
+
+
+def _load_file(name: str, path: Path, stubs: dict[str, types.ModuleType]) -> types.ModuleType:
+    """Execute `path` as module `name`, with `stubs` in sys.modules only while it imports."""
+    saved = {k: sys.modules.get(k) for k in stubs}
+    sys.modules.update(stubs)
+    try:
+        spec = importlib.util.spec_from_file_location(name, path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                sys.modules.pop(k, None)
+            else:
+                sys.modules[k] = v
+    return mod
+
+
+def load_engine_model() -> types.ModuleType:
+    """`engine.model`, without importing `engine.config` (yaml) when it is not loaded already.
+
+    model.py takes `ModelConfig` only for attribute reads (annotations are strings), so a
+    stand-in module holding `ModelShape` serves while it imports; sys.modules is left as found.
+    """
+    if "engine.model" in sys.modules:
+        return sys.modules["engine.model"]
+    if "engine.config" in sys.modules:
+        import engine.model
+
+        return engine.model
+    stub = types.ModuleType("engine.config")
+    stub.ModelConfig = ModelShape
+    return _load_file(
+        "_jepa_step_engine_model", REPO / "engine" / "model.py", {"engine.config": stub}
+    )
+
+
+def load_grid() -> types.ModuleType:
+    """`modalities/grid.py` (numpy + torch) without the `modalities` package (pyarrow)."""
+    if "modalities.grid" in sys.modules:
+        return sys.modules["modalities.grid"]
+    return _load_file("_jepa_step_grid", REPO / "modalities" / "grid.py", {})
+
+
+em = load_engine_model()
+grid_mod = load_grid()
+
+# ----------------------------------------------------------------------------- masks and batches
+
+Mask = tuple[np.ndarray, list[np.ndarray]]  # (context idx, [target idx per block]) of one sample
+
+
+def draw_masks(shape: ModelShape, rng: np.random.Generator) -> list[Mask]:
+    """I-JEPA multi-block masks (4 x 15-20% targets, 85-100% context minus targets) per sample."""
+    masker = grid_mod.MultiBlockMasker(num_targets=shape.num_targets)
+    r, c = np.meshgrid(np.arange(shape.grid), np.arange(shape.grid), indexing="ij")
+    coords = np.stack([r.reshape(-1), c.reshape(-1)], axis=1)
+    return [masker(rng, coords) for _ in range(shape.batch)]
+
+
+def truncate(masks: list[Mask]) -> list[Mask]:
+    """I-JEPA's collator: every context to the batch-minimum context length, every target block
+    to the minimum block length over the batch (keeping the first, i.e. lowest, indices)."""
+    kc = min(len(c) for c, _ in masks)
+    kt = min(len(t) for _, ts in masks for t in ts)
+    return [(c[:kc], [t[:kt] for t in ts]) for c, ts in masks]
+
+
+def _cu(lengths: list[int]) -> torch.Tensor:
+    return torch.tensor([0, *np.cumsum(lengths).tolist()], dtype=torch.int32)
+
+
+def pack(tokens: torch.Tensor, coords: torch.Tensor, masks: list[Mask]) -> dict[str, Any]:
+    """The engine's packed batch (the layout of `engine.data.collate`) from per-sample masks."""
+    lc = [len(c) for c, _ in masks]
+    blocks = [(b, t) for b, (_, ts) in enumerate(masks) for t in ts]
+    lt = [len(t) for _, t in blocks]
+    tc = sum(lc)
+    cu_ctx = np.concatenate([[0], np.cumsum(lc)])
+    cu_blk = np.concatenate([[0], np.cumsum(lt)])
+    pred_src, pred_out, lp = [], [], []
+    pos = 0
+    for s, (b, t) in enumerate(blocks):
+        pred_src.append(np.arange(cu_ctx[b], cu_ctx[b + 1]))
+        pred_src.append(tc + np.arange(cu_blk[s], cu_blk[s + 1]))
+        pred_out.append(pos + lc[b] + np.arange(len(t)))
+        lp.append(lc[b] + len(t))
+        pos += lp[-1]
+    cat = lambda xs: torch.from_numpy(np.concatenate(xs).astype(np.int64))  # noqa: E731
+    return {
+        "tokens": tokens,
+        "coords": coords,
+        "n_tokens": torch.full((len(masks),), tokens.shape[1], dtype=torch.int32),
+        "ctx_idx": cat([c for c, _ in masks]),
+        "cu_ctx": _cu(lc),
+        "max_ctx": max(lc),
+        "tgt_idx": cat([t for _, t in blocks]),
+        "cu_tgt": _cu([sum(len(t) for t in ts) for _, ts in masks]),
+        "cu_blk": _cu(lt),
+        "pred_src": cat(pred_src),
+        "cu_pred": _cu(lp),
+        "max_pred": max(lp),
+        "pred_out": cat(pred_out),
+    }
+
+
+@dataclass
+class RefBatch:
+    """Dense I-JEPA-style batch: index tensors [B, K] and, when padded, validity masks."""
+
+    tokens: torch.Tensor
+    coords: torch.Tensor
+    ctx: torch.Tensor  # [B, Kc] int64
+    tgts: list[torch.Tensor]  # num_targets x [B, Kt] int64
+    ctx_keep: torch.Tensor | None  # [B, 1, 1, Kc] bool attention mask (padded mode)
+    pred_keep: torch.Tensor | None  # [n*B, 1, 1, Kc + Kt] bool attention mask (padded mode)
+    tgt_valid: torch.Tensor | None  # [n*B, Kt] bool (padded mode)
+
+
+def ref_batch(tokens: torch.Tensor, coords: torch.Tensor, masks: list[Mask], pad: bool) -> RefBatch:
+    """Truncated (I-JEPA) or padded dense masks; padded slots index token 0 and are masked."""
+    if not pad:
+        masks = truncate(masks)
+    kc = max(len(c) for c, _ in masks)
+    kt = max(len(t) for _, ts in masks for t in ts)
+    n = len(masks[0][1])
+
+    def dense(rows: list[np.ndarray], k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = np.zeros((len(rows), k), dtype=np.int64)
+        valid = np.zeros((len(rows), k), dtype=bool)
+        for i, r in enumerate(rows):
+            idx[i, : len(r)] = r
+            valid[i, : len(r)] = True
+        return torch.from_numpy(idx), torch.from_numpy(valid)
+
+    ctx, ctx_valid = dense([c for c, _ in masks], kc)
+    tgts, tgt_valid = zip(*(dense([ts[j] for _, ts in masks], kt) for j in range(n)), strict=True)
+    tgt_valid = torch.cat(tgt_valid)  # block-major, as apply_masks concatenates
+    if not pad:
+        return RefBatch(tokens, coords, ctx, list(tgts), None, None, None)
+    pred_keep = torch.cat([ctx_valid.repeat(n, 1), tgt_valid], dim=1)
+    return RefBatch(
+        tokens,
+        coords,
+        ctx,
+        list(tgts),
+        ctx_valid[:, None, None, :],
+        pred_keep[:, None, None, :],
+        tgt_valid,
+    )
+
+
+def to_device(x: Any, device: torch.device) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.to(device)
+    if isinstance(x, dict):
+        return {k: to_device(v, device) for k, v in x.items()}
+    if isinstance(x, list):
+        return [to_device(v, device) for v in x]
+    if isinstance(x, RefBatch):
+        return RefBatch(**{k: to_device(v, device) for k, v in vars(x).items()})
+    return x
+
+
+def counts(shape: ModelShape, masks: list[Mask]) -> dict[str, Any]:
+    """Token counts and per-sequence lengths a path processes for `masks`."""
+    lc = [len(c) for c, _ in masks]
+    lp = [len(c) + len(t) for c, ts in masks for t in ts]
+    return {
+        "ctx": sum(lc),
+        "tgt": sum(len(t) for _, ts in masks for t in ts),
+        "pred": sum(lp),
+        "target_encoder": shape.batch * shape.tokens,
+        "sum_lc2": sum(x * x for x in lc),
+        "sum_lp2": sum(x * x for x in lp),
+    }
+
+
+def padded_counts(shape: ModelShape, masks: list[Mask]) -> dict[str, int]:
+    """Tokens the padded reference computes, padding included."""
+    b, n = shape.batch, shape.num_targets
+    kc = max(len(c) for c, _ in masks)
+    kt = max(len(t) for _, ts in masks for t in ts)
+    return {"ctx": b * kc, "tgt": n * b * kt, "pred": n * b * (kc + kt)}
+
+
+def step_flops(shape: ModelShape, c: dict[str, Any]) -> float:
+    """Model FLOPs of one step (formula in the module docstring)."""
+    d, dp, p = shape.embed_dim, shape.pred_dim, shape.patch_len
+    w = 4 * d * d + 2 * d * int(d * shape.mlp_ratio)
+    wp = 4 * dp * dp + 2 * dp * int(dp * shape.mlp_ratio)
+    bn = shape.batch * shape.tokens
+    trained = (
+        p * d * bn
+        + shape.depth * w * c["ctx"]
+        + d * dp * (2 * c["ctx"] + c["tgt"])
+        + shape.pred_depth * wp * c["pred"]
+        + dp * d * c["tgt"]
+    )
+    attn = 4 * d * shape.depth * c["sum_lc2"] + 4 * dp * shape.pred_depth * c["sum_lp2"]
+    target = (
+        2 * (p * d + shape.depth * w) * bn + 4 * d * shape.depth * shape.batch * shape.tokens**2
+    )
+    return 6 * trained + 3.5 * attn + target
+
+
+# ----------------------------------------------------------------------------- the I-JEPA way
+
+
+def apply_masks(x: torch.Tensor, masks: list[torch.Tensor]) -> torch.Tensor:
+    """I-JEPA's `apply_masks`: one int64 [B, K, D] gather per mask, concatenated on the batch."""
+    return torch.cat([apply_masks_baseline(x, m) for m in masks], dim=0)
+
+
+def ref_attention(attn: torch.nn.Module, x: torch.Tensor, keep: torch.Tensor | None):
+    b, n, d = x.shape
+    qkv = attn.qkv(x).view(b, n, 3, attn.heads, d // attn.heads).permute(2, 0, 3, 1, 4)
+    out = F.scaled_dot_product_attention(*qkv.unbind(0), attn_mask=keep)
+    return attn.proj(out.transpose(1, 2).reshape(b, n, d))
+
+
+def ref_block(blk: torch.nn.Module, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    """`engine.model.Block`'s weights run on a dense [B, N, D] batch (timm / I-JEPA Block)."""
+    x = x + ref_attention(blk.attn, blk.norm1(x), keep)
+    return x + blk.fc2(F.gelu(blk.fc1(blk.norm2(x))))
+
+
+def ref_forward(model: torch.nn.Module, rb: RefBatch) -> torch.Tensor:
+    """Predictions [n*B, Kt, D] (block-major), as I-JEPA's encoder + predictor compute them."""
+    enc, pred = model.encoder, model.predictor
+    x = apply_masks(enc.embed(rb.tokens, rb.coords), [rb.ctx])
+    for blk in enc.blocks:
+        x = ref_block(blk, x, rb.ctx_keep)
+    z = enc.norm(x)
+    positions = enc.embedder.position(rb.coords).to(z.dtype)
+    z = pred.embed(z) + pred.pos_proj(apply_masks(positions, [rb.ctx]))
+    kc = z.shape[1]
+    m = pred.mask_token + pred.pos_proj(apply_masks(positions, rb.tgts))
+    x = torch.cat([z.repeat(len(rb.tgts), 1, 1), m], dim=1)
+    for blk in pred.blocks:
+        x = ref_block(blk, x, rb.pred_keep)
+    return pred.out(pred.norm(x)[:, kc:])
+
+
+@torch.no_grad()
+def ref_target(target: torch.nn.Module, rb: RefBatch) -> torch.Tensor:
+    h = target.embed(rb.tokens, rb.coords)
+    for blk in target.blocks:
+        h = ref_block(blk, h, None)
+    h = target.norm(h)
+    h = F.layer_norm(h.float(), (h.shape[-1],))
+    return apply_masks(h, rb.tgts)
+
+
+def ref_loss(pred: torch.Tensor, tgt: torch.Tensor, rb: RefBatch) -> torch.Tensor:
+    if rb.tgt_valid is None:
+        return F.smooth_l1_loss(pred.float(), tgt)
+    err = F.smooth_l1_loss(pred.float(), tgt, reduction="none") * rb.tgt_valid[..., None]
+    return err.sum() / (rb.tgt_valid.sum() * tgt.shape[-1])
+
+
+# ----------------------------------------------------------------------------- one training step
+
+MOMENTUM = 0.996  # I-JEPA's starting EMA momentum
+
+
+def param_groups(model: torch.nn.Module, wd: float = 0.04) -> list[dict]:
+    """I-JEPA: biases and other 1-D parameters excluded from weight decay."""
+    params = list(model.parameters())
+    return [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": wd},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+
+
+class StepRunner:
+    """One way of running the step: its own model copy, target, optimizer and batches."""
+
+    PHASES = ("fwd", "bwd", "opt", "ema")
+
+    def __init__(self, name: str, model, batches: list, ours: bool, autocast: bool) -> None:
+        self.name, self.model, self.batches, self.ours = name, model, batches, ours
+        self.target = copy.deepcopy(model.encoder).float().requires_grad_(False)
+        self.opt = torch.optim.AdamW(param_groups(model), lr=1e-4)
+        self.autocast = autocast
+        self.ema = EMATarget(self.target, total_steps=1, start=MOMENTUM, end=MOMENTUM)
+        self.t_params = list(self.target.parameters())
+        self.s_params = list(model.encoder.parameters())
+        self.i = 0
+
+    def _ctx(self):
+        device = next(self.model.parameters()).device.type
+        return torch.autocast(device, dtype=torch.bfloat16, enabled=self.autocast)
+
+    def loss(self, batch) -> torch.Tensor:
+        with self._ctx():
+            if self.ours:
+                pred = self.model(batch)
+                tgt = em.target_features(self.target, batch)
+                return jepa_loss(pred, tgt.float(), "smooth_l1")
+            pred = ref_forward(self.model, batch)
+            tgt = ref_target(self.target, batch)
+            return ref_loss(pred, tgt, batch)
+
+    def update_target(self) -> None:
+        if self.ours:
+            self.ema.update(self.s_params)  # fused multi-tensor ema_
+        else:
+            with torch.no_grad():  # I-JEPA's loop
+                for pt, ps in zip(self.t_params, self.s_params, strict=True):
+                    pt.mul_(MOMENTUM).add_((1.0 - MOMENTUM) * ps.detach())
+
+    def step(self, mark: Callable[[], None] = lambda: None) -> torch.Tensor:
+        batch = self.batches[self.i % len(self.batches)]
+        self.i += 1
+        mark()
+        loss = self.loss(batch)
+        mark()
+        loss.backward()
+        mark()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        mark()
+        self.update_target()
+        mark()
+        return loss.detach()
+
+
+def _phase_ms(path: StepRunner, cuda: bool) -> list[float]:
+    """One step; milliseconds of each phase (CUDA events on GPU, host clock on CPU)."""
+    marks: list[Any] = []
+    if cuda:
+
+        def mark() -> None:
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record()
+            marks.append(ev)
+
+        path.step(mark)
+        marks[-1].synchronize()
+        return [a.elapsed_time(b) for a, b in zip(marks, marks[1:], strict=False)]
+    path.step(lambda: marks.append(time.perf_counter()))
+    return [(b - a) * 1e3 for a, b in zip(marks, marks[1:], strict=False)]
+
+
+def time_steps(path: StepRunner, device: torch.device, steps: int, warmup: int) -> dict[str, float]:
+    """Median step and phase times (ms) over `steps` steps after `warmup`."""
+    cuda = device.type == "cuda"
+    for _ in range(warmup):
+        path.step()
+    if cuda:
+        torch.cuda.synchronize(device)
+    per: dict[str, list[float]] = {k: [] for k in ("step", *StepRunner.PHASES)}
+    for _ in range(steps):
+        ms = _phase_ms(path, cuda)
+        per["step"].append(sum(ms))
+        for k, v in zip(StepRunner.PHASES, ms, strict=True):
+            per[k].append(v)
+    return {k: statistics.median(v) for k, v in per.items()}
+
+
+# ----------------------------------------------------------------------------- setup
+
+
+def build(shape: ModelShape, device: torch.device, seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    embedder = grid_mod.GridEmbedder(shape.patch_len, shape.embed_dim)
+    return em.JEPA(embedder, shape).to(device)
+
+
+def make_data(shape: ModelShape, n_batches: int, seed: int):
+    """`n_batches` (tokens, coords, masks) draws; tokens random normal (never zeros)."""
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+    r, c = torch.meshgrid(torch.arange(shape.grid), torch.arange(shape.grid), indexing="ij")
+    coords = torch.stack([r.reshape(-1), c.reshape(-1)], 1).expand(shape.batch, -1, -1)
+    out = []
+    for _ in range(n_batches):
+        tokens = torch.randn(shape.batch, shape.tokens, shape.patch_len, generator=gen)
+        out.append((tokens, coords.contiguous(), draw_masks(shape, rng)))
+    return out
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+# ----------------------------------------------------------------------------- --check
+
+
+# fp32 relative tolerances. AdamW's first step is about lr * sign(grad), so rounding-level grad
+# differences on near-zero gradients (e.g. the key bias, whose gradient is zero in exact
+# arithmetic) move the updated weights by more than the grads differ: a looser bound there.
+TOL = {"loss": 1e-5, "grads": 1e-5, "weights": 1e-4, "ema": 1e-5}
+
+
+def _compare_pair(a: StepRunner, b: StepRunner, label: str) -> list[tuple[str, str, float]]:
+    """(kind, label, rel diff): loss, gradients, then weights and EMA target after one step."""
+    out = []
+    la, lb = a.loss(a.batches[0]), b.loss(b.batches[0])
+    out.append(("loss", label, rel(la.detach(), lb.detach())))
+    la.backward()
+    lb.backward()
+    pairs = list(zip(a.model.parameters(), b.model.parameters(), strict=True))
+    out.append(("grads", label, max(rel(pa.grad, pb.grad) for pa, pb in pairs)))
+    for r in (a, b):
+        r.opt.step()
+        r.update_target()
+    out.append(("weights", label, max(rel(pa.detach(), pb.detach()) for pa, pb in pairs)))
+    targets = zip(a.t_params, b.t_params, strict=True)
+    out.append(("ema", label, max(rel(pa, pb) for pa, pb in targets)))
+    return out
+
+
+def run_check(args: argparse.Namespace) -> int:
+    """CPU, fp32, tiny: ours == padded reference and ours on truncated masks == truncated
+    reference (loss, grads, post-step weights and EMA target); our packing == engine's collate."""
+    shape = ModelShape(**TINY)
+    device = torch.device("cpu")
+    tokens, coords, masks = make_data(shape, 1, args.seed)[0]
+    tm = truncate(masks)
+    results: list[tuple[str, str, float]] = []
+    for label, ours_masks, pad in (
+        ("ours vs padded reference (no truncation)", masks, True),
+        ("ours on truncated masks vs truncated reference", tm, False),
+    ):
+        model = build(shape, device, args.seed)
+        a = StepRunner("ours", model, [pack(tokens, coords, ours_masks)], True, False)
+        b = StepRunner(
+            "ref", copy.deepcopy(model), [ref_batch(tokens, coords, masks, pad)], False, False
+        )
+        results += _compare_pair(a, b, label)
+    names = {
+        "loss": "loss",
+        "grads": "grads (worst tensor)",
+        "weights": "weights after AdamW step (worst tensor)",
+        "ema": "EMA target after step (worst tensor)",
+    }
+    failed = [f"{k} {label}" for k, label, v in results if not v <= TOL[k]]
+    for k, label, v in results:
+        ok = "ok  " if v <= TOL[k] else "FAIL"
+        print(f"{ok} {names[k]}, {label}: rel diff {v:.2e} (tol {TOL[k]:g})")
+    lc = [len(c) for c, _ in masks]
+    lt = [len(t) for _, ts in masks for t in ts]
+    print(
+        f"     masks: context {min(lc)}-{max(lc)} tokens, target blocks {min(lt)}-{max(lt)}; "
+        f"truncation keeps {len(tm[0][0])} and {len(tm[0][1][0])}"
+    )
+    try:  # engine.data needs pyarrow (absent on a bare GPU box): compare where it imports
+        from engine.data import Sample, collate
+    except ImportError as exc:
+        print(f"     packing vs engine.data.collate: skipped ({exc})")
+    else:
+        want = collate(
+            [
+                Sample(i, tokens[i].numpy(), coords[i].numpy(), c, ts)
+                for i, (c, ts) in enumerate(masks)
+            ]
+        )
+        got = pack(tokens, coords, masks)
+        same = all(
+            torch.equal(got[k], want[k]) if isinstance(got[k], torch.Tensor) else got[k] == want[k]
+            for k in got
+        )
+        print(f"{'ok  ' if same else 'FAIL'} packing equals engine.data.collate")
+        if not same:
+            failed.append("packing")
+    print(
+        f"jepa_step --check: {'PASS' if not failed else 'FAIL'} ({len(results) + 1} comparisons, "
+        "fp32 CPU, tiny model)"
+    )
+    return 0 if not failed else 1
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python benchmarks/jepa_step.py", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("--steps", type=int, default=None, help="timed steps per path (median)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps per path first")
+    p.add_argument("--batch", type=int, default=None, help="samples per step (default 64)")
+    p.add_argument("--pred-depth", type=int, default=None, help="predictor depth (default 12)")
+    p.add_argument("--mask-draws", type=int, default=4, help="distinct mask draws, cycled")
+    p.add_argument("--tiny", action="store_true", help="depth 2, width 64, batch 4 (CPU default)")
+    p.add_argument("--full", action="store_true", help="ViT-B shapes even on CPU (very slow)")
+    p.add_argument("--paths", default="ours,ref-trunc,ref-pad", help="comma list of paths")
+    p.add_argument("--check", action="store_true", help="CPU equivalence check, then exit")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None, help="write the report as JSON here")
+    args = p.parse_args(argv)
+    args.paths = args.paths.split(",")
+    for name in args.paths:
+        if name not in ("ours", "ref-trunc", "ref-pad"):
+            p.error(f"unknown path {name!r}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.check:
+        return run_check(args)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    on_gpu = device.type == "cuda"
+    tiny = args.tiny or (not on_gpu and not args.full)
+    shape = ModelShape(**(TINY if tiny else {}))
+    if args.batch:
+        shape.batch = args.batch
+    if args.pred_depth:
+        shape.pred_depth = args.pred_depth
+    steps = args.steps or (20 if on_gpu else 3)
+    dev_name = torch.cuda.get_device_name(device) if on_gpu else "CPU"
+    backend = "triton" if _dispatch.use_triton("auto", torch.empty(0, device=device)) else "torch"
+    if not on_gpu:
+        print(
+            "CPU run: kernels use their torch reference paths at tiny sizes; these numbers only "
+            "show the script runs. They are not the benchmark (that needs a GPU)."
+        )
+    t0 = time.perf_counter()
+    ceil = measure_ceilings(device, quick=not on_gpu, reps=10 if on_gpu else 3)
+    data = make_data(shape, args.mask_draws, args.seed)
+    model = build(shape, device, args.seed)
+    paths: dict[str, StepRunner] = {}
+    # Token counts averaged over the mask draws; each path credited with what it computes.
+    mean = lambda ds: {k: statistics.fmean(d[k] for d in ds) for k in ds[0]}  # noqa: E731
+    useful = mean([counts(shape, m) for _, _, m in data])
+    tok = {
+        "ours": useful,
+        "ref-trunc": mean([counts(shape, truncate(m)) for _, _, m in data]),
+        "ref-pad": useful,
+    }
+    computed = {**tok, "ref-pad": {**useful, **mean([padded_counts(shape, m) for _, _, m in data])}}
+    for name in args.paths:
+        if name == "ours":
+            batches = [pack(t, c, m) for t, c, m in data]
+        else:
+            batches = [ref_batch(t, c, m, pad=name == "ref-pad") for t, c, m in data]
+        paths[name] = StepRunner(
+            name, copy.deepcopy(model), to_device(batches, device), name == "ours", on_gpu
+        )
+    del model
+
+    # Same weights, same masks: ours and the padded reference must agree before any timing.
+    check = {}
+    if "ours" in paths and "ref-pad" in paths:
+        with torch.no_grad():
+            la = paths["ours"].loss(paths["ours"].batches[0])
+            lb = paths["ref-pad"].loss(paths["ref-pad"].batches[0])
+        check = {"loss_ours": float(la), "loss_ref_pad": float(lb), "rel_diff": rel(la, lb)}
+        tol = 2e-2 if on_gpu else 1e-4
+        print(
+            f"check before timing: loss ours {float(la):.6f} vs padded reference "
+            f"{float(lb):.6f} (rel diff {check['rel_diff']:.1e}, tolerance {tol:g})"
+        )
+        if not check["rel_diff"] <= tol:
+            print("jepa_step: ours and the reference disagree; not timing", file=sys.stderr)
+            return 1
+
+    rows = []
+    for name, path in paths.items():
+        ms = time_steps(path, device, steps, args.warmup)
+        c = tok[name]
+        flops = step_flops(shape, c)
+        n_tok = c["ctx"] + c["tgt"]
+        rows.append(
+            {
+                "path": name,
+                "ms": ms,
+                "tokens": {k: c[k] for k in ("ctx", "tgt", "pred", "target_encoder")},
+                "computed_tokens": {k: computed[name][k] for k in ("ctx", "tgt", "pred")},
+                "tokens_per_s": n_tok / ms["step"] * 1e3,
+                "us_per_token": ms["step"] * 1e3 / n_tok,
+                "model_tflop": flops / 1e12,
+                "tflops": flops / ms["step"] / 1e9,
+                "mfu": flops / ms["step"] / 1e9 / ceil["matmul_tflops"],
+            }
+        )
+        if on_gpu:
+            torch.cuda.synchronize(device)
+    by = {r["path"]: r for r in rows}
+    if "ours" in by:
+        for r in rows:
+            r["speedup_step"] = r["ms"]["step"] / by["ours"]["ms"]["step"]
+            r["speedup_per_token"] = by["ours"]["tokens_per_s"] / r["tokens_per_s"]
+
+    report = {
+        "device": dev_name,
+        "kernels": backend,
+        "torch": torch.__version__,
+        "dtype": "bf16 autocast" if on_gpu else "fp32",
+        "shape": asdict(shape) | {"tokens": shape.tokens, "tiny": tiny},
+        "steps": steps,
+        "warmup": args.warmup,
+        "mask_draws": args.mask_draws,
+        "ceilings": ceil,
+        "check": check,
+        "rows": rows,
+        "seconds": time.perf_counter() - t0,
+    }
+    print_table(report)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    return 0
+
+
+def print_table(rep: dict) -> None:
+    s, c = rep["shape"], rep["ceilings"]
+    print(
+        f"\ndevice: {rep['device']} | kernels: {rep['kernels']} | torch {rep['torch']} | "
+        f"{rep['dtype']}{' | CPU: NOT the benchmark' if rep['device'] == 'CPU' else ''}"
+    )
+    print(
+        f"ceilings (same run): matmul {c['matmul_tflops']:.1f} TFLOP/s ({c['matmul']}), "
+        f"copy {c['copy_gbps']:.0f} GB/s"
+    )
+    print(
+        f"shape: {s['tokens']} tokens/sample, width {s['embed_dim']} depth {s['depth']} heads "
+        f"{s['num_heads']}, predictor {s['pred_dim']}/{s['pred_depth']}/{s['pred_heads']}, "
+        f"batch {s['batch']}, {s['num_targets']} targets; median of {rep['steps']} steps after "
+        f"{rep['warmup']} warm-up, {rep['mask_draws']} mask draws cycled"
+    )
+    print(
+        "tokens = context + target tokens per step (means over the mask draws); "
+        "x step, x /tok: ours' speedup over that path (its step time, its time per token / ours)\n"
+    )
+    hdr = (
+        f"{'path':<10} {'step ms':>8} {'fwd':>7} {'bwd':>7} {'opt':>7} {'ema':>7} "
+        f"{'ctx tok':>8} {'tgt tok':>8} {'pred tok':>8} {'tok/s':>10} {'us/tok':>7} "
+        f"{'TFLOP':>6} {'TFLOP/s':>8} {'MFU':>6} {'x step':>7} {'x /tok':>7}"
+    )
+    print(hdr)
+    for r in rep["rows"]:
+        m, t = r["ms"], r["tokens"]
+        print(
+            f"{r['path']:<10} {m['step']:>8.2f} {m['fwd']:>7.2f} {m['bwd']:>7.2f} "
+            f"{m['opt']:>7.2f} {m['ema']:>7.2f} {t['ctx']:>8.0f} {t['tgt']:>8.0f} "
+            f"{t['pred']:>8.0f} {r['tokens_per_s']:>10.0f} {r['us_per_token']:>7.3f} "
+            f"{r['model_tflop']:>6.2f} {r['tflops']:>8.1f} {100 * r['mfu']:>5.1f}% "
+            f"{r.get('speedup_step', math.nan):>6.2f}x "
+            f"{r.get('speedup_per_token', math.nan):>6.2f}x"
+        )
+    pad = next((r for r in rep["rows"] if r["path"] == "ref-pad"), None)
+    if pad:
+        ct = pad["computed_tokens"]
+        print(
+            f"(ref-pad computes {ct['ctx']:.0f} ctx / {ct['tgt']:.0f} tgt / {ct['pred']:.0f} "
+            "pred tokens incl. padding; credited with the useful ones)"
+        )
+    by = {r["path"]: r for r in rep["rows"]}
+    if "ours" in by and "ref-trunc" in by:
+        x = by["ref-trunc"]["speedup_per_token"]
+        print(
+            f"\njepa_step: ours {by['ours']['ms']['step']:.2f} ms vs I-JEPA reference "
+            f"{by['ref-trunc']['ms']['step']:.2f} ms per step; {x:.2f}x per token at equal "
+            f"token counts (target >= 1.3x: {'met' if x >= 1.3 else 'NOT met'}); MFU ours "
+            f"{100 * by['ours']['mfu']:.1f}% on {rep['device']} in {rep['seconds']:.0f} s"
+        )
+    else:
+        print(f"\njepa_step: {len(rep['rows'])} paths on {rep['device']} in {rep['seconds']:.0f} s")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
