@@ -154,17 +154,30 @@ def main() -> int:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         results["ingest"] = run_measured(
-            [py, "-m", "pipelines.ingest", "fmri", "--input", str(args.cohort), "--output",
-             f"{tmp}/ingest", "--num-cpus", "2", "--quiet"], env)
-        results["loop"] = run_measured(
-            [py, "-c", USER_LOOP, f"{tmp}/user", *map(str, files)], env)
-        results["same-code"] = run_measured(
-            [py, "-c", LOOP, f"{tmp}/loop", *map(str, files)], env)
+            [
+                py,
+                "-m",
+                "pipelines.ingest",
+                "fmri",
+                "--input",
+                str(args.cohort),
+                "--output",
+                f"{tmp}/ingest",
+                "--num-cpus",
+                "2",
+                "--quiet",
+            ],
+            env,
+        )
+        results["loop"] = run_measured([py, "-c", USER_LOOP, f"{tmp}/user", *map(str, files)], env)
+        results["same-code"] = run_measured([py, "-c", LOOP, f"{tmp}/loop", *map(str, files)], env)
         results["floor"] = run_measured([py, "-c", FLOOR, *map(str, files)], env)
     for name, r in results.items():
         r["mb_per_s"] = nbytes / 1e6 / r["seconds"]
-        print(f"{name:9s} {r['seconds']:8.1f} s {r['mb_per_s']:8.1f} MB/s "
-              f"peak RSS {r['peak_rss_mb']:8.0f} MiB")
+        print(
+            f"{name:9s} {r['seconds']:8.1f} s {r['mb_per_s']:8.1f} MB/s "
+            f"peak RSS {r['peak_rss_mb']:8.0f} MiB"
+        )
     speedup = results["loop"]["seconds"] / results["ingest"]["seconds"]
     same = results["same-code"]["seconds"] / results["ingest"]["seconds"]
     of_floor = results["floor"]["seconds"] / results["ingest"]["seconds"]
@@ -173,10 +186,15 @@ def main() -> int:
     print(f"ingest vs decode floor: {of_floor:.2f}x the floor's speed (target >= 0.8x)")
     print(f"ingest summary: {results['ingest']['stdout']}")
     if args.json:
-        payload = {"files": len(files), "bytes": nbytes, "results": results,
-                   "speedup_vs_loop": speedup, "speedup_vs_same_code": same,
-                   "fraction_of_floor": of_floor,
-                   "cpus": os.cpu_count()}
+        payload = {
+            "files": len(files),
+            "bytes": nbytes,
+            "results": results,
+            "speedup_vs_loop": speedup,
+            "speedup_vs_same_code": same,
+            "fraction_of_floor": of_floor,
+            "cpus": os.cpu_count(),
+        }
         args.json.write_text(json.dumps(payload, indent=2))
     return 0
 
