@@ -3,6 +3,9 @@
 The frozen encoder (EMA target by default) encodes every token of every record; features are
 mean-pooled per record; a linear model (logistic regression for class labels, ridge for numeric
 ones) is scored with k-fold cross-validation and the mean and std over folds are printed.
+Folds are grouped by subject when the dataset has a `subject` column: windows of one recording
+are near-duplicates, and letting them straddle train and test would score identity, not the label.
+`--random-init` probes the same architecture with fresh weights, the baseline pretraining must beat.
 Imports torch, numpy, scikit-learn and engine (never DeepSpeed).
 """
 
@@ -53,10 +56,20 @@ def linear_probe(
     folds: int = 5,
     seed: int = 0,
     task: str = "auto",
+    groups: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """k-fold CV score of a standardised linear model: accuracy (logistic) or R^2 (ridge)."""
+    """k-fold CV score of a standardised linear model: accuracy (logistic) or R^2 (ridge).
+
+    With `groups`, no group is split across train and test (grouped, stratified folds).
+    """
     from sklearn.linear_model import LogisticRegression, RidgeCV
-    from sklearn.model_selection import KFold, StratifiedKFold, cross_val_score
+    from sklearn.model_selection import (
+        GroupKFold,
+        KFold,
+        StratifiedGroupKFold,
+        StratifiedKFold,
+        cross_val_score,
+    )
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
@@ -70,13 +83,22 @@ def linear_probe(
                 f"the rarest class has {counts.min()} records, fewer than {folds} folds"
             )
         model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-        cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
+        cv = (
+            StratifiedKFold(folds, shuffle=True, random_state=seed)
+            if groups is None
+            else StratifiedGroupKFold(folds, shuffle=True, random_state=seed)
+        )
         metric = "accuracy"
     else:
         model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 3, 13)))
-        cv = KFold(folds, shuffle=True, random_state=seed)
+        cv = KFold(folds, shuffle=True, random_state=seed) if groups is None else GroupKFold(folds)
         metric = "r2"
-    scores = cross_val_score(model, features, labels, cv=cv, scoring=metric)
+    if groups is not None and len(np.unique(groups)) < folds:
+        raise ValueError(
+            f"only {len(np.unique(groups))} groups (subjects) for {folds} folds; "
+            "lower --folds or pass --group-by none"
+        )
+    scores = cross_val_score(model, features, labels, groups=groups, cv=cv, scoring=metric)
     return {
         "metric": metric,
         "mean": float(scores.mean()),
@@ -84,6 +106,7 @@ def linear_probe(
         "scores": scores.tolist(),
         "folds": folds,
         "n": int(len(labels)),
+        "groups": None if groups is None else int(len(np.unique(groups))),
     }
 
 
@@ -102,27 +125,65 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--task", choices=("auto", "classification", "regression"), default="auto")
     p.add_argument("--encoder", choices=("target", "context"), default="target")
+    p.add_argument(
+        "--group-by",
+        default="auto",
+        metavar="COLUMN",
+        help="keep each value of COLUMN within one fold (default: `subject` when the dataset "
+        "has it; `none` turns grouping off)",
+    )
+    p.add_argument(
+        "--random-init",
+        action="store_true",
+        help="probe the same architecture with fresh random weights (the baseline to beat)",
+    )
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     try:
         encoder, cfg, modality = load_encoder(args.checkpoint, args.encoder)
+        if args.random_init:
+            torch.manual_seed(args.seed)
+            encoder = Encoder(modality.embedder(cfg), cfg.model).eval()
         ds = ShardDataset(args.data)
-        if args.label not in ds.schema.names:
-            raise ValueError(f"{args.data}: no column {args.label!r}; columns: {ds.schema.names}")
-        labels = np.asarray(
-            [v for b in ds.iter_batches([args.label]) for v in b.column(0).to_pylist()]
-        )
+        labels = _column(ds, args.data, args.label)
+        group_col = args.group_by
+        if group_col == "auto":
+            group_col = "subject" if "subject" in ds.schema.names else "none"
+        groups = None if group_col == "none" else _column(ds, args.data, group_col)
+        keep = np.asarray([v is not None for v in labels])
+        if not keep.all():
+            print(
+                f"engine.probe: {int((~keep).sum())} records without a label are left out",
+                file=sys.stderr,
+            )
         feats = extract_features(encoder, cfg, modality, ds, args.batch_size)
-        res = linear_probe(feats, labels, args.folds, args.seed, args.task)
+        res = linear_probe(
+            feats[keep],
+            np.asarray(labels[keep].tolist()),
+            args.folds,
+            args.seed,
+            args.task,
+            None if groups is None else groups[keep],
+        )
     except (ValueError, ShardError, OSError, RuntimeError) as e:
         print(f"engine.probe: error: {e}", file=sys.stderr)
         return 1
+    grouping = "" if res["groups"] is None else f", grouped by {group_col} ({res['groups']})"
+    init = "random-init" if args.random_init else args.encoder
     print(
         f"probe {args.label}: {res['metric']} {res['mean']:.4f} +- {res['std']:.4f} "
-        f"({res['folds']}-fold CV, {res['n']} records, {feats.shape[1]}-d {args.encoder} features)"
+        f"({res['folds']}-fold CV{grouping}, {res['n']} records, {feats.shape[1]}-d {init} "
+        "features)"
     )
     return 0
+
+
+def _column(ds: ShardDataset, data: str, name: str) -> np.ndarray:
+    if name not in ds.schema.names:
+        raise ValueError(f"{data}: no column {name!r}; columns: {ds.schema.names}")
+    values = [v for b in ds.iter_batches([name]) for v in b.column(0).to_pylist()]
+    return np.asarray(values, dtype=object if any(v is None for v in values) else None)
 
 
 if __name__ == "__main__":

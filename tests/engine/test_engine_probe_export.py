@@ -68,3 +68,30 @@ def test_export_round_trip_and_probe_cli(trained_run, grid_data, tmp_path):
         check=False,
     )
     assert bad.returncode == 1 and "no column 'nope'" in bad.stderr
+
+
+def test_grouped_folds_do_not_score_subject_identity():
+    """Features that only identify the subject, labels random per subject: leave-subject-out
+    folds must score chance, while ungrouped folds (windows of a subject on both sides) look
+    perfect. That gap is why the probe groups by subject by default."""
+    rng = np.random.default_rng(0)
+    n_subjects, per_subject = 20, 6
+    subjects = np.repeat(np.arange(n_subjects), per_subject)
+    identity = np.eye(n_subjects)[subjects] + 0.01 * rng.standard_normal((len(subjects), 20))
+    subject_label = np.array(["a", "b"] * (n_subjects // 2))
+    rng.shuffle(subject_label)
+    labels = subject_label[subjects]
+    leaky = linear_probe(identity, labels, folds=5)
+    grouped = linear_probe(identity, labels, folds=5, groups=subjects)
+    assert leaky["mean"] > 0.95 and leaky["groups"] is None
+    assert grouped["mean"] < 0.75 and grouped["groups"] == n_subjects
+    with pytest.raises(ValueError, match="only 3 groups"):
+        linear_probe(identity[:18], labels[:18], folds=5, groups=subjects[:18] % 3)
+
+
+def test_probe_cli_random_init_baseline(trained_run, grid_data):
+    args = ["engine.probe", "--checkpoint", str(trained_run), "--data", str(grid_data)]
+    trained = run_cli([*args, "--label", "label", "--folds", "4"])
+    random = run_cli([*args, "--label", "label", "--folds", "4", "--random-init"])
+    assert "random-init features" in random.stdout and "target features" in trained.stdout
+    assert trained.stdout.split("accuracy")[1] != random.stdout.split("accuracy")[1]
