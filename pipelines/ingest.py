@@ -348,6 +348,11 @@ def _run_plan(
         ctx = DataContext.get_current()
         # Shards must be cut from records in plan order, whatever order workers finish in.
         ctx.execution_options.preserve_order = True
+        if cfg.quiet:
+            import logging
+
+            ctx.enable_progress_bars = False
+            logging.getLogger("ray.data").setLevel(logging.WARNING)
         items = [{"index": first + i, "path": s.path, "size": s.size} for i, s in enumerate(todo)]
         ds = ray.data.from_items(items, override_num_blocks=len(items))
         ds = ds.map_batches(
