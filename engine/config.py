@@ -104,6 +104,9 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    # Modality-specific options (e.g. fMRI's `modality.pos=roi_index`), free-form here and
+    # validated by the modality's hooks, which name the bad key (`modality.obs_scale: ...`).
+    modality: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -164,6 +167,17 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     raise ConfigError(f"{key}: unsupported config type {tp}")
 
 
+def _plain(key: str, value: Any) -> Any:
+    """`value` if it is a YAML scalar or a list of them (so the saved config round-trips)."""
+    if isinstance(value, tuple):
+        value = list(value)
+    if isinstance(value, list):
+        return [_plain(f"{key}[{i}]", v) for i, v in enumerate(value)]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise ConfigError(f"{key}: expected a number, string, boolean or list, got {value!r}")
+
+
 def _section_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
@@ -177,6 +191,10 @@ def _set(cfg: Config, key: str, value: Any) -> None:
     if section_name not in sections:
         raise ConfigError(f"{key}: unknown section {section_name!r}; known: {', '.join(sections)}")
     section = getattr(cfg, section_name)
+    if isinstance(section, dict):
+        # The free-form `modality` section: store the YAML value; the modality validates it.
+        section[name] = _plain(key, value)
+        return
     fields = _section_types(type(section))
     if name not in fields:
         raise ConfigError(

@@ -1,0 +1,211 @@
+"""`python -m modalities.show MODALITY --data DIR [--index i] --out FILE.png [--seed S]`.
+
+Draws one sample of a dataset directory with the context and target masks its modality's masker
+draws for it, so a person can see what the model is asked to predict. Each modality registers a
+drawer in `DRAWERS` ("module:function", imported on first use so matplotlib and torch load only
+when drawing); a drawer is `draw(ds, index, rng) -> Drawing`. To add one: write the function (in
+the modality's package or here) and add its name to `DRAWERS`.
+
+Imports numpy, pyarrow (`pipelines.shards`) and, inside the drawers, matplotlib (Agg backend) and
+the modality's model pieces. Never imports `engine`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipelines.shards import ShardDataset, ShardError
+
+#: modality name -> "module:function" of its drawer
+DRAWERS: dict[str, str] = {
+    "fmri": "modalities.show:draw_fmri",
+}
+
+
+@dataclass
+class Drawing:
+    """A drawn sample: the matplotlib figure and a one-line description for the CLI."""
+
+    figure: Any  # matplotlib.figure.Figure
+    summary: str
+
+
+def drawer(name: str) -> Callable[[ShardDataset, int, np.random.Generator], Drawing]:
+    """The drawer registered for modality `name`."""
+    try:
+        module, _, attr = DRAWERS[name].partition(":")
+    except KeyError:
+        raise KeyError(f"no drawer for {name!r}; known: {', '.join(sorted(DRAWERS))}") from None
+    return getattr(importlib.import_module(module), attr)
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display is needed (or wanted) on a server
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+# --------------------------------------------------------------------------------------------
+# fMRI: ROI x time with Brain-JEPA's observation block, Cross-ROI, Cross-Time, Double-Cross
+
+# Painted in this order, so where targets overlap (a Double-Cross ROI that is also a Cross-ROI
+# one, at an edge patch inside the Cross-ROI span) the later colour shows.
+_FMRI_ROLES = (
+    ("not used", "#d9d9d9"),
+    ("context", "#4daf4a"),
+    ("Cross-ROI target", "#e41a1c"),
+    ("Cross-Time target", "#377eb8"),
+    ("Double-Cross target", "#ff7f00"),
+    ("missing ROI", "#000000"),
+)
+
+
+def draw_fmri(ds: ShardDataset, index: int, rng: np.random.Generator) -> Drawing:
+    """Robust-scaled BOLD (ROI x frame) next to the Brain-JEPA mask of the same sample.
+
+    Uses the paper's defaults (patches of 16 frames, `BrainJepaConfig()`). ROIs are grouped by
+    role (context ROIs, then Cross-ROI ROIs, then the rest; ROI order within a group) so the
+    blocks read as blocks: the masker picks ROIs at random, and in atlas order they would be
+    stripes.
+    """
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    from modalities.fmri.jepa import BrainJepaConfig, SpatiotemporalMasker, tokenize_record
+
+    plt = _pyplot()
+    patch_len = 16
+    record = ds[index]
+    bold = np.asarray(record["bold"], dtype=np.float32)
+    n_rois, n_frames = bold.shape
+    t = tokenize_record(record, ds.stats, patch_len)
+    coords = t["coords"]
+    mask = SpatiotemporalMasker(BrainJepaConfig()).draw(rng, coords)
+
+    n_patches = n_frames // patch_len
+    role = np.full((n_rois, n_patches), 0, dtype=np.int64)
+    present = np.zeros(n_rois, dtype=bool)
+    present[coords[:, 0]] = True
+    role[~present] = len(_FMRI_ROLES) - 1
+    scaled = np.full((n_rois, n_frames), np.nan, dtype=np.float32)
+    scaled[coords[:, 0], :] = 0  # rows of present ROIs, filled below
+    for r, p, tok in zip(coords[:, 0], coords[:, 1], t["tokens"], strict=True):
+        scaled[r, p * patch_len : (p + 1) * patch_len] = tok
+    parts = (mask.context, mask.cross_roi, mask.cross_time, mask.double_cross)
+    for value, idx in enumerate(parts, start=1):
+        role[coords[idx, 0], coords[idx, 1]] = value
+
+    ctx_rois = np.unique(coords[mask.context, 0])
+    alpha_rois = np.setdiff1d(np.unique(coords[mask.cross_roi, 0]), ctx_rois)
+    rest = np.setdiff1d(np.arange(n_rois), np.concatenate([ctx_rois, alpha_rois]))
+    order = np.concatenate([ctx_rois, alpha_rois, rest])
+
+    fig, (ax_sig, ax_mask) = plt.subplots(
+        1, 2, figsize=(12, 7), sharey=True, gridspec_kw={"width_ratios": [1.15, 1]}
+    )
+    extent = (0, n_frames, n_rois, 0)
+    im = ax_sig.imshow(
+        scaled[order], aspect="auto", cmap="RdBu_r", vmin=-3, vmax=3, extent=extent,
+        interpolation="nearest",
+    )  # fmt: skip
+    fig.colorbar(im, ax=ax_sig, fraction=0.046, pad=0.02, label="(x - median) / IQR")
+    ax_sig.set_title("BOLD, robust-scaled per ROI")
+    ax_sig.set_ylabel("ROI (grouped: context ROIs, Cross-ROI ROIs, others)")
+    cmap = ListedColormap([c for _, c in _FMRI_ROLES])
+    ax_mask.imshow(
+        role[order], aspect="auto", cmap=cmap, vmin=-0.5, vmax=len(_FMRI_ROLES) - 0.5,
+        extent=extent, interpolation="nearest",
+    )  # fmt: skip
+    t0, t1 = mask.obs_span
+    for ax in (ax_sig, ax_mask):
+        ax.set_xlabel(f"frame ({patch_len} frames = 1 time patch)")
+        ax.set_xticks(np.arange(0, n_frames + 1, patch_len))
+        for x in (t0 * patch_len, t1 * patch_len):
+            ax.axvline(x, color="k", ls="--", lw=1)
+    ax_mask.axhline(len(ctx_rois), color="k", lw=0.8)
+    ax_mask.axhline(len(ctx_rois) + len(alpha_rois), color="k", lw=0.8)
+    ax_mask.set_title("Brain-JEPA mask (dashed: observation span)")
+    # Token counts of each role as drawn by the masker (a painted-over overlap still counts).
+    counts = [int((role == 0).sum()), *(len(idx) for idx in parts), int((role == 5).sum())]
+    handles = [
+        Patch(color=c, label=f"{name} ({n} tokens)")
+        for (name, c), n in zip(_FMRI_ROLES, counts, strict=True)
+        if n or name != "missing ROI"
+    ]
+    ax_mask.legend(
+        handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.09), ncol=2,
+        title="where targets overlap, the later one is drawn", title_fontsize="small",
+    )  # fmt: skip
+    who = " ".join(f"{k} {record[k]}" for k in ("subject", "group") if record.get(k) is not None)
+    fig.suptitle(
+        f"{ds.root.name} record {index} ({who or record.get('id', '')}): {n_rois} ROIs x "
+        f"{n_patches} patches, observed {len(mask.obs_rois)} ROIs x patches {t0}-{t1 - 1}, "
+        f"edges early {mask.early} / late {mask.late}"
+    )
+    fig.tight_layout()
+    summary = (
+        f"context {len(mask.context)}, Cross-ROI {len(mask.cross_roi)}, Cross-Time "
+        f"{len(mask.cross_time)}, Double-Cross {len(mask.double_cross)} of {len(coords)} tokens"
+    )
+    return Drawing(fig, summary)
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+
+
+def save_png(fig: Any, out: Path) -> None:
+    """Write the figure as PNG atomically (temp file + rename), so a reader never sees half."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    try:
+        fig.savefig(tmp, dpi=110, format="png")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+        _pyplot().close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m modalities.show",
+        description="Draw one sample of a dataset with the context and target masks of its "
+        "modality's masker.",
+    )
+    p.add_argument("modality", choices=sorted(DRAWERS), help="the dataset's modality")
+    p.add_argument("--data", required=True, help="dataset directory (index.json + shards/)")
+    p.add_argument("--index", type=int, default=0, help="record index (default 0)")
+    p.add_argument("--out", required=True, help="PNG file to write")
+    p.add_argument("--seed", type=int, default=0, help="mask seed (default 0)")
+    args = p.parse_args(argv)
+    try:
+        ds = ShardDataset(args.data)
+        if ds.modality != args.modality:
+            raise ValueError(f"{args.data} holds {ds.modality!r} records, not {args.modality!r}")
+        if not 0 <= args.index < len(ds):
+            raise ValueError(f"--index {args.index} is outside the {len(ds)} records")
+        rng = np.random.default_rng([args.seed, args.index])
+        drawing = drawer(args.modality)(ds, args.index, rng)
+        out = Path(args.out)
+        save_png(drawing.figure, out)
+    except (ValueError, KeyError, ShardError, OSError) as e:
+        print(f"modalities.show: error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {out}: {args.modality} record {args.index}, seed {args.seed}: {drawing.summary}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""Tests of `python -m modalities.show`: the fMRI drawer writes a real PNG, refusals exit 1."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from modalities.show import DRAWERS, drawer, main
+from pipelines.shards import write_dataset
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def fmri_dataset(tmp_path_factory):
+    rois, frames = 40, 160
+    rng = np.random.default_rng(0)
+    schema = pa.schema(
+        [
+            ("id", pa.string()),
+            ("subject", pa.string()),
+            ("missing_rois", pa.list_(pa.int32())),
+            ("bold", pa.fixed_shape_tensor(pa.float32(), [rois, frames])),
+        ]
+    )
+    records = []
+    for i in range(3):
+        bold = rng.normal(size=(rois, frames)).astype(np.float32)
+        bold[5] = 0  # a missing ROI, as the reader writes it
+        records.append({"id": f"r{i}", "subject": f"{i:02d}", "missing_rois": [5], "bold": bold})
+    g = rng.uniform(-1, 1, (rois, 4))
+    stats = {
+        "roi_median": [0.0] * rois,
+        "roi_iqr": [1.3] * rois,
+        "gradients": g.tolist(),
+    }
+    root = tmp_path_factory.mktemp("show") / "fmri"
+    write_dataset(root, "fmri", schema, records, stats=stats)
+    return root
+
+
+def test_fmri_picture_is_a_png(fmri_dataset, tmp_path, capsys):
+    import matplotlib.image
+
+    out = tmp_path / "pics" / "one.png"
+    rc = main(["fmri", "--data", str(fmri_dataset), "--index", "2", "--out", str(out)])
+    assert rc == 0
+    assert out.read_bytes()[:8] == PNG_MAGIC
+    img = matplotlib.image.imread(out)
+    assert img.ndim == 3 and img.shape[0] > 400 and img.shape[1] > 800
+    assert img[..., :3].std() > 0.05  # not a blank canvas
+    line = capsys.readouterr().out
+    assert line.startswith(f"wrote {out}: fmri record 2, seed 0: context ")
+    assert not list(out.parent.glob(".*tmp*"))  # the temp file was renamed away
+
+
+def test_the_seed_changes_the_mask(fmri_dataset, tmp_path, capsys):
+    summaries = []
+    for seed in (0, 0, 1):
+        main(["fmri", "--data", str(fmri_dataset), "--out", str(tmp_path / "a.png"), "--seed"]
+             + [str(seed)])  # fmt: skip
+        summaries.append(capsys.readouterr().out.split(": ", 2)[2])
+    assert summaries[0] == summaries[1] != summaries[2]
+
+
+def test_refusals_exit_1_with_the_reason(fmri_dataset, tmp_path, capsys):
+    out = str(tmp_path / "x.png")
+    assert main(["fmri", "--data", str(fmri_dataset), "--index", "3", "--out", out]) == 1
+    assert "--index 3 is outside the 3 records" in capsys.readouterr().err
+    assert main(["fmri", "--data", str(tmp_path / "nothing"), "--out", out]) == 1
+    assert "modalities.show: error:" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_registry_names_every_drawer_and_refuses_unknown_ones():
+    assert "fmri" in DRAWERS
+    for name in DRAWERS:
+        assert callable(drawer(name))
+    with pytest.raises(KeyError, match="no drawer for 'nope'; known: .*fmri"):
+        drawer("nope")
