@@ -652,7 +652,11 @@ def varlen_attention_reference(
         lq, lk = qs.shape[1], ks.shape[1]
         if lk > 0 and (not causal or lq == lk):
             # Every row sees a key and top-left == bottom-right: SDPA's fused CPU path is exact.
-            out = F.scaled_dot_product_attention(qs, ks, vs, is_causal=causal, scale=scale)
+            # SDPA's fused (flash) kernels take only 4-D inputs; 3-D ones fall back to the math
+            # path, which materialises the L x L scores and is ~5x slower at JEPA lengths.
+            out = F.scaled_dot_product_attention(
+                qs[None], ks[None], vs[None], is_causal=causal, scale=scale
+            )[0]
         else:
             scores = (qs @ ks.transpose(1, 2)) * scale
             if causal:
