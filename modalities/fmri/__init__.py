@@ -6,8 +6,12 @@ in `modalities/data/`), is cleaned (linear detrend, optional band-pass, optional
 target TR, per-ROI z-scoring) and cut into windows of `window` frames (Brain-JEPA: 160), one record
 per window. `fit_stats` computes what Brain-JEPA needs later: per-ROI robust scaling (median, IQR)
 and brain gradients (diffusion-map embedding of group functional connectivity). `generate_cohort`
-writes a synthetic BIDS-like cohort in MNI space with network structure. docs/fmri.md is the user
-guide; every policy below (TR units, missing ROIs, refused inputs) is described there too.
+writes a synthetic BIDS-like cohort in MNI space with network structure. The model-side hooks
+(tokenize / masker / embedder) are Brain-JEPA's, in `jepa.py`. docs/fmri.md is the user guide;
+every policy below (TR units, missing ROIs, refused inputs) is described there too.
+
+Submodules: options (FmriOptions, constants), atlas, scan (open, parcellate, clean, schema),
+stats, demo, jepa (torch; imported only by the hooks).
 
 Imports numpy and pyarrow at top level; nibabel, nilearn and scipy are imported inside functions so
 the engine can import `modalities` without them. Never imports `engine` or `pipelines`.
