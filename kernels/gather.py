@@ -242,7 +242,9 @@ def gather_tokens_reference(
     batch, n_tokens, dim = x.shape
     out = x.reshape(batch * n_tokens, dim).index_select(0, sample * n_tokens + idx.long())
     if pos is not None:
-        out = (out.float() + pos.index_select(0, idx.long()).float()).to(x.dtype)
+        # Add in at least fp32 (as the kernel does), never below the inputs' own precision.
+        compute = torch.promote_types(torch.promote_types(x.dtype, pos.dtype), torch.float32)
+        out = (out.to(compute) + pos.index_select(0, idx.long()).to(compute)).to(x.dtype)
     return out
 
 
