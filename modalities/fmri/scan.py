@@ -183,6 +183,35 @@ def _open_scan(path: str, max_file_bytes: int, opts: FmriOptions) -> _Scan:
 # Parcellation and cleaning
 
 
+def _stored_voxels(img: Any) -> np.ndarray:
+    """The voxel array as stored (unscaled), [x, y, z, t] in NIfTI's Fortran order.
+
+    A .nii.gz is inflated in one call with ISA-L (python-isal) when it is installed: about 1.4x
+    zlib's speed, and inflating dominates reading a compressed scan. The array is then a view of
+    the inflated bytes, which also saves the copy nibabel's reader makes. Anything else (plain
+    .nii, which nibabel memory-maps) goes through nibabel.
+    """
+    filename = img.file_map["image"].filename
+    try:
+        from isal import igzip
+    except ImportError:  # optional speed-up: nibabel's zlib path gives the same array
+        igzip = None
+    if igzip is None or not filename or not str(filename).lower().endswith(".gz"):
+        return np.asanyarray(img.dataobj.get_unscaled())
+    with open(filename, "rb") as f:
+        data = igzip.decompress(f.read())
+    # The array proxy knows where nibabel would read (a single-file header may say offset 0).
+    proxy = img.dataobj
+    dtype = np.dtype(proxy.dtype)
+    offset = int(proxy.offset)
+    count = int(np.prod(proxy.shape))
+    if len(data) < offset + count * dtype.itemsize:
+        raise EOFError("the inflated file is shorter than the header's voxel data")
+    return np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(
+        proxy.shape, order=proxy.order
+    )
+
+
 def parcellate(img: Any, grid: AtlasGrid) -> tuple[np.ndarray, np.ndarray]:
     """ROI mean time series [time, n_rois] (float64) and which ROIs had signal.
 
@@ -195,13 +224,17 @@ def parcellate(img: Any, grid: AtlasGrid) -> tuple[np.ndarray, np.ndarray]:
     n_time = int(shape[3])
     n_vox = int(shape[0]) * int(shape[1]) * int(shape[2])
     try:
-        raw = np.asanyarray(img.dataobj.get_unscaled())
+        raw = _stored_voxels(img)
     except EOFError:
         raise ModalityError("truncated: the gzip stream ends before the voxel data") from None
     except (zlib.error, gzip.BadGzipFile) as exc:
         raise ModalityError(f"corrupt gzip stream ({exc})") from None
     except (OSError, ValueError) as exc:
         raise ModalityError(f"cannot read the voxel data: {exc}") from None
+    except Exception as exc:
+        if type(exc).__name__ == "IsalError":  # isal's zlib error: a corrupt deflate stream
+            raise ModalityError(f"corrupt gzip stream ({exc})") from None
+        raise
     # Fortran-ordered (x, y, z, t) -> a C-contiguous [t, voxel] view: gathering columns is local.
     by_time = raw.reshape(n_vox, n_time, order="F").T
     sub = by_time[:, grid.voxels]

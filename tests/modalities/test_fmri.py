@@ -727,3 +727,16 @@ def test_builtin_atlas_names(demo_cohort):
     assert recs and recs[0]["n_rois"] == 100 and recs[0]["n_missing_rois"] == 0
     with pytest.raises(ValueError, match=r"unknown built-in atlas 'builtin:7'.*builtin:100"):
         MODALITY.schema(FmriOptions(atlas="builtin:7"))
+
+
+@pytest.mark.parametrize("name", ["example4d.nii.gz", "example_nifti2.nii.gz"])
+def test_isal_inflate_reads_what_nibabel_reads(name, demo_cohort):
+    """The fast .nii.gz path returns exactly nibabel's stored array (dtype, order, offset)."""
+    from modalities.fmri.scan import _stored_voxels
+
+    for path in (NIB_DATA / name, Path(demo_cohort[0])):
+        img = nib.load(path)
+        fast = _stored_voxels(img)
+        slow = np.asanyarray(img.dataobj.get_unscaled())
+        assert fast.dtype == slow.dtype and fast.shape == slow.shape
+        np.testing.assert_array_equal(fast, slow)
