@@ -305,6 +305,19 @@ def resample_tr(signals: np.ndarray, tr: float, target_tr: float) -> np.ndarray:
     return interpolate.CubicSpline(t_in, x, axis=0)(t_out)
 
 
+def linear_detrend(x: np.ndarray) -> np.ndarray:
+    """Remove each column's mean and least-squares linear trend (float64)."""
+    x = np.asarray(x, dtype=np.float64)
+    n = x.shape[0]
+    x = x - x.mean(axis=0)
+    if n < 2:
+        return x
+    ramp = np.arange(n, dtype=np.float64)
+    ramp -= ramp.mean()
+    ramp /= np.sqrt(ramp @ ramp)
+    return x - np.outer(ramp, ramp @ x)
+
+
 def clean_signals(
     signals: np.ndarray, present: np.ndarray, tr: float, opts: FmriOptions
 ) -> tuple[np.ndarray, np.ndarray, float]:
@@ -323,16 +336,20 @@ def clean_signals(
     # A low-pass at or above Nyquist is a no-op: the sampled signal holds no faster content.
     low_pass = opts.low_pass if opts.low_pass is not None and opts.low_pass < nyquist else None
     x = signals
-    if opts.detrend or low_pass is not None or opts.high_pass is not None:
+    filtering = low_pass is not None or opts.high_pass is not None
+    if opts.detrend and not filtering:
+        # The default path. Same result as nilearn.signal.clean(detrend=True), without importing
+        # nilearn.signal (2.4 s of scipy imports in every fresh Ray worker).
+        x = linear_detrend(x)
+    elif filtering:
         from nilearn import signal as nsignal
 
-        filtering = low_pass is not None or opts.high_pass is not None
         try:
             x = nsignal.clean(
                 x,
                 detrend=opts.detrend,
                 standardize=None,
-                filter="butterworth" if filtering else False,
+                filter="butterworth",
                 low_pass=low_pass,
                 high_pass=opts.high_pass,
                 t_r=tr,

@@ -740,3 +740,15 @@ def test_isal_inflate_reads_what_nibabel_reads(name, demo_cohort):
         slow = np.asanyarray(img.dataobj.get_unscaled())
         assert fast.dtype == slow.dtype and fast.shape == slow.shape
         np.testing.assert_array_equal(fast, slow)
+
+
+@pytest.mark.parametrize("n", [2, 7, 160])
+def test_linear_detrend_matches_nilearn(n):
+    from nilearn.signal import clean
+
+    from modalities.fmri.scan import linear_detrend
+
+    rng = np.random.default_rng(n)
+    x = rng.standard_normal((n, 5)) + np.arange(n)[:, None] * rng.standard_normal(5) + 3.0
+    want = clean(x, detrend=True, standardize=None, filter=False, ensure_finite=False)
+    np.testing.assert_allclose(linear_detrend(x), want, atol=1e-10)
