@@ -201,6 +201,7 @@ def pack(tokens: torch.Tensor, coords: torch.Tensor, masks: list[Mask]) -> dict[
         "tokens": tokens,
         "coords": coords,
         "n_tokens": torch.full((len(masks),), tokens.shape[1], dtype=torch.int32),
+        "all_packing": em.all_token_packing([tokens.shape[1]] * len(masks), tokens.shape[1]),
         "ctx_idx": cat([c for c, _ in masks]),
         "cu_ctx": _cu(lc),
         "max_ctx": max(lc),
@@ -569,10 +570,19 @@ def run_check(args: argparse.Namespace) -> int:
             ]
         )
         got = pack(tokens, coords, masks)
-        same = all(
-            torch.equal(got[k], want[k]) if isinstance(got[k], torch.Tensor) else got[k] == want[k]
-            for k in got
-        )
+
+        def equal(a: Any, b: Any) -> bool:
+            if isinstance(a, torch.Tensor):
+                return isinstance(b, torch.Tensor) and torch.equal(a, b)
+            if isinstance(a, dict):
+                return (
+                    isinstance(b, dict)
+                    and a.keys() == b.keys()
+                    and all(equal(a[k], b[k]) for k in a)
+                )
+            return a == b
+
+        same = all(equal(got[k], want[k]) for k in got)
         print(f"{'ok  ' if same else 'FAIL'} packing equals engine.data.collate")
         if not same:
             failed.append("packing")

@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from engine.config import Config
+from engine.model import all_token_packing
 from modalities import Modality, get_modality
 from pipelines.shards import ShardDataset
 
@@ -110,6 +111,8 @@ def pad_tokens(samples: Sequence[Any]) -> dict[str, torch.Tensor]:
         "tokens": torch.from_numpy(tokens),
         "coords": torch.from_numpy(coords),
         "n_tokens": torch.tensor(n, dtype=torch.int32),
+        # built here, on the host, so encoding all tokens on a GPU needs no sync
+        "all_packing": all_token_packing(n, nmax),
     }
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -99,17 +100,54 @@ class Encoder(nn.Module):
         return self.norm(x)
 
     def forward_all(
-        self, tokens: torch.Tensor, coords: torch.Tensor, n_tokens: torch.Tensor
+        self,
+        tokens: torch.Tensor,
+        coords: torch.Tensor,
+        n_tokens: torch.Tensor,
+        packing: dict[str, Any] | None = None,
     ) -> torch.Tensor:
-        """Encode every token of every sample: [B, N, D] features (zeros at padding)."""
+        """Encode every token of every sample: [B, N, D] features (zeros at padding).
+
+        `packing` is `all_token_packing`'s output, built on the host by the collate; with it this
+        runs without a device-to-host sync (which would stall the GPU's launch queue). Without
+        it, it is derived from `n_tokens` here.
+        """
         x = self.embed(tokens, coords)
         b, n, d = x.shape
-        valid = torch.arange(n, device=x.device)[None, :] < n_tokens[:, None].to(x.device)
-        cu = F.pad(n_tokens.to(torch.int32).cumsum(0, dtype=torch.int32), (1, 0)).to(x.device)
-        h = self.encode(x[valid], cu, int(n_tokens.max()))
-        out = h.new_zeros(b, n, d)
-        out[valid] = h
-        return out
+        if packing is None:
+            packing = all_token_packing(n_tokens.cpu().tolist(), n)
+        flat = x.reshape(b * n, d)
+        valid = packing["valid_idx"]
+        if valid is not None:
+            valid = valid.to(x.device)
+            flat = flat.index_select(0, valid)
+        h = self.encode(flat, packing["cu_all"].to(x.device), packing["max_tokens"])
+        if valid is None:  # every sample fills the padded length: nothing to scatter back
+            return h.view(b, n, d)
+        return h.new_zeros(b * n, d).index_copy_(0, valid, h).view(b, n, d)
+
+
+def all_token_packing(lengths: list[int], padded_len: int) -> dict[str, Any]:
+    """Host-side packing of samples' valid tokens out of a [B, padded_len] layout.
+
+    max_tokens: the longest sample; cu_all [B+1] int32: cumulative lengths; valid_idx [T] int64:
+    flat indices of the valid positions in row-major [B * padded_len] order, or None when every
+    sample is full (the common case: images, fMRI grids), so the encoder reads the batch as is.
+    """
+    cu = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    full = all(k == padded_len for k in lengths)
+    valid = None
+    if not full:
+        valid = torch.from_numpy(
+            np.concatenate(
+                [b * padded_len + np.arange(k, dtype=np.int64) for b, k in enumerate(lengths)]
+            )
+        )
+    return {
+        "max_tokens": int(max(lengths)) if lengths else 0,
+        "cu_all": torch.from_numpy(cu),
+        "valid_idx": valid,
+    }
 
 
 class Predictor(nn.Module):
@@ -170,15 +208,21 @@ class JEPA(nn.Module):
 @torch.no_grad()
 def target_features(target: Encoder, batch: dict[str, Any]) -> torch.Tensor:
     """Layer-normed target-encoder features at the target tokens, [Tt, D] in tgt order (fp32)."""
-    h = target.forward_all(batch["tokens"], batch["coords"], batch["n_tokens"])
+    h = target.forward_all(
+        batch["tokens"], batch["coords"], batch["n_tokens"], batch.get("all_packing")
+    )
     # I-JEPA normalises each target token's features (F.layer_norm without affine).
     h = F.layer_norm(h.float(), (h.shape[-1],))
     return gather_tokens(h, batch["tgt_idx"], batch["cu_tgt"], unique_indices=False)
 
 
 def batch_to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    """Tensors of a collated batch moved to `device` (ints stay ints)."""
+    """Tensors of a collated batch (and of its nested dicts) moved to `device`; ints stay ints."""
     return {
-        k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+        k: v.to(device, non_blocking=True)
+        if isinstance(v, torch.Tensor)
+        else batch_to(v, device)
+        if isinstance(v, dict)
+        else v
         for k, v in batch.items()
     }

@@ -39,7 +39,7 @@ def extract_features(
             t = modality.tokenize(ds[i], stats, cfg)
             samples.append(argparse.Namespace(tokens=t["tokens"], coords=t["coords"]))
         b = pad_tokens(samples)
-        h = encoder.forward_all(b["tokens"], b["coords"], b["n_tokens"])
+        h = encoder.forward_all(b["tokens"], b["coords"], b["n_tokens"], b["all_packing"])
         n = b["n_tokens"].to(h.dtype)[:, None]
         feats.append((h.sum(1) / n).float().numpy())
     return np.concatenate(feats)
