@@ -70,6 +70,10 @@ class Modality:
         """Write `n` realistic raw files in this modality's format; return their paths."""
         raise NotImplementedError
 
+    def warm_up(self) -> None:
+        """Import the heavy readers `read` needs. The ingest runs this on every Ray worker while
+        the plan starts up, so the first file of each worker does not also pay the imports."""
+
     def library_versions(self) -> dict[str, str]:
         """Versions of the libraries whose behaviour shapes the records (for the manifest)."""
         return {}

@@ -199,6 +199,10 @@ class EegModality(Modality):
 
         return generate_cohort(out_dir, n, seed)
 
+    def warm_up(self) -> None:
+        import mne  # noqa: F401
+        import scipy.signal  # noqa: F401  (resampling and filters)
+
     def library_versions(self) -> dict[str, str]:
         import mne
         import numpy

@@ -257,6 +257,15 @@ class FmriModality(Modality):
 
         return build_embedder(cfg, stats)
 
+    def warm_up(self) -> None:
+        import nibabel  # noqa: F401
+
+        try:
+            import isal.igzip  # noqa: F401
+        except ImportError:  # optional speed-up
+            pass
+        load_atlas(None)
+
     def library_versions(self) -> dict[str, str]:
         import nibabel
         import nilearn
