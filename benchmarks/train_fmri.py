@@ -25,6 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+
 def tree_rss(pid: int) -> int:
     """Resident bytes of `pid` and all its descendants (Linux /proc)."""
     children: dict[int, list[int]] = {}
