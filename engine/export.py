@@ -59,8 +59,14 @@ def _modality(cfg: Config, modality_name: str) -> Modality:
     return resolve_modality(cfg.data.modality, modality_name)
 
 
-def _build(cfg: Config, modality: Modality, weights: dict[str, torch.Tensor]) -> Encoder:
-    encoder = Encoder(modality.embedder(cfg), cfg.model)
+def _build(
+    cfg: Config,
+    modality: Modality,
+    weights: dict[str, torch.Tensor],
+    stats: dict[str, Any] | None,
+) -> Encoder:
+    # stats None: a checkpoint from before they were saved; the modality reads cfg.data.path.
+    encoder = Encoder(modality.embedder(cfg, stats), cfg.model)
     encoder.load_state_dict(weights, strict=True)
     return encoder.eval().requires_grad_(False)
 
@@ -77,12 +83,14 @@ def load_encoder(path: str | Path, which: str = "target") -> tuple[Encoder, Conf
             raise CheckpointError(f"{path}: this export holds the {meta['encoder']} encoder")
         cfg = config_from_dict(meta["config"])
         modality = _modality(cfg, meta["modality"])
-        return _build(cfg, modality, load_file(str(path / "encoder.safetensors"))), cfg, modality
+        weights = load_file(str(path / "encoder.safetensors"))
+        return _build(cfg, modality, weights, meta.get("stats")), cfg, modality
     ckpt = _checkpoint_dir(path)
     state = read_state(ckpt)
     cfg = config_from_dict(state["config"])
     modality = _modality(cfg, state["modality"])
-    return _build(cfg, modality, _checkpoint_weights(ckpt, which)), cfg, modality
+    weights = _checkpoint_weights(ckpt, which)
+    return _build(cfg, modality, weights, state.get("stats")), cfg, modality
 
 
 def export(run_dir: str | Path, out: str | Path, which: str = "target") -> Path:
@@ -101,6 +109,7 @@ def export(run_dir: str | Path, out: str | Path, which: str = "target") -> Path:
         "step": state["run"]["step"],
         "modality": state["modality"],
         "config": cfg.to_dict(),
+        "stats": state.get("stats"),
         "checkpoint": str(ckpt),
     }
     (out / "config.json").write_text(json.dumps(meta, indent=2))

@@ -144,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         encoder, cfg, modality = load_encoder(args.checkpoint, args.encoder)
         if args.random_init:
             torch.manual_seed(args.seed)
-            encoder = Encoder(modality.embedder(cfg), cfg.model).eval()
+            encoder = Encoder(modality.embedder(cfg, ShardDataset(args.data).stats), cfg.model)
+            encoder = encoder.eval()
         ds = ShardDataset(args.data)
         labels = _column(ds, args.data, args.label)
         group_col = args.group_by

@@ -113,13 +113,16 @@ class Trainer:
         ds = ShardDataset(cfg.data.path, verify=cfg.data.verify)
         self.modality = resolve_modality(cfg.data.modality, ds.modality)
         self.modality_name = ds.modality
+        # Saved with every checkpoint: some embedders are built from them (Brain-JEPA's
+        # gradient positions), and a trained encoder must load without its dataset.
+        self.stats = ds.stats
         self._check_first_record(ds)
         self.bf16 = cfg.train.precision == "bf16" or (
             cfg.train.precision == "auto" and info.device.type == "cuda"
         )
 
         torch.manual_seed(cfg.train.seed)
-        model = JEPA(self.modality.embedder(cfg), cfg.model).to(info.device)
+        model = JEPA(self.modality.embedder(cfg, self.stats), cfg.model).to(info.device)
         # The target is an fp32 copy kept outside DeepSpeed: an EMA step of 1 - m <= 0.004 is
         # below bf16 resolution, and the engine must not shard or cast it.
         self.target: Encoder = copy.deepcopy(model.encoder).float().requires_grad_(False)
@@ -236,6 +239,7 @@ class Trainer:
             "world": self.info.world,
             "modality": self.modality_name,
             "config": self.cfg.to_dict(),
+            "stats": self.stats,
         }
         return save_checkpoint(
             self.run_dir,

@@ -101,8 +101,10 @@ class Modality:
         """
         raise NotImplementedError(f"{self.name} has no masker")
 
-    def embedder(self, cfg: Any) -> Any:
+    def embedder(self, cfg: Any, stats: dict[str, Any] | None = None) -> Any:
         """An ``nn.Module``: ``forward(tokens [B, N, patch_dim], coords [B, N, c]) -> [B, N, D]``
         (patch embedding plus positions) and ``position(coords) -> [B, N, D]`` (positions alone),
-        with ``D = cfg.model.embed_dim``."""
+        with ``D = cfg.model.embed_dim``. `stats` are the dataset statistics the encoder was
+        trained with (the engine passes them at training time and restores them from the
+        checkpoint or export at load time, so a trained encoder loads without its dataset)."""
         raise NotImplementedError(f"{self.name} has no embedder")

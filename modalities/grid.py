@@ -227,7 +227,7 @@ class GridPieces:
             min_context=m.min_context,
         )
 
-    def embedder(self, cfg: Any) -> GridEmbedder:
+    def embedder(self, cfg: Any, stats: dict[str, Any] | None = None) -> GridEmbedder:
         return GridEmbedder(cfg.model.patch_len, cfg.model.embed_dim)
 
 

@@ -222,7 +222,7 @@ class EegModality(Modality):
 
         return SpatialBlockMasker.from_config(cfg)
 
-    def embedder(self, cfg: Any) -> Any:
+    def embedder(self, cfg: Any, stats: dict[str, Any] | None = None) -> Any:
         from modalities.eeg.sjepa import EegEmbedder
 
         return EegEmbedder(cfg.model.embed_dim)

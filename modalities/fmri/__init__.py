@@ -251,8 +251,8 @@ class FmriModality(Modality):
         return SpatiotemporalMasker(BrainJepaConfig.from_config(cfg))
 
     def embedder(self, cfg: Any, stats: dict[str, Any] | None = None) -> Any:
-        """Brain-JEPA's embedder. The engine calls `embedder(cfg)`; the gradient positions then
-        come from the stats.json of `cfg.data.path` (pass `stats` to skip reading it)."""
+        """Brain-JEPA's embedder; gradient positions from `stats` (the engine passes the training
+        dataset's, saved in checkpoints and exports), else from `cfg.data.path`'s stats.json."""
         from modalities.fmri.jepa import build_embedder
 
         return build_embedder(cfg, stats)

@@ -95,3 +95,23 @@ def test_probe_cli_random_init_baseline(trained_run, grid_data):
     random = run_cli([*args, "--label", "label", "--folds", "4", "--random-init"])
     assert "random-init features" in random.stdout and "target features" in trained.stdout
     assert trained.stdout.split("accuracy")[1] != random.stdout.split("accuracy")[1]
+
+
+def test_export_carries_dataset_stats_and_loads_without_the_dataset(
+    trained_run, grid_data, tmp_path
+):
+    """Embedders may be built from dataset statistics (Brain-JEPA's gradients): checkpoints and
+    exports carry them, so an encoder loads after its dataset directory is gone."""
+    from engine.config import config_from_dict
+
+    out = tmp_path / "export"
+    run_cli(["engine.export", str(trained_run), str(out)])
+    meta = json.loads((out / "config.json").read_text())
+    assert meta["stats"] and meta["stats"] == ShardDataset(grid_data).stats
+    # point the export at a dataset path that does not exist: loading must not need it
+    meta["config"]["data"]["path"] = str(tmp_path / "gone")
+    (out / "config.json").write_text(json.dumps(meta))
+    encoder, cfg, _ = load_encoder(out)
+    assert cfg == config_from_dict(meta["config"])
+    reference, _, _ = load_encoder(trained_run)
+    assert encoder.state_dict().keys() == reference.state_dict().keys()
