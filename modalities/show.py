@@ -27,6 +27,7 @@ from pipelines.shards import ShardDataset, ShardError
 
 #: modality name -> "module:function" of its drawer
 DRAWERS: dict[str, str] = {
+    "eeg": "modalities.show:draw_eeg",
     "fmri": "modalities.show:draw_fmri",
 }
 
@@ -158,6 +159,91 @@ def draw_fmri(ds: ShardDataset, index: int, rng: np.random.Generator) -> Drawing
     summary = (
         f"context {len(mask.context)}, Cross-ROI {len(mask.cross_roi)}, Cross-Time "
         f"{len(mask.cross_time)}, Double-Cross {len(mask.double_cross)} of {len(coords)} tokens"
+    )
+    return Drawing(fig, summary)
+
+
+# --------------------------------------------------------------------------------------------
+# EEG: channels x time with S-JEPA's spatial target blocks, and the electrode layout
+
+
+def draw_eeg(ds: ShardDataset, index: int, rng: np.random.Generator) -> Drawing:
+    """Traces of every channel with the target blocks shaded, beside a top view of the
+    electrodes (context, each block's channels, its centre electrode). Masks as
+    engine/configs/eeg_demo.yaml draws them: 2 blocks of 15-25% of the channels."""
+    from modalities.eeg.sjepa import CHANNEL, SECOND, SpatialBlockMasker, tokenize_record
+
+    plt = _pyplot()
+    record = ds[index]
+    stats = ds.stats
+    tokens = tokenize_record(record, stats)
+    coords = tokens["coords"]
+    masker = SpatialBlockMasker(num_targets=2, channel_scale=(0.15, 0.25), min_context=0.3)
+    context, targets, blocks = masker.draw(rng, coords)
+    eeg = np.asarray(record["eeg"], dtype=np.float32)
+    names = list(record["channels"])
+    present = np.asarray(record["channel_mask"]).astype(bool)
+    sfreq = float(record["sfreq"])
+    n_ch, n_samples = eeg.shape
+    t = np.arange(n_samples) / sfreq
+    colours = ["#e41a1c", "#377eb8", "#ff7f00", "#984ea3"]
+
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 6), gridspec_kw={"width_ratios": [2.2, 1]})
+    spread = np.nanpercentile(np.abs(eeg[present]), 99) if present.any() else 1.0
+    spread = float(spread) if spread > 0 else 1.0
+    for c in range(n_ch):
+        y = n_ch - 1 - c
+        ax.plot(t, y + 0.45 * eeg[c] / spread, lw=0.5, color="k" if present[c] else "#bbbbbb")
+    for k, tgt in enumerate(targets):
+        col = colours[k % len(colours)]
+        for ch, sec in {(int(a), int(b)) for a, b in coords[tgt][:, [CHANNEL, SECOND]]}:
+            y = n_ch - 1 - ch
+            ax.add_patch(plt.Rectangle((sec, y - 0.5), 1.0, 1.0, color=col, alpha=0.25, lw=0))
+    ax.set_yticks(range(n_ch), names[::-1], fontsize=7)
+    ax.set_xlim(0, t[-1] if len(t) else 1)
+    ax.set_ylim(-1, n_ch)
+    ax.set_xlabel("seconds (1 token = 1 channel x 1 s)")
+    ax.set_title("EEG (uV, scaled), target blocks shaded; grey = channel absent")
+
+    pos = np.asarray(record["positions"], dtype=np.float64)
+    has = np.isfinite(pos).all(axis=1)
+    ctx_ch = {int(c) for c in coords[context][:, CHANNEL]}
+    ax2.scatter(pos[has, 0], pos[has, 1], s=260, c="#d9d9d9", edgecolors="k", lw=0.5)
+    ctx = [c for c in range(n_ch) if has[c] and c in ctx_ch]
+    ax2.scatter(
+        pos[ctx, 0], pos[ctx, 1], s=260, c="#4daf4a", edgecolors="k", lw=0.5, label="context"
+    )
+    for k, (tgt, block) in enumerate(zip(targets, blocks, strict=True)):
+        chans = sorted({int(c) for c in coords[tgt][:, CHANNEL]})
+        col = colours[k % len(colours)]
+        ax2.scatter(
+            pos[chans, 0],
+            pos[chans, 1],
+            s=260,
+            c=col,
+            edgecolors="k",
+            lw=0.5,
+            label=f"target block {k + 1} ({len(tgt)} tokens)",
+        )
+        ax2.scatter(*pos[block.centre, :2], s=90, marker="*", c="w", edgecolors="k", lw=0.6)
+    for c in range(n_ch):
+        if has[c]:
+            ax2.annotate(names[c], pos[c, :2], ha="center", va="center", fontsize=6)
+    ax2.set_aspect("equal")
+    ax2.axis("off")
+    ax2.set_title("electrodes from above (star: block centre)")
+    handles, labels = ax2.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower right", fontsize=8, ncol=len(labels), markerscale=0.6)
+    who = " ".join(f"{k} {record[k]}" for k in ("subject", "label") if record.get(k) is not None)
+    fig.suptitle(
+        f"{ds.root.name} record {index} ({who}): {int(present.sum())} of {n_ch} "
+        f"channels, {n_samples / sfreq:g} s at {sfreq:g} Hz"
+    )
+    fig.tight_layout(rect=(0, 0.06, 1, 1))  # room for the legend below
+    summary = (
+        f"context {len(context)}, targets "
+        + ", ".join(str(len(t)) for t in targets)
+        + f" of {len(coords)} tokens"
     )
     return Drawing(fig, summary)
 

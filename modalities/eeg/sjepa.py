@@ -264,13 +264,21 @@ class SpatialBlockMasker:
         self, rng: np.random.Generator, coords: np.ndarray
     ) -> tuple[np.ndarray, list[np.ndarray]]:
         """Context and target token indices (sorted int64) for one sample's coords [N, 6]."""
+        context, targets, _ = self.draw(rng, coords)
+        return context, targets
+
+    def draw(
+        self, rng: np.random.Generator, coords: np.ndarray
+    ) -> tuple[np.ndarray, list[np.ndarray], list[SpatialBlock]]:
+        """`__call__`'s draw plus the blocks it came from (centres, channels; for pictures)."""
         coords = np.asarray(coords)
         if coords.ndim != 2 or coords.shape[1] != 6 or len(coords) == 0:
             raise ValueError(f"EEG coords must be [N, 6] with N > 0, got shape {coords.shape}")
         need = max(1, math.ceil(self.min_context * len(coords)))
         for _ in range(self.max_tries):
             targets = []
-            for b in self.draw_blocks(rng, coords):
+            blocks = self.draw_blocks(rng, coords)
+            for b in blocks:
                 hit = np.isin(coords[:, CHANNEL], b.channels)
                 hit &= (coords[:, SECOND] >= b.start) & (coords[:, SECOND] < b.stop)
                 targets.append(np.flatnonzero(hit).astype(np.int64))
@@ -279,7 +287,7 @@ class SpatialBlockMasker:
                 masked[t] = True
             context = np.flatnonzero(~masked).astype(np.int64)
             if len(context) >= need and all(len(t) for t in targets):
-                return context, targets
+                return context, targets, blocks
         raise ValueError(
             f"could not draw a spatial mask leaving {need} of {len(coords)} tokens as context in "
             f"{self.max_tries} tries; lower mask.num_targets or mask.target_scale"

@@ -79,3 +79,33 @@ def test_registry_names_every_drawer_and_refuses_unknown_ones():
         assert callable(drawer(name))
     with pytest.raises(KeyError, match="no drawer for 'nope'; known: .*fmri"):
         drawer("nope")
+
+
+def test_eeg_drawer_writes_png_with_spatial_blocks(tmp_path):
+    """A real demo EDF recording, read by the EEG reader, drawn with S-JEPA's spatial blocks."""
+    import os
+
+    from modalities.base import ReadContext
+    from modalities.eeg import MODALITY as EEG
+    from modalities.eeg.demo import generate_cohort
+    from modalities.eeg.sjepa import CHANNEL, SpatialBlockMasker, tokenize_record
+    from pipelines.worker import full_schema
+
+    path = generate_cohort(tmp_path / "raw", 1, seed=2, duration_s=40.0)[0]
+    opts = EEG.options_type()
+    ctx = ReadContext(str(path), str(path), os.path.getsize(path), 1 << 34)
+    records = [{"id": f"r{i}", "source": str(path), **r} for i, r in enumerate(EEG.read(ctx, opts))]
+    root = tmp_path / "eeg"
+    write_dataset(root, "eeg", full_schema(EEG.schema(opts)), records)
+    out = tmp_path / "eeg.png"
+    assert main(["eeg", "--data", str(root), "--index", "1", "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == PNG_MAGIC and out.stat().st_size > 20_000
+    # draw() returns the blocks __call__ used: the same masks for the same rng state
+    coords = tokenize_record(records[1], {})["coords"]
+    masker = SpatialBlockMasker(num_targets=2, channel_scale=(0.15, 0.25), min_context=0.3)
+    ctx_a, tgts_a, blocks = masker.draw(np.random.default_rng(5), coords)
+    ctx_b, tgts_b = masker(np.random.default_rng(5), coords)
+    assert np.array_equal(ctx_a, ctx_b) and all(map(np.array_equal, tgts_a, tgts_b))
+    for tgt, block in zip(tgts_a, blocks, strict=True):
+        assert set(coords[tgt][:, CHANNEL]) == set(block.channels.tolist())
+        assert block.centre in set(block.channels.tolist())
