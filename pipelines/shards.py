@@ -80,6 +80,11 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """`atomic_write_bytes` for UTF-8 text."""
+    atomic_write_bytes(path, text.encode())
+
+
 def json_dumps(obj: Any) -> str:
     """Canonical JSON (sorted keys, fixed indent) so equal content gives equal bytes."""
     return json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n"

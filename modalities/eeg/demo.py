@@ -28,6 +28,7 @@ import numpy as np
 
 from modalities.eeg.channels import standard_positions
 from modalities.eeg.options import CHANNELS_10_20
+from pipelines.shards import atomic_write_text
 
 CONDITIONS = ("eyesclosed", "eyesopen")
 #: Alpha amplitude (uV at the strongest electrode) per condition: closing the eyes raises
@@ -181,8 +182,8 @@ def generate_cohort(
                 raw.set_annotations(mne.Annotations(onset, duration, desc))
             _write_raw(raw, path, fmt)
             paths.append(str(path))
-    _write_text(out / "participants.tsv", "\n".join(participants) + "\n")
-    _write_text(
+    atomic_write_text(out / "participants.tsv", "\n".join(participants) + "\n")
+    atomic_write_text(
         out / "dataset_description.json",
         json.dumps({"Name": "jepa-forge synthetic resting EEG cohort", "BIDSVersion": "1.8.0"}),
     )
@@ -198,10 +199,4 @@ def _write_raw(raw, path: Path, fmt: str) -> None:
         mne.export.export_raw(tmp, raw, fmt="edf", overwrite=True, verbose="error")
     else:
         raw.save(tmp, fmt="single", overwrite=True, verbose="error")
-    os.replace(tmp, path)
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
     os.replace(tmp, path)

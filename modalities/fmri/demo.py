@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipelines.shards import atomic_write_text
+
 # --------------------------------------------------------------------------------------------
 # Demo cohort
 
@@ -146,18 +148,12 @@ def generate_cohort(
         tmp = func / f".{sub}_task-rest_bold.tmp.nii.gz"
         nib.save(img, tmp)
         os.replace(tmp, path)  # a killed run never leaves a half-written scan under the real name
-        _write_text(func / f"{sub}_task-rest_bold.json", json.dumps({"RepetitionTime": tr}))
+        atomic_write_text(func / f"{sub}_task-rest_bold.json", json.dumps({"RepetitionTime": tr}))
         rows.append(f"{sub}\t{group}\t{coupling}")
         paths.append(str(path))
-    _write_text(out / "participants.tsv", "\n".join(rows) + "\n")
-    _write_text(
+    atomic_write_text(out / "participants.tsv", "\n".join(rows) + "\n")
+    atomic_write_text(
         out / "dataset_description.json",
         json.dumps({"Name": "jepa-forge synthetic resting-state cohort", "BIDSVersion": "1.8.0"}),
     )
     return paths
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
