@@ -611,6 +611,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--check", action="store_true", help="CPU equivalence check, then exit")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="write the report as JSON here")
+    p.add_argument("--tiles", default=None, help="attention tiles JSON (kernels_tune.py --write)")
     args = p.parse_args(argv)
     args.paths = args.paths.split(",")
     for name in args.paths:
@@ -623,6 +624,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.check:
         return run_check(args)
+    if args.tiles:
+        from kernels.attention import load_tiles
+
+        print(f"attention tiles from {args.tiles}: {load_tiles(args.tiles)}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     on_gpu = device.type == "cuda"
     tiny = args.tiny or (not on_gpu and not args.full)

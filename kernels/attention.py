@@ -31,9 +31,88 @@ from kernels._dispatch import Backend
 LN2 = math.log(2.0)
 LOG2E = 1.0 / LN2
 SUPPORTED_HEAD_DIMS = (32, 64, 80, 96, 128)
+#: GPU tiles for half-precision launches, {(kind, padded head dim, long): (BLOCK_M, BLOCK_N,
+#: num_warps, num_stages)}: kind "fwd", "dkdv" or "dq"; long when the longest sample has at least
+#: LONG_SEQ tokens. Entries here win over the built-in choice; `python -m kernels.bench --tiles
+#: FILE` fills it from the JSON that benchmarks/kernels_tune.py writes.
+TILES: dict[tuple[str, int, bool], tuple[int, int, int, int]] = {}
+LONG_SEQ = 1024
+
+
+def load_tiles(path: str) -> dict:
+    """Fill :data:`TILES` from a JSON file ``{kind: {"64" or "128/long": [BM, BN, warps,
+    stages]}}`` (what benchmarks/kernels_tune.py --write saves); returns the parsed JSON."""
+    import json
+    from pathlib import Path
+
+    tiles = json.loads(Path(path).read_text())
+    for kind, by_dim in tiles.items():
+        if kind not in ("fwd", "dkdv", "dq"):
+            raise ValueError(f"{path}: unknown kernel {kind!r} (expected fwd, dkdv or dq)")
+        for key, cfg in by_dim.items():
+            head_dim, _, long = key.partition("/")
+            TILES[(kind, int(head_dim), long == "long")] = tuple(int(c) for c in cfg)
+    return tiles
 
 
 # ----------------------------------------------------------------------------- Triton kernels
+
+
+@triton.jit
+def _attn_fwd_step(
+    acc,
+    l_i,
+    m_i,
+    q,
+    K,
+    V,
+    k_start,
+    k_len,
+    q_len,
+    n0,
+    h,
+    offs_m,
+    offs_n,
+    offs_d,
+    d_ok,
+    stride_kt,
+    stride_kh,
+    stride_vt,
+    stride_vh,
+    qk_scale2,
+    MASKED: tl.constexpr,
+    EVEN_D: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
+    # One key block of the online softmax. MASKED blocks (the ragged tail, and every block of a
+    # causal sample) mask keys past the sample's end and above the diagonal; full blocks do not.
+    offs_kn = n0 + offs_n
+    k_ptrs = K + (k_start + offs_kn)[:, None] * stride_kt + h * stride_kh + offs_d[None, :]
+    v_ptrs = V + (k_start + offs_kn)[:, None] * stride_vt + h * stride_vh + offs_d[None, :]
+    if MASKED:
+        n_ok = offs_kn < k_len
+        kv_mask = n_ok[:, None] & d_ok[None, :]
+        k = tl.load(k_ptrs, mask=kv_mask, other=0.0)
+        v = tl.load(v_ptrs, mask=kv_mask, other=0.0)
+    elif EVEN_D:
+        k = tl.load(k_ptrs)
+        v = tl.load(v_ptrs)
+    else:
+        k = tl.load(k_ptrs, mask=d_ok[None, :], other=0.0)
+        v = tl.load(v_ptrs, mask=d_ok[None, :], other=0.0)
+    s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale2
+    if MASKED:
+        ok = n_ok[None, :]
+        if CAUSAL:
+            ok = ok & (offs_kn[None, :] <= offs_m[:, None] + (k_len - q_len))
+        s = tl.where(ok, s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(s - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=DOT_PREC)
+    return acc, l_i, m_new
 
 
 @triton.jit
@@ -61,6 +140,7 @@ def _attn_fwd_kernel(
     BLOCK_N: tl.constexpr,
     CAUSAL: tl.constexpr,
     DOT_PREC: tl.constexpr,
+    EVEN_D: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     b = tl.program_id(1)
@@ -80,6 +160,7 @@ def _attn_fwd_kernel(
     m_ok = offs_m < q_len
     d_ok = offs_d < HEAD_DIM
     q_ptrs = Q + (q_start + offs_m)[:, None] * stride_qt + h * stride_qh + offs_d[None, :]
+    # Rows past the sample's end load zeros (finite scores) and are never stored.
     q = tl.load(q_ptrs, mask=m_ok[:, None] & d_ok[None, :], other=0.0)
 
     # A finite start for the running max keeps rows that see no key free of (-inf) - (-inf).
@@ -87,35 +168,29 @@ def _attn_fwd_kernel(
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
-    n_end = k_len
     if CAUSAL:
         # Keys past the last one any row of this block may see are never loaded.
         n_end = tl.minimum(k_len, m0 + BLOCK_M + k_len - q_len)
-    for n0 in range(0, n_end, BLOCK_N):
-        offs_kn = n0 + offs_n
-        n_ok = offs_kn < k_len
-        kv_mask = n_ok[:, None] & d_ok[None, :]
-        k = tl.load(
-            K + (k_start + offs_kn)[:, None] * stride_kt + h * stride_kh + offs_d[None, :],
-            mask=kv_mask,
-            other=0.0,
-        )
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale2
-        ok = m_ok[:, None] & n_ok[None, :]
-        if CAUSAL:
-            ok = ok & (offs_kn[None, :] <= offs_m[:, None] + (k_len - q_len))
-        s = tl.where(ok, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(
-            V + (k_start + offs_kn)[:, None] * stride_vt + h * stride_vh + offs_d[None, :],
-            mask=kv_mask,
-            other=0.0,
-        )
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
-        m_i = m_new
+        for n0 in range(0, n_end, BLOCK_N):
+            acc, l_i, m_i = _attn_fwd_step(
+                acc, l_i, m_i, q, K, V, k_start, k_len, q_len, n0, h, offs_m, offs_n, offs_d,
+                d_ok, stride_kt, stride_kh, stride_vt, stride_vh, qk_scale2,
+                True, EVEN_D, CAUSAL, DOT_PREC,
+            )  # fmt: skip
+    else:
+        n_full = k_len // BLOCK_N * BLOCK_N
+        for n0 in range(0, n_full, BLOCK_N):
+            acc, l_i, m_i = _attn_fwd_step(
+                acc, l_i, m_i, q, K, V, k_start, k_len, q_len, n0, h, offs_m, offs_n, offs_d,
+                d_ok, stride_kt, stride_kh, stride_vt, stride_vh, qk_scale2,
+                False, EVEN_D, CAUSAL, DOT_PREC,
+            )  # fmt: skip
+        if n_full < k_len:
+            acc, l_i, m_i = _attn_fwd_step(
+                acc, l_i, m_i, q, K, V, k_start, k_len, q_len, n_full, h, offs_m, offs_n, offs_d,
+                d_ok, stride_kt, stride_kh, stride_vt, stride_vh, qk_scale2,
+                True, EVEN_D, CAUSAL, DOT_PREC,
+            )  # fmt: skip
 
     seen = l_i > 0.0
     l_safe = tl.where(seen, l_i, 1.0)
@@ -369,7 +444,7 @@ def _attn_bwd_dq_kernel(
 
 
 def _block_sizes(
-    head_dim_padded: int, device: torch.device, kind: str, fp32: bool = False
+    head_dim_padded: int, device: torch.device, kind: str, fp32: bool = False, max_len: int = 0
 ) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) for one kernel.
 
@@ -379,6 +454,9 @@ def _block_sizes(
     """
     if device.type != "cuda":
         return 32, 32, 4, 1
+    key = (kind, head_dim_padded, max_len >= LONG_SEQ)
+    if not fp32 and key in TILES:
+        return TILES[key]
     if fp32:
         # fp32 tiles are twice the bytes: smaller ones keep shared memory under the sm90 limit.
         return {"fwd": (64, 32, 4, 2), "dkdv": (32, 32, 4, 2), "dq": (64, 32, 4, 2)}[kind]
@@ -448,7 +526,9 @@ def _triton_forward(
     lse = _dispatch.empty((heads, total_q), torch.float32, q.device)
     if total_q == 0 or batch == 0 or max_q == 0:
         return o, lse
-    bm, bn, warps, stages = _block_sizes(block_d, q.device, "fwd", q.dtype == torch.float32)
+    bm, bn, warps, stages = _block_sizes(
+        block_d, q.device, "fwd", q.dtype == torch.float32, max(max_q, max_k)
+    )
     grid = (triton.cdiv(max_q, bm), batch, heads)
     _attn_fwd_kernel[grid](
         q,
@@ -474,6 +554,7 @@ def _triton_forward(
         BLOCK_N=bn,
         CAUSAL=causal,
         DOT_PREC=_dot_precision(q.dtype, q.device),
+        EVEN_D=head_dim == block_d,
         num_warps=warps,
         num_stages=stages,
     )
@@ -521,7 +602,9 @@ def _triton_backward(
             BLOCK_T=block_t,
         )
     if max_k > 0:
-        bm, bn, warps, stages = _block_sizes(block_d, q.device, "dkdv", q.dtype == torch.float32)
+        bm, bn, warps, stages = _block_sizes(
+            block_d, q.device, "dkdv", q.dtype == torch.float32, max(max_q, max_k)
+        )
         _attn_bwd_dkdv_kernel[(triton.cdiv(max_k, bn), batch, heads)](
             q,
             k,
@@ -558,7 +641,9 @@ def _triton_backward(
             num_stages=stages,
         )
     if max_q > 0:
-        bm, bn, warps, stages = _block_sizes(block_d, q.device, "dq", q.dtype == torch.float32)
+        bm, bn, warps, stages = _block_sizes(
+            block_d, q.device, "dq", q.dtype == torch.float32, max(max_q, max_k)
+        )
         _attn_bwd_dq_kernel[(triton.cdiv(max_q, bm), batch, heads)](
             q,
             k,

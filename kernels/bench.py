@@ -13,6 +13,7 @@ broken kernel cannot report a time. On CPU the torch reference paths run at smal
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import statistics
@@ -26,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from kernels import _dispatch
-from kernels.attention import varlen_attention
+from kernels.attention import load_tiles, varlen_attention
 from kernels.ema import ema_
 from kernels.gather import apply_masks_baseline, gather_tokens, index_select_baseline
 
@@ -70,6 +71,8 @@ class Row:
     speedup: float | None = None
     baseline: bool = True
     note: str = ""
+    eager_ms: float | None = None  # one synchronised call, host launch work included
+    speedup_eager: float | None = None
 
 
 @dataclass
@@ -106,6 +109,50 @@ def time_ms(fn: Callable[[], object], device: torch.device, reps: int, warmup: i
             fn()
             times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
+
+
+def time_graph_ms(fn: Callable[[], object], reps: int, warmup: int, inner: int = 10) -> float:
+    """Median device time of one ``fn`` call, from replays of a CUDA graph of ``inner`` calls.
+
+    Replays carry no host work, so this is what the kernels cost when the host keeps ahead of
+    the device (as in a training step of real size), not Python and launch overhead.
+    """
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up off the capture stream, as CUDA graphs require
+        for _ in range(max(warmup, 1)):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(inner):
+            fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / inner)
+    del graph
+    return statistics.median(times)
+
+
+def measure(
+    fn: Callable[[], object], device: torch.device, args: argparse.Namespace, inner: int = 10
+) -> tuple[float | None, float | None, str]:
+    """(ms, eager ms, note): ``ms`` is graph-replay time on CUDA with ``--timing graph``."""
+    eager, err = _try(lambda: time_ms(fn, device, args.reps, args.warmup))
+    if err or device.type != "cuda" or args.timing != "graph":
+        return eager, eager, err
+    ms, gerr = _try(lambda: time_graph_ms(fn, args.reps, args.warmup, inner))
+    if gerr:  # e.g. a baseline that syncs with the host: report its eager time, and say so
+        return eager, eager, f"eager time (no CUDA graph: {gerr.removeprefix('unavailable: ')})"
+    return ms, eager, ""
 
 
 def measure_ceilings(device: torch.device, quick: bool, reps: int) -> dict:
@@ -145,6 +192,13 @@ def _finish(rows: list[Row]) -> None:
         ]
         if base:
             r.speedup = min(base) / r.ms
+        base_eager = [
+            b.eager_ms
+            for b in rows
+            if b.baseline and b.eager_ms is not None and b.case == r.case and b.phase == r.phase
+        ]
+        if base_eager and r.eager_ms:
+            r.speedup_eager = min(base_eager) / r.eager_ms
 
 
 def _try(fn: Callable[[], float]) -> tuple[float | None, str]:
@@ -178,7 +232,7 @@ def bench_attention(
         for phase, fn, flops in (("fwd", fwd, fwd_flops), ("bwd", bwd, 2.5 * fwd_flops)):
             if fn is None:
                 continue
-            ms, err = _try(lambda fn=fn: time_ms(fn, device, args.reps, args.warmup))
+            ms, eager, err = measure(fn, device, args)
             tf = flops / ms / 1e9 if ms else None
             rows.append(
                 Row(
@@ -192,7 +246,8 @@ def bench_attention(
                     tf / ceil["matmul_tflops"] if tf else None,
                     None,
                     baseline,
-                    err or note,
+                    "; ".join(x for x in (err, note) if x),
+                    eager,
                 )
             )
 
@@ -364,11 +419,12 @@ def _ema_case(
     ]
     rows = []
     for name, fn, baseline, note in cands:
-        ms, err = _try(lambda fn=fn: time_ms(fn, device, args.reps, args.warmup))
+        ms, eager, err = measure(fn, device, args, inner=4)
         gbps = nbytes / ms / 1e6 if ms else None
         share = gbps / ceil["copy_gbps"] if gbps else None
+        note = "; ".join(x for x in (err, note) if x)
         rows.append(
-            Row("ema", case, name, "update", ms, gbps, "GB/s", share, None, baseline, err or note)
+            Row("ema", case, name, "update", ms, gbps, "GB/s", share, None, baseline, note, eager)
         )
     return rows
 
@@ -391,7 +447,9 @@ def bench_gather(
     pos = torch.randn(n, d, device=device, dtype=dtype)
     case = f"{name} B={b} N={n} K={kk} D={d} +pos"
     e = x.element_size()
-    fwd_bytes = 3 * b * kk * d * e + idx.numel() * 4
+    # Fewest bytes: each kept x row read once, pos read once (its rows repeat across samples and
+    # stay in cache), out written once; backward reads dout and writes all of dx and dpos.
+    fwd_bytes = 2 * b * kk * d * e + n * d * e + idx.numel() * 4
     bwd_bytes = b * kk * d * e + b * n * d * e + n * d * e
     impl = "ours (triton)" if _dispatch.use_triton("auto", x) else "ours (torch reference)"
 
@@ -406,17 +464,22 @@ def bench_gather(
     want = runs["index_select"][0](x, pos)
     if not torch.equal(runs[impl][0](x, pos), want):
         raise RuntimeError(f"gather {case}: our output differs from index_select; not timing it")
+    # Bandwidth-bound: rotate through enough input sets that they cannot all sit in the
+    # device's L2 cache (about 50 MB on an H100/H200), so the numbers are memory numbers.
+    n_sets = max(1, min(16, math.ceil(256 * 2**20 / x.nbytes))) if device.type == "cuda" else 1
+    xs = [x] + [torch.randn_like(x) for _ in range(n_sets - 1)]
     rows = []
     for label, (run, baseline) in runs.items():
-        xl, pl = x.detach().requires_grad_(), pos.detach().requires_grad_()
-        out = run(xl, pl)
-        grad = torch.randn_like(out)
+        leaves = [(xx.detach().requires_grad_(), pos.detach().requires_grad_()) for xx in xs]
+        grad = torch.randn_like(run(*leaves[0]))
+        turn = itertools.count()
 
-        def fwd(run=run):
+        def fwd(run=run, turn=turn):
             with torch.no_grad():
-                run(x, pos)
+                run(xs[next(turn) % n_sets], pos)
 
-        def fwd_bwd(run=run, xl=xl, pl=pl, grad=grad):
+        def fwd_bwd(run=run, leaves=leaves, grad=grad, turn=turn):
+            xl, pl = leaves[next(turn) % n_sets]
             xl.grad = pl.grad = None
             run(xl, pl).backward(grad)
 
@@ -424,7 +487,7 @@ def bench_gather(
             ("fwd", fwd, fwd_bytes),
             ("fwd+bwd", fwd_bwd, fwd_bytes + bwd_bytes),
         ):
-            ms, err = _try(lambda fn=fn: time_ms(fn, device, args.reps, args.warmup))
+            ms, eager, err = measure(fn, device, args, inner=max(n_sets, 10))
             gbps = nbytes / ms / 1e6 if ms else None
             rows.append(
                 Row(
@@ -439,6 +502,7 @@ def bench_gather(
                     None,
                     baseline,
                     err,
+                    eager,
                 )
             )
     return rows
@@ -469,9 +533,10 @@ def print_table(report: Report) -> None:
         f"ceilings: copy {c['copy_gbps']:.1f} GB/s ({c['copy_bytes'] / 2**20:.0f} MiB), "
         f"matmul {c['matmul_tflops']:.2f} TFLOP/s ({c['matmul']})"
     )
+    graph = report.config.get("timing") == "graph"
     header = (
         f"{'impl':<42} {'phase':<8} {'median ms':>10} {'throughput':>18} {'% ceil':>7} "
-        f"{'speedup':>8}"
+        f"{'speedup':>8}" + (f" {'eager ms':>9} {'eager x':>8}" if graph else "")
     )
     last = None
     for r in report.rows:
@@ -482,7 +547,11 @@ def print_table(report: Report) -> None:
         share = f"{100 * r.ceiling_share:.0f}%" if r.ceiling_share else "-"
         sp = f"{r.speedup:.2f}x" if r.speedup else ""
         ms = _fmt(r.ms, ".3f")
-        print(f"{r.impl:<42} {r.phase:<8} {ms:>10} {tp:>18} {share:>7} {sp:>8}  {r.note}")
+        extra = ""
+        if graph:
+            spe = f"{r.speedup_eager:.2f}x" if r.speedup_eager else ""
+            extra = f" {_fmt(r.eager_ms, '.3f'):>9} {spe:>8}"
+        print(f"{r.impl:<42} {r.phase:<8} {ms:>10} {tp:>18} {share:>7} {sp:>8}{extra}  {r.note}")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -498,6 +567,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ema-model", default=None, choices=sorted(EMA_MODELS))
     p.add_argument("--reps", type=int, default=None, help="timed repetitions per row (median)")
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument(
+        "--timing",
+        choices=("graph", "eager"),
+        default="graph",
+        help="on CUDA: 'graph' times CUDA-graph replays (device time, no launch overhead; eager "
+        "times are printed beside), 'eager' one synchronised call per repetition",
+    )
+    p.add_argument(
+        "--tiles",
+        default=None,
+        help="JSON of attention tiles {kind: {'64' or '128/long': [BLOCK_M, BLOCK_N, warps, "
+        "stages]}} (what benchmarks/kernels_tune.py --write saves) instead of the built-in ones",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-flex", action="store_true", help="skip FlexAttention (compiles per shape)")
     p.add_argument("--full", action="store_true", help="GPU-sized shapes even on CPU (slow there)")
@@ -515,6 +597,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ]
     args.ema_model = args.ema_model or ("vit-l" if big else "vit-s")
     args.reps = args.reps or (20 if on_gpu else 5)
+    if not on_gpu:
+        args.timing = "eager"  # CUDA graphs need a GPU
     lo, hi = (float(x) for x in args.keep.split(","))
     if not 0 < lo <= hi <= 1:
         p.error(f"--keep needs 0 < min <= max <= 1, got {args.keep}")
@@ -539,6 +623,9 @@ def main(argv: list[str] | None = None) -> int:
             f"CPU run: kernels execute their torch reference paths ({backend}) at small sizes "
             f"(batch {args.batch}, {args.ema_model} EMA); numbers are not GPU kernel numbers."
         )
+    if args.tiles:
+        tiles = load_tiles(args.tiles)
+        print(f"attention tiles from {args.tiles}: {tiles}")
     report = Report(dev_name, backend, config={k: str(v) for k, v in vars(args).items()})
     report.ceilings = measure_ceilings(
         device, quick=device.type == "cpu" and not args.full, reps=args.reps

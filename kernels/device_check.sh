@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One call on a lent GPU box: the kernel tests on the GPU, then the bench, in under 5 minutes.
+# One call on a lent GPU box: the kernel tests on the GPU, a tile sweep, the bench and the JEPA
+# step benchmark, in about 6 minutes (TUNE=0 STEP=0: tests and bench only, about 2).
 # Needs python with torch, triton and pytest; installs nothing and uses no network.
 # Usage (from anywhere): bash kernels/device_check.sh [OUT_DIR]   (default: $OUT or ./device_check)
 # Every step has its own timeout so one hang cannot eat the budget; logs and JSON land in OUT_DIR.
@@ -35,8 +36,20 @@ for f in "$OUT_DIR"/tests_[a-z]*_*.txt "$OUT_DIR"/tests_rest.txt; do tail -n 3 "
 grep -q "rc=[^0]" "$OUT_DIR/tests_rc.txt" && status=1
 echo "tests done at $((SECONDS - start)) s"
 
-# Bench: JEPA presets without FlexAttention (it compiles per shape), then FlexAttention on one
-# preset, then the head-dim-128 long-sequence point for the FlashAttention-3 comparison.
+# Tile sweep of the attention forward (CUDA-graph device time) at every preset; its winners are
+# used by every bench below (--tiles), and go into kernels.attention as defaults when they hold.
+TILES=""
+if [ "${TUNE:-0}" = 1 ]; then
+  timeout 170 "$PY" benchmarks/kernels_tune.py --kinds fwd --write "$OUT_DIR/tiles.json" \
+    >"$OUT_DIR/tune_fwd.txt" 2>&1
+  echo "tune fwd rc=$?"; grep winner "$OUT_DIR/tune_fwd.txt"
+  [ -s "$OUT_DIR/tiles.json" ] && TILES="--tiles $OUT_DIR/tiles.json"
+  timeout 80 "$PY" benchmarks/ema_tune.py >"$OUT_DIR/tune_ema.txt" 2>&1
+  echo "tune ema rc=$?"; cat "$OUT_DIR/tune_ema.txt"
+fi
+
+# Bench: JEPA presets without FlexAttention (it compiles per shape), then the head-dim-128
+# long-sequence point for the FlashAttention-3 comparison. FLEX=1 adds FlexAttention at ViT-L.
 bench() {  # name, seconds, bench args...
   local name=$1 secs=$2; shift 2
   timeout "$secs" "$PY" -m kernels.bench --json "$OUT_DIR/bench_$name.json" "$@" \
@@ -45,8 +58,17 @@ bench() {  # name, seconds, bench args...
   echo "bench $name rc=$rc"; tail -n 1 "$OUT_DIR/bench_$name.txt"
   [ $rc -eq 0 ] || status=1
 }
-bench main 90 --no-flex
-bench flex 50 --kernels attention --presets vit-l
-bench hd128 30 --kernels attention --presets hd128 --batch 8 --keep 1,1 --no-flex
+bench main 130 --no-flex $TILES
+[ "${FLEX:-0}" = 1 ] && bench flex 50 --kernels attention --presets vit-l $TILES
+bench hd128 40 --kernels attention --presets hd128 --batch 8 --keep 1,1 --no-flex $TILES
+
+# One full JEPA training step (benchmarks/jepa_step.py) at batch 64 and at I-JEPA's per-GPU 128.
+if [ "${STEP:-0}" = 1 ]; then
+  for b in 64 128; do
+    timeout 100 "$PY" benchmarks/jepa_step.py --batch $b --steps 20 --warmup 5 $TILES \
+      --json "$OUT_DIR/jepa_step_b$b.json" >"$OUT_DIR/jepa_step_b$b.txt" 2>&1
+    echo "jepa_step batch $b rc=$?"; tail -n 1 "$OUT_DIR/jepa_step_b$b.txt"
+  done
+fi
 echo "device check finished in $((SECONDS - start)) s, status $status"
 exit $status

@@ -46,15 +46,18 @@ def _gather_fwd_kernel(
     CU,
     POS,
     OUT,
+    INV,
     total,
     dim,
     batch,
+    n_tokens,
     search_steps,
     stride_xb,
     stride_xn,
     stride_pn,
     stride_ot,
     HAS_POS: tl.constexpr,
+    WRITE_INV: tl.constexpr,
     BLOCK_T: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
@@ -71,6 +74,60 @@ def _gather_fwd_kernel(
         val = val.to(tl.float32) + p.to(tl.float32)
     out_ptrs = OUT + offs_t.to(tl.int64)[:, None] * stride_ot + offs_d[None, :]
     tl.store(out_ptrs, val.to(OUT.dtype.element_ty), mask=mask)
+    if WRITE_INV:
+        # inv[b, i] = t: which output row (if any) holds token i of sample b, for the backward.
+        if tl.program_id(1) == 0:
+            tl.store(INV + b * n_tokens + i, offs_t, mask=t_ok)
+
+
+@triton.jit
+def _gather_bwd_inverse_kernel(
+    DOUT,
+    INV,
+    DX,
+    DPOS,
+    batch,
+    n_tokens,
+    dim,
+    per_chunk,
+    stride_dot,
+    stride_dxb,
+    stride_dxn,
+    HAS_DX: tl.constexpr,
+    HAS_DPOS: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    # One pass over dx in its own layout: every dx row is written once (the gradient of the
+    # output row that took it, or zeros), so no memset, no scatter and no second read for dpos,
+    # which is summed in fp32 registers over this program's chunk of samples.
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    chunk = tl.program_id(2)
+    n_ok = offs_n < n_tokens
+    d_ok = offs_d < dim
+    mask = n_ok[:, None] & d_ok[None, :]
+    acc = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    for j in range(0, per_chunk):
+        b = (chunk * per_chunk + j).to(tl.int64)
+        live = n_ok & ((offs_n * 0 + b) < batch)  # the last chunk may run past the batch
+        t = tl.load(INV + b * n_tokens + offs_n, mask=live, other=-1)
+        kept = t >= 0
+        g = tl.load(
+            DOUT + t.to(tl.int64)[:, None] * stride_dot + offs_d[None, :],
+            mask=kept[:, None] & d_ok[None, :],
+            other=0.0,
+        )
+        if HAS_DX:
+            dx_ptrs = (
+                DX + b * stride_dxb + offs_n.to(tl.int64)[:, None] * stride_dxn + offs_d[None, :]
+            )
+            tl.store(dx_ptrs, g.to(DX.dtype.element_ty), mask=live[:, None] & d_ok[None, :])
+        if HAS_DPOS:
+            acc += g.to(tl.float32)
+    if HAS_DPOS:
+        dpos_ptrs = DPOS + (chunk * n_tokens + offs_n).to(tl.int64)[:, None] * dim + offs_d[None, :]
+        tl.store(dpos_ptrs, acc, mask=mask)
 
 
 @triton.jit
@@ -127,6 +184,24 @@ def indices_unique(idx: torch.Tensor, cu_seqlens: torch.Tensor, n_tokens: int) -
     return torch.unique(key).numel() == key.numel()
 
 
+def _inverse_launch(
+    batch: int, n_tokens: int, dim: int, with_dpos: bool, device: torch.device
+) -> tuple[tuple[int, int, int], int, int, int]:
+    """(grid, samples per program, BLOCK_N, BLOCK_D) of the inverse-map backward.
+
+    With dpos each program sums its samples in registers and writes one fp32 partial, so more
+    samples per program mean fewer partial bytes (batch / per_chunk partials of [N, D]) but less
+    parallelism; 8 keeps the partials at an eighth of dx's fp32-equivalent bytes.
+    """
+    cuda = device.type == "cuda"
+    block_d = min(triton.next_power_of_2(max(dim, 1)), 128 if cuda else 64)
+    block_n = 16 if cuda else 8
+    per_chunk = min(batch, 8) if with_dpos else 1
+    chunks = triton.cdiv(batch, per_chunk)
+    grid = (triton.cdiv(n_tokens, block_n), triton.cdiv(dim, block_d), chunks)
+    return grid, per_chunk, block_n, block_d
+
+
 class GatherTokensFunction(torch.autograd.Function):
     """Autograd wrapper around the Triton gather and scatter kernels."""
 
@@ -138,10 +213,19 @@ class GatherTokensFunction(torch.autograd.Function):
         cu_seqlens: torch.Tensor,
         pos: torch.Tensor | None,
         unique_indices: bool | None,
+        need_grad: bool,
     ) -> torch.Tensor:
-        batch, _, dim = x.shape
+        batch, n_tokens, dim = x.shape
         total = idx.numel()
         out = _dispatch.empty((total, dim), x.dtype, x.device)
+        # The inverse map (-1 where a token was not kept) costs 4 bytes per token of x and turns
+        # the backward into one pass; with repeated indices it is unused (atomic backward).
+        write_inv = need_grad and unique_indices is not False and total > 0 and dim > 0
+        inv = (
+            torch.full((batch * n_tokens,), -1, dtype=torch.int32, device=x.device)
+            if write_inv
+            else None
+        )
         if total > 0 and dim > 0:
             grid, block_t, block_d = _launch_shape(total, dim, x.device)
             _gather_fwd_kernel[grid](
@@ -150,19 +234,25 @@ class GatherTokensFunction(torch.autograd.Function):
                 cu_seqlens,
                 pos if pos is not None else x,  # unread when HAS_POS is False
                 out,
+                inv if inv is not None else idx,  # unwritten when WRITE_INV is False
                 total,
                 dim,
                 batch,
+                n_tokens,
                 _search_steps(batch),
                 x.stride(0),
                 x.stride(1),
                 pos.stride(0) if pos is not None else 0,
                 out.stride(0),
                 HAS_POS=pos is not None,
+                WRITE_INV=write_inv,
                 BLOCK_T=block_t,
                 BLOCK_D=block_d,
             )
-        ctx.save_for_backward(idx, cu_seqlens)
+        if inv is None:
+            ctx.save_for_backward(idx, cu_seqlens)
+        else:
+            ctx.save_for_backward(idx, cu_seqlens, inv)
         ctx.x_shape = x.shape
         ctx.x_dtype = x.dtype
         ctx.pos_dtype = pos.dtype if pos is not None else None
@@ -171,15 +261,18 @@ class GatherTokensFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout: torch.Tensor):
-        idx, cu_seqlens = ctx.saved_tensors
-        need_x, _, _, need_pos, _ = ctx.needs_input_grad
+        idx, cu_seqlens, *inv = ctx.saved_tensors
+        need_x, _, _, need_pos, _, _ = ctx.needs_input_grad
+        none = (None,) * 4
         if not (need_x or need_pos):
-            return None, None, None, None, None
+            return None, *none, None
         batch, n_tokens, dim = ctx.x_shape
         dout = dout if dout.stride(-1) == 1 else dout.contiguous()
         unique = ctx.unique
         if unique is None:
             unique = indices_unique(idx, cu_seqlens, n_tokens)
+        if unique and inv:
+            return _backward_inverse(ctx, dout, inv[0], need_x, need_pos)
         # Atomics accumulate in fp32 so repeated rows do not round in bf16 on every add.
         buf_dtype = ctx.x_dtype if unique else torch.float32
         dx = torch.zeros(ctx.x_shape, dtype=buf_dtype, device=dout.device)
@@ -205,7 +298,39 @@ class GatherTokensFunction(torch.autograd.Function):
         dpos = None
         if need_pos:
             dpos = dx.sum(0, dtype=torch.float32).to(ctx.pos_dtype)
-        return (dx.to(ctx.x_dtype) if need_x else None), None, None, dpos, None
+        return (dx.to(ctx.x_dtype) if need_x else None), None, None, dpos, None, None
+
+
+def _backward_inverse(ctx, dout: torch.Tensor, inv: torch.Tensor, need_x: bool, need_pos: bool):
+    """dx and dpos in one pass over dx's layout, reading each dout row once (unique indices)."""
+    batch, n_tokens, dim = ctx.x_shape
+    grid, per_chunk, block_n, block_d = _inverse_launch(batch, n_tokens, dim, need_pos, dout.device)
+    dx = _dispatch.empty(ctx.x_shape, ctx.x_dtype, dout.device) if need_x else None
+    partial = (
+        _dispatch.empty((grid[2], n_tokens, dim), torch.float32, dout.device) if need_pos else None
+    )
+    _gather_bwd_inverse_kernel[grid](
+        dout,
+        inv,
+        dx if dx is not None else dout,  # unwritten when HAS_DX is False
+        partial if partial is not None else dout,  # unwritten when HAS_DPOS is False
+        batch,
+        n_tokens,
+        dim,
+        per_chunk,
+        dout.stride(0),
+        dx.stride(0) if dx is not None else 0,
+        dx.stride(1) if dx is not None else 0,
+        HAS_DX=need_x,
+        HAS_DPOS=need_pos,
+        BLOCK_N=block_n,
+        BLOCK_D=block_d,
+    )
+    dpos = None
+    if need_pos:
+        dpos = partial[0] if grid[2] == 1 else partial.sum(0)
+        dpos = dpos.to(ctx.pos_dtype)
+    return dx, None, None, dpos, None, None
 
 
 def _check_inputs(
@@ -271,8 +396,11 @@ def gather_tokens(
     x = x if x.stride(-1) == 1 else x.contiguous()
     if pos is not None and pos.stride(-1) != 1:
         pos = pos.contiguous()
+    need_grad = torch.is_grad_enabled() and (
+        x.requires_grad or (pos is not None and pos.requires_grad)
+    )
     return GatherTokensFunction.apply(
-        x, idx.contiguous(), cu_seqlens.contiguous(), pos, unique_indices
+        x, idx.contiguous(), cu_seqlens.contiguous(), pos, unique_indices, need_grad
     )
 
 

@@ -73,3 +73,25 @@ def test_gather_single_sample_strided_x(device):
     cu = _cu([20], device)
     out = gather_tokens(x, idx, cu, backend="triton")
     torch.testing.assert_close(out, x[0, idx], atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("need_x", [True, False])
+def test_gather_inverse_backward_many_samples(need_x, device):
+    # 11 samples: the one-pass backward sums dpos over chunks of 8 samples, the last one partial;
+    # kept tokens differ per sample and some samples keep nothing.
+    lengths = [3, 0, 17, 40, 1, 0, 25, 9, 40, 2, 11]
+    n_tokens, dim = 40, 72
+    idx = _indices(lengths, n_tokens, False, device, torch.int64)
+    cu = _cu(lengths, device)
+    x = torch.randn(len(lengths), n_tokens, dim, device=device, requires_grad=need_x)
+    pos = torch.randn(n_tokens, dim, device=device, requires_grad=True)
+    out = gather_tokens(x, idx, cu, pos, unique_indices=True, backend="triton")
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    x64 = x.detach().double().requires_grad_(need_x)
+    pos64 = pos.detach().double().requires_grad_()
+    gather_tokens_reference(x64, idx, cu, pos64).backward(grad.double())
+    torch.testing.assert_close(pos.grad.double(), pos64.grad, atol=1e-5, rtol=1e-5)
+    if need_x:
+        # Rows no sample kept must come back as exact zeros, not stale memory.
+        torch.testing.assert_close(x.grad.double(), x64.grad, atol=0, rtol=0)
