@@ -454,8 +454,10 @@ def _phase_ms(path: StepRunner, cuda: bool) -> list[float]:
     return [(b - a) * 1e3 for a, b in zip(marks, marks[1:], strict=False)]
 
 
-def time_steps(path: StepRunner, device: torch.device, steps: int, warmup: int) -> dict[str, float]:
-    """Median step and phase times (ms) over `steps` steps after `warmup`."""
+def time_steps(
+    path: StepRunner, device: torch.device, steps: int, warmup: int
+) -> dict[str, list[float]]:
+    """Step and phase times (ms) of `steps` steps after `warmup`."""
     cuda = device.type == "cuda"
     for _ in range(warmup):
         path.step()
@@ -467,7 +469,7 @@ def time_steps(path: StepRunner, device: torch.device, steps: int, warmup: int) 
         per["step"].append(sum(ms))
         for k, v in zip(StepRunner.PHASES, ms, strict=True):
             per[k].append(v)
-    return {k: statistics.median(v) for k, v in per.items()}
+    return per
 
 
 # ----------------------------------------------------------------------------- setup
@@ -611,6 +613,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--check", action="store_true", help="CPU equivalence check, then exit")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="write the report as JSON here")
+    p.add_argument(
+        "--rounds", type=int, default=1, help="interleaved rounds of --steps steps per path"
+    )
     p.add_argument("--tiles", default=None, help="attention tiles JSON (kernels_tune.py --write)")
     args = p.parse_args(argv)
     args.paths = args.paths.split(",")
@@ -684,9 +689,21 @@ def main(argv: list[str] | None = None) -> int:
             print("jepa_step: ours and the reference disagree; not timing", file=sys.stderr)
             return 1
 
+    # Rounds interleave the paths (ours, refs, ours, refs, ...) so that drift in clocks or host
+    # load hits every path alike; each path's numbers are medians over the steps of all rounds.
+    raw: dict[str, dict[str, list[float]]] = {}
+    round_ms: dict[str, list[float]] = {name: [] for name in paths}
+    for r in range(args.rounds):
+        for name, path in paths.items():
+            per = time_steps(path, device, steps, args.warmup if r == 0 else 2)
+            round_ms[name].append(statistics.median(per["step"]))
+            for k, v in per.items():
+                raw.setdefault(name, {}).setdefault(k, []).extend(v)
+            if on_gpu:
+                torch.cuda.synchronize(device)
     rows = []
-    for name, path in paths.items():
-        ms = time_steps(path, device, steps, args.warmup)
+    for name in paths:
+        ms = {k: statistics.median(v) for k, v in raw[name].items()}
         c = tok[name]
         flops = step_flops(shape, c)
         n_tok = c["ctx"] + c["tgt"]
@@ -701,10 +718,9 @@ def main(argv: list[str] | None = None) -> int:
                 "model_tflop": flops / 1e12,
                 "tflops": flops / ms["step"] / 1e9,
                 "mfu": flops / ms["step"] / 1e9 / ceil["matmul_tflops"],
+                "round_step_ms": round_ms[name],
             }
         )
-        if on_gpu:
-            torch.cuda.synchronize(device)
     by = {r["path"]: r for r in rows}
     if "ours" in by:
         for r in rows:
@@ -718,6 +734,7 @@ def main(argv: list[str] | None = None) -> int:
         "dtype": "bf16 autocast" if on_gpu else "fp32",
         "shape": asdict(shape) | {"tokens": shape.tokens, "tiny": tiny},
         "steps": steps,
+        "rounds": args.rounds,
         "warmup": args.warmup,
         "mask_draws": args.mask_draws,
         "ceilings": ceil,
@@ -744,8 +761,9 @@ def print_table(rep: dict) -> None:
     print(
         f"shape: {s['tokens']} tokens/sample, width {s['embed_dim']} depth {s['depth']} heads "
         f"{s['num_heads']}, predictor {s['pred_dim']}/{s['pred_depth']}/{s['pred_heads']}, "
-        f"batch {s['batch']}, {s['num_targets']} targets; median of {rep['steps']} steps after "
-        f"{rep['warmup']} warm-up, {rep['mask_draws']} mask draws cycled"
+        f"batch {s['batch']}, {s['num_targets']} targets; median of {rep['steps']} steps x "
+        f"{rep.get('rounds', 1)} interleaved rounds after {rep['warmup']} warm-up, "
+        f"{rep['mask_draws']} mask draws cycled"
     )
     print(
         "tokens = context + target tokens per step (means over the mask draws); "
@@ -775,6 +793,18 @@ def print_table(rep: dict) -> None:
             "pred tokens incl. padding; credited with the useful ones)"
         )
     by = {r["path"]: r for r in rep["rows"]}
+    if "ours" in by and rep.get("rounds", 1) > 1:
+        ours_r = by["ours"]["round_step_ms"]
+        for r in rep["rows"]:
+            if r["path"] == "ours":
+                continue
+            # Per round: ours' speedup per token over this path, from that round's medians.
+            scale = by["ours"]["tokens_per_s"] * by["ours"]["ms"]["step"]
+            scale /= r["tokens_per_s"] * r["ms"]["step"]
+            per = [scale * b / a for a, b in zip(ours_r, r["round_step_ms"], strict=True)]
+            print(
+                f"per round, ours per token over {r['path']}: " + " ".join(f"{x:.2f}x" for x in per)
+            )
     if "ours" in by and "ref-trunc" in by:
         x = by["ref-trunc"]["speedup_per_token"]
         print(

@@ -89,6 +89,15 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+_CPU_GEN = torch.Generator().manual_seed(1234)
+
+
+def _randn(shape, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Normal random tensor drawn on the host: a failed CUDA-graph capture can leave the device
+    generator unusable (\"offset increment outside graph capture\"), the host one never."""
+    return torch.randn(tuple(shape), generator=_CPU_GEN).to(device=device, dtype=dtype)
+
+
 def time_ms(fn: Callable[[], object], device: torch.device, reps: int, warmup: int) -> float:
     """Median wall time of ``fn`` in milliseconds (CUDA events on GPU)."""
     for _ in range(warmup):
@@ -158,13 +167,13 @@ def measure(
 def measure_ceilings(device: torch.device, quick: bool, reps: int) -> dict:
     """Copy bandwidth (GB/s, read + write) and matmul throughput (TFLOP/s) of this device."""
     nbytes = (256 if quick else 1024) * 2**20
-    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
+    src = _randn((nbytes // 4,), device)
     dst = torch.empty_like(src)
     copy_ms = time_ms(lambda: dst.copy_(src), device, reps, 2)
     n = 1024 if device.type == "cpu" else 8192
     dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
+    a = _randn((n, n), device, dtype)
+    b = _randn((n, n), device, dtype)
     mm_ms = time_ms(lambda: a @ b, device, reps, 2)
     return {
         "copy_gbps": 2 * nbytes / copy_ms / 1e6,
@@ -220,7 +229,7 @@ def bench_attention(
     dtype = args.dtype
     total, max_len = sum(lengths), max(lengths)
     cu = torch.tensor([0, *lengths], device=device).cumsum(0).to(torch.int32)
-    q, k, v = (torch.randn(total, h, d, device=device, dtype=dtype) for _ in range(3))
+    q, k, v = (_randn((total, h, d), device, dtype) for _ in range(3))
     case = f"{name} B={args.batch} len {min(lengths)}-{max_len} H={h} D={d}"
     if args.causal:
         case += " causal"
@@ -228,48 +237,75 @@ def bench_attention(
     fwd_flops = 4 * pairs * h * d
     rows: list[Row] = []
 
-    def add(impl: str, fwd: Callable, bwd: Callable | None, baseline: bool, note: str = ""):
-        for phase, fn, flops in (("fwd", fwd, fwd_flops), ("bwd", bwd, 2.5 * fwd_flops)):
-            if fn is None:
-                continue
-            ms, eager, err = measure(fn, device, args)
-            tf = flops / ms / 1e9 if ms else None
-            rows.append(
-                Row(
-                    "attention",
-                    case,
-                    impl,
-                    phase,
-                    ms,
-                    tf,
-                    "TFLOP/s",
-                    tf / ceil["matmul_tflops"] if tf else None,
-                    None,
-                    baseline,
-                    "; ".join(x for x in (err, note) if x),
-                    eager,
-                )
+    def row(impl, phase, ms, eager, flops, baseline, note):
+        tf = flops / ms / 1e9 if ms else None
+        share = tf / ceil["matmul_tflops"] if tf else None
+        rows.append(
+            Row(
+                "attention",
+                case,
+                impl,
+                phase,
+                ms,
+                tf,
+                "TFLOP/s",
+                share,
+                None,
+                baseline,
+                note,
+                eager,
             )
+        )
+
+    def add(impl: str, fns: tuple[Callable, Callable, Callable], baseline: bool, note: str = ""):
+        fwd, bwd, both = fns
+        f_ms, f_eager, f_err = measure(fwd, device, args)
+        row(
+            impl,
+            "fwd",
+            f_ms,
+            f_eager,
+            fwd_flops,
+            baseline,
+            "; ".join(x for x in (f_err, note) if x),
+        )
+        b_eager, b_err = _try(lambda: time_ms(bwd, device, args.reps, args.warmup))
+        b_ms, b_note = b_eager, b_err
+        if device.type == "cuda" and args.timing == "graph" and f_ms and not f_err and not b_err:
+            # A backward captured alone would run on the forward's (uncaptured) stream, so the
+            # graph times forward + backward and the backward is that minus the forward.
+            both_ms, err = _try(lambda: time_graph_ms(both, args.reps, args.warmup))
+            if err:
+                b_note = f"eager time (no CUDA graph: {err.removeprefix('unavailable: ')})"
+            else:
+                b_ms, b_note = both_ms - f_ms, "graph: fwd+bwd minus fwd"
+        b_note = "; ".join(x for x in (b_note, note) if x)
+        row(impl, "bwd", b_ms, b_eager, 2.5 * fwd_flops, baseline, b_note)
 
     def fwd_bwd(run: Callable[[list[torch.Tensor]], torch.Tensor], inputs: list[torch.Tensor]):
         leaves = [t.detach().requires_grad_() for t in inputs]
         out = run(leaves)
-        grad = torch.randn_like(out)
+        grad = _randn(out.shape, out.device, out.dtype)
 
         def bwd():
             for t in leaves:
                 t.grad = None
             out.backward(grad, retain_graph=True)
 
+        def both():
+            for t in leaves:
+                t.grad = None
+            run(leaves).backward(grad)
+
         def fwd():
             with torch.no_grad():
                 return run(inputs)
 
-        return fwd, bwd
+        return fwd, bwd, both
 
     ours = lambda t: varlen_attention(t[0], t[1], t[2], cu, cu, max_len, max_len, args.causal)  # noqa: E731
-    fwd, bwd = fwd_bwd(ours, [q, k, v])
-    out_ours = fwd()
+    fns = fwd_bwd(ours, [q, k, v])
+    out_ours = fns[0]()
 
     # Padded batch [B, H, N, D] plus a key-padding mask: the usual way without varlen support.
     pad = torch.zeros(args.batch, max_len, dtype=torch.bool, device=device)
@@ -293,13 +329,13 @@ def bench_attention(
     if not torch.allclose(out_ours.float(), want.float(), atol=tol, rtol=tol):
         raise RuntimeError(f"attention {case}: our output differs from SDPA; not timing it")
     impl = "ours (triton)" if _dispatch.use_triton("auto", q) else "ours (torch reference)"
-    add(impl, fwd, bwd, baseline=False)
-    add("sdpa padded + mask", *fwd_bwd(sdpa_masked, [qp, kp, vp]), baseline=True)
+    add(impl, fns, baseline=False)
+    add("sdpa padded + mask", fwd_bwd(sdpa_masked, [qp, kp, vp]), baseline=True)
     if not args.causal:
         # Flash backend cannot take a padding mask: this computes padded tokens too (upper bound).
         add(
             "sdpa padded, no mask",
-            *fwd_bwd(lambda t: F.scaled_dot_product_attention(*t), [qp, kp, vp]),
+            fwd_bwd(lambda t: F.scaled_dot_product_attention(*t), [qp, kp, vp]),
             baseline=True,
             note="ignores padding (not equivalent)",
         )
@@ -319,7 +355,7 @@ def _attention_torch_varlen(args, q, k, v, cu, max_len, add, fwd_bwd) -> None:
         return  # its causal flag changed across releases (is_causal, window_size): non-causal only
     add(
         "torch varlen_attn",
-        *fwd_bwd(lambda t: varlen_attn(t[0], t[1], t[2], cu, cu, max_len, max_len), [q, k, v]),
+        fwd_bwd(lambda t: varlen_attn(t[0], t[1], t[2], cu, cu, max_len, max_len), [q, k, v]),
         baseline=True,
     )
 
@@ -346,7 +382,7 @@ def _attention_flex(args, device, q, k, v, lengths, add, fwd_bwd) -> None:
         o = compiled(*(x.transpose(0, 1).unsqueeze(0) for x in t), block_mask=block_mask)
         return o.squeeze(0).transpose(0, 1)
 
-    add("flex_attention doc mask", *fwd_bwd(run, [q, k, v]), baseline=True)
+    add("flex_attention doc mask", fwd_bwd(run, [q, k, v]), baseline=True)
 
 
 # ----------------------------------------------------------------------------- EMA
@@ -379,8 +415,8 @@ def _ema_case(
 ) -> list[Row]:
     m = 0.998
     n_params = sum(math.prod(s) for s in shapes)
-    targets = [torch.randn(s, device=device) for s in shapes]
-    sources = [torch.randn(s, device=device).to(src_dtype) for s in shapes]
+    targets = [_randn(s, device) for s in shapes]
+    sources = [_randn(s, device, src_dtype) for s in shapes]
     check = [t.clone() for t in targets[:4]]
     ema_(targets[:4], sources[:4], m)
     for c, s in zip(check, sources[:4], strict=True):
@@ -443,8 +479,8 @@ def bench_gather(
     idx = keep.reshape(-1).to(torch.int32)
     cu = torch.arange(0, b * kk + 1, kk, device=device, dtype=torch.int32)
     dtype = args.dtype
-    x = torch.randn(b, n, d, device=device, dtype=dtype)
-    pos = torch.randn(n, d, device=device, dtype=dtype)
+    x = _randn((b, n, d), device, dtype)
+    pos = _randn((n, d), device, dtype)
     case = f"{name} B={b} N={n} K={kk} D={d} +pos"
     e = x.element_size()
     # Fewest bytes: each kept x row read once, pos read once (its rows repeat across samples and
@@ -467,11 +503,12 @@ def bench_gather(
     # Bandwidth-bound: rotate through enough input sets that they cannot all sit in the
     # device's L2 cache (about 50 MB on an H100/H200), so the numbers are memory numbers.
     n_sets = max(1, min(16, math.ceil(256 * 2**20 / x.nbytes))) if device.type == "cuda" else 1
-    xs = [x] + [torch.randn_like(x) for _ in range(n_sets - 1)]
+    xs = [x] + [_randn(x.shape, device, dtype) for _ in range(n_sets - 1)]
     rows = []
     for label, (run, baseline) in runs.items():
         leaves = [(xx.detach().requires_grad_(), pos.detach().requires_grad_()) for xx in xs]
-        grad = torch.randn_like(run(*leaves[0]))
+        out0 = run(*leaves[0])
+        grad = _randn(out0.shape, device, out0.dtype)
         turn = itertools.count()
 
         def fwd(run=run, turn=turn):

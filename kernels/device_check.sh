@@ -34,6 +34,10 @@ wait
 cat "$OUT_DIR/tests_rc.txt"
 for f in "$OUT_DIR"/tests_[a-z]*_*.txt "$OUT_DIR"/tests_rest.txt; do tail -n 3 "$f"; done
 grep -q "rc=[^0]" "$OUT_DIR/tests_rc.txt" && status=1
+# One file of test logs (the device tool returns a handful of files per call).
+for f in "$OUT_DIR"/tests_rc.txt "$OUT_DIR"/tests_[a-z]*_*.txt "$OUT_DIR"/tests_rest.txt; do
+  echo "=== $f"; cat "$f"
+done >"$OUT_DIR/tests.log" && rm -f "$OUT_DIR"/tests_*.txt
 echo "tests done at $((SECONDS - start)) s"
 
 # Tile sweep of the attention forward (CUDA-graph device time) at every preset; its winners are
@@ -44,8 +48,8 @@ if [ "${TUNE:-0}" = 1 ]; then
     >"$OUT_DIR/tune_fwd.txt" 2>&1
   echo "tune fwd rc=$?"; grep winner "$OUT_DIR/tune_fwd.txt"
   [ -s "$OUT_DIR/tiles.json" ] && TILES="--tiles $OUT_DIR/tiles.json"
-  timeout 80 "$PY" benchmarks/ema_tune.py >"$OUT_DIR/tune_ema.txt" 2>&1
-  echo "tune ema rc=$?"; cat "$OUT_DIR/tune_ema.txt"
+  timeout 80 "$PY" benchmarks/ema_tune.py >>"$OUT_DIR/tune_fwd.txt" 2>&1
+  echo "tune ema rc=$?"; grep "^src" "$OUT_DIR/tune_fwd.txt"
 fi
 
 # Bench: JEPA presets without FlexAttention (it compiles per shape), then the head-dim-128
@@ -65,7 +69,7 @@ bench hd128 40 --kernels attention --presets hd128 --batch 8 --keep 1,1 --no-fle
 # One full JEPA training step (benchmarks/jepa_step.py) at batch 64 and at I-JEPA's per-GPU 128.
 if [ "${STEP:-0}" = 1 ]; then
   for b in 64 128; do
-    timeout 100 "$PY" benchmarks/jepa_step.py --batch $b --steps 20 --warmup 5 $TILES \
+    timeout 120 "$PY" benchmarks/jepa_step.py --batch $b --steps 15 --rounds 3 --warmup 5 $TILES \
       --json "$OUT_DIR/jepa_step_b$b.json" >"$OUT_DIR/jepa_step_b$b.txt" 2>&1
     echo "jepa_step batch $b rc=$?"; tail -n 1 "$OUT_DIR/jepa_step_b$b.txt"
   done
