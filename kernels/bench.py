@@ -128,14 +128,24 @@ def time_graph_ms(fn: Callable[[], object], reps: int, warmup: int, inner: int =
     """
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # warm-up off the capture stream, as CUDA graphs require
+    with torch.cuda.stream(side):  # warm-up off the default stream, as CUDA graphs require
         for _ in range(max(warmup, 1)):
             fn()
     torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(inner):
-            fn()
+    # Capture on the warm-up stream: autograd's gradient accumulators remember the stream they
+    # were created on, and one left on another stream breaks the capture.
+    for attempt in (1, 2):
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph, stream=side):
+                for _ in range(inner):
+                    fn()
+            break
+        except RuntimeError:
+            # A process's first capture of a backward has been seen to fail once and then work.
+            torch.cuda.synchronize()
+            if attempt == 2:
+                raise
     graph.replay()
     torch.cuda.synchronize()
     times = []
@@ -292,10 +302,12 @@ def bench_attention(
                 t.grad = None
             out.backward(grad, retain_graph=True)
 
+        fresh = [t.detach().requires_grad_() for t in inputs]  # no graph kept from outside
+
         def both():
-            for t in leaves:
+            for t in fresh:
                 t.grad = None
-            run(leaves).backward(grad)
+            run(fresh).backward(grad)
 
         def fwd():
             with torch.no_grad():
@@ -507,7 +519,8 @@ def bench_gather(
     rows = []
     for label, (run, baseline) in runs.items():
         leaves = [(xx.detach().requires_grad_(), pos.detach().requires_grad_()) for xx in xs]
-        out0 = run(*leaves[0])
+        with torch.no_grad():  # the leaves' first autograd use is inside the timed calls
+            out0 = run(xs[0], pos)
         grad = _randn(out0.shape, device, out0.dtype)
         turn = itertools.count()
 
