@@ -189,17 +189,27 @@ def _inverse_launch(
 ) -> tuple[tuple[int, int, int], int, int, int]:
     """(grid, samples per program, BLOCK_N, BLOCK_D) of the inverse-map backward.
 
-    With dpos each program sums its samples in registers and writes one fp32 partial, so more
-    samples per program mean fewer partial bytes (batch / per_chunk partials of [N, D]) but less
-    parallelism; 8 keeps the partials at an eighth of dx's fp32-equivalent bytes.
+    With dpos each program sums its samples in registers and writes one fp32 partial; at most 8
+    chunks of samples keep the partials (8 x [N, D] fp32) small next to dx at any batch size.
     """
     cuda = device.type == "cuda"
     block_d = min(triton.next_power_of_2(max(dim, 1)), 128 if cuda else 64)
     block_n = 16 if cuda else 8
-    per_chunk = min(batch, 8) if with_dpos else 1
+    per_chunk = triton.cdiv(batch, min(batch, 8)) if with_dpos else 1
     chunks = triton.cdiv(batch, per_chunk)
     grid = (triton.cdiv(n_tokens, block_n), triton.cdiv(dim, block_d), chunks)
     return grid, per_chunk, block_n, block_d
+
+
+@triton.jit
+def _sum_chunks_kernel(PARTIAL, OUT, numel, chunks, BLOCK: tl.constexpr):
+    # dpos = sum of the per-chunk fp32 partials, stored in pos's dtype in the same pass.
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < numel
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    for c in range(0, chunks):
+        acc += tl.load(PARTIAL + c * numel + offs, mask=ok, other=0.0)
+    tl.store(OUT + offs, acc.to(OUT.dtype.element_ty), mask=ok)
 
 
 class GatherTokensFunction(torch.autograd.Function):
@@ -328,8 +338,11 @@ def _backward_inverse(ctx, dout: torch.Tensor, inv: torch.Tensor, need_x: bool, 
     )
     dpos = None
     if need_pos:
-        dpos = partial[0] if grid[2] == 1 else partial.sum(0)
-        dpos = dpos.to(ctx.pos_dtype)
+        dpos = _dispatch.empty((n_tokens, dim), ctx.pos_dtype, dout.device)
+        block = 1024 if dout.is_cuda else 256
+        _sum_chunks_kernel[(triton.cdiv(n_tokens * dim, block),)](
+            partial, dpos, n_tokens * dim, grid[2], BLOCK=block
+        )
     return dx, None, None, dpos, None, None
 
 
