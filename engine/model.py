@@ -88,6 +88,10 @@ class Encoder(nn.Module):
         )
         self.norm = nn.LayerNorm(cfg.embed_dim)
         _init_weights(self, self.blocks)
+        # The generic init above also re-draws the embedder's layers; an embedder whose start
+        # matters (S-JEPA's channel embedding starts as the electrodes' xyz encoding) restores it.
+        if hasattr(embedder, "init_weights"):
+            embedder.init_weights()
 
     def embed(self, tokens: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
         """[B, N, P] tokens -> [B, N, D] embeddings with positions."""

@@ -135,13 +135,17 @@ class EegEmbedder(nn.Module):
         self.dim = dim
         self.features = ChannelConvEncoder(dim, widths)
         self.channel_proj = nn.Linear(dim, dim)
-        # Identity at the start: the channel embedding is exactly the xyz sin-cos encoding, and
-        # training moves it from there.
-        with torch.no_grad():
-            self.channel_proj.weight.copy_(torch.eye(dim))
-            self.channel_proj.bias.zero_()
         # Channels with no known position share one learned embedding.
         self.unknown_channel = nn.Parameter(torch.randn(dim) * 0.02)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """Identity channel projection: at the start the channel embedding is exactly the xyz
+        sin-cos encoding, and training moves it from there. `engine.model.Encoder` calls this
+        again after its generic (truncated-normal) init of every linear layer."""
+        with torch.no_grad():
+            self.channel_proj.weight.copy_(torch.eye(self.dim))
+            self.channel_proj.bias.zero_()
 
     def channel_embedding(self, coords: torch.Tensor) -> torch.Tensor:
         """[B, N, dim] from the xyz columns of coords [B, N, 6]."""

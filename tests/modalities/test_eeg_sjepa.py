@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from engine.config import load_config
+from engine.config import ModelConfig, load_config
 from engine.data import Sample, collate
-from engine.model import JEPA
+from engine.model import JEPA, Encoder
 from modalities.eeg import MODALITY, EegOptions
 from modalities.eeg.channels import resolve_channels
 from modalities.eeg.sjepa import (
@@ -145,9 +145,14 @@ def test_masker_from_engine_config_and_refusals():
         masker(np.random.default_rng(0), np.zeros((4, 2), dtype=np.int64))
 
 
-def test_embedder_channel_embedding_starts_as_xyz_sincos_and_learns():
+@pytest.mark.parametrize("inside_encoder", [False, True])
+def test_embedder_channel_embedding_starts_as_xyz_sincos_and_learns(inside_encoder):
     torch.manual_seed(0)
     emb = EegEmbedder(48)
+    if inside_encoder:
+        # The encoder's generic init re-draws every linear layer; the embedder must still start
+        # from the xyz encoding (S-JEPA), not from a random projection of it.
+        emb = Encoder(emb, ModelConfig(embed_dim=48, depth=1, num_heads=4)).embedder
     coords = torch.from_numpy(tokenize_record(record(n_sec=2, unpositioned=(4,)), {})["coords"])
     ch = emb.channel_embedding(coords[None])[0]
     xyz = coords[:, 2:5].float() / 1e6
