@@ -115,3 +115,40 @@ def test_export_carries_dataset_stats_and_loads_without_the_dataset(
     assert cfg == config_from_dict(meta["config"])
     reference, _, _ = load_encoder(trained_run)
     assert encoder.state_dict().keys() == reference.state_dict().keys()
+
+
+def test_pooling_options_agree_with_the_token_features(trained_run, grid_data):
+    encoder, cfg, modality = load_encoder(trained_run)
+    ds = ShardDataset(grid_data)
+    mean = extract_features(encoder, cfg, modality, ds, batch_size=16)
+    meanstd = extract_features(encoder, cfg, modality, ds, batch_size=16, pool="meanstd")
+    per_pos = extract_features(encoder, cfg, modality, ds, batch_size=16, pool="position")
+    d = cfg.model.embed_dim
+    assert mean.shape == (len(ds), d) and meanstd.shape == (len(ds), 2 * d)
+    np.testing.assert_allclose(meanstd[:, :d], mean, rtol=1e-5, atol=1e-6)
+    # by hand for one record: all its token features, grouped by the first coordinate (the row)
+    t = modality.tokenize(ds[5], ds.stats, cfg)
+    coords = torch.as_tensor(t["coords"])
+    with torch.no_grad():
+        h = encoder.forward_all(
+            torch.as_tensor(t["tokens"])[None], coords[None], torch.tensor([len(coords)])
+        )[0]
+    rows = coords[:, 0].unique()
+    want = torch.cat([h[coords[:, 0] == r].mean(0) for r in rows]).numpy()
+    assert per_pos.shape == (len(ds), len(rows) * d)
+    np.testing.assert_allclose(per_pos[5], want, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        meanstd[5, d:], h.std(0, unbiased=False).numpy(), rtol=1e-4, atol=1e-5
+    )
+    with pytest.raises(ValueError, match="pool must be one of"):
+        extract_features(encoder, cfg, modality, ds, pool="max")
+
+
+def test_probe_cli_repeats_over_fold_seeds(trained_run, grid_data):
+    args = ["engine.probe", "--checkpoint", str(trained_run), "--data", str(grid_data)]
+    out = run_cli(
+        [*args, "--label", "label", "--folds", "4", "--repeats", "3", "--pool", "meanstd"]
+    )
+    assert "std over 3 fold seeds" in out.stdout and "meanstd-pooled target features" in out.stdout
+    bad = run_cli([*args, "--label", "label", "--repeats", "0"], check=False)
+    assert bad.returncode != 0 and "--repeats must be at least 1" in bad.stderr
