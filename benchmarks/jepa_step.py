@@ -1,6 +1,6 @@
 """One full JEPA training step at ViT-B/16 image-JEPA shapes: our engine vs the I-JEPA approach.
 
-    python benchmarks/jepa_step.py [--steps 20] [--warmup 5] [--json FILE]   # GPU: ViT-B/16
+    python benchmarks/jepa_step.py [--steps 20] [--rounds 3] [--json FILE]    # GPU: ViT-B/16
     python benchmarks/jepa_step.py --tiny                                    # CPU smoke run
     python benchmarks/jepa_step.py --check                                   # CPU equivalence
 
@@ -614,7 +614,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="write the report as JSON here")
     p.add_argument(
-        "--rounds", type=int, default=1, help="interleaved rounds of --steps steps per path"
+        "--rounds",
+        type=int,
+        default=None,
+        help="interleaved rounds of --steps steps per path (default 3 on GPU, 1 on CPU)",
     )
     p.add_argument("--tiles", default=None, help="attention tiles JSON (kernels_tune.py --write)")
     args = p.parse_args(argv)
@@ -642,6 +645,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.pred_depth:
         shape.pred_depth = args.pred_depth
     steps = args.steps or (20 if on_gpu else 3)
+    if args.rounds is None:
+        args.rounds = 3 if on_gpu else 1
+    if args.rounds < 1:
+        print("jepa_step: --rounds must be at least 1", file=sys.stderr)
+        return 2
     dev_name = torch.cuda.get_device_name(device) if on_gpu else "CPU"
     backend = "triton" if _dispatch.use_triton("auto", torch.empty(0, device=device)) else "torch"
     if not on_gpu:
