@@ -51,6 +51,7 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib.util
+import itertools
 import json
 import math
 import statistics
@@ -449,9 +450,9 @@ def _phase_ms(path: StepRunner, cuda: bool) -> list[float]:
 
         path.step(mark)
         marks[-1].synchronize()
-        return [a.elapsed_time(b) for a, b in zip(marks, marks[1:], strict=False)]
+        return [a.elapsed_time(b) for a, b in itertools.pairwise(marks)]
     path.step(lambda: marks.append(time.perf_counter()))
-    return [(b - a) * 1e3 for a, b in zip(marks, marks[1:], strict=False)]
+    return [(b - a) * 1e3 for a, b in itertools.pairwise(marks)]
 
 
 def time_steps(
