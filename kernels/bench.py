@@ -134,18 +134,10 @@ def time_graph_ms(fn: Callable[[], object], reps: int, warmup: int, inner: int =
     torch.cuda.current_stream().wait_stream(side)
     # Capture on the warm-up stream: autograd's gradient accumulators remember the stream they
     # were created on, and one left on another stream breaks the capture.
-    for attempt in (1, 2):
-        graph = torch.cuda.CUDAGraph()
-        try:
-            with torch.cuda.graph(graph, stream=side):
-                for _ in range(inner):
-                    fn()
-            break
-        except RuntimeError:
-            # A process's first capture of a backward has been seen to fail once and then work.
-            torch.cuda.synchronize()
-            if attempt == 2:
-                raise
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, stream=side):
+        for _ in range(inner):
+            fn()
     graph.replay()
     torch.cuda.synchronize()
     times = []
