@@ -29,7 +29,12 @@ import torch.nn.functional as F
 from kernels import _dispatch
 from kernels.attention import load_tiles, varlen_attention
 from kernels.ema import ema_
-from kernels.gather import apply_masks_baseline, gather_tokens, index_select_baseline
+from kernels.gather import (
+    apply_masks_baseline,
+    gather_tokens,
+    index_select_baseline,
+    load_bwd_tile,
+)
 
 
 @dataclass(frozen=True)
@@ -622,6 +627,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="JSON of attention tiles {kind: {'64' or '128/long': [BLOCK_M, BLOCK_N, warps, "
         "stages]}} (what benchmarks/kernels_tune.py --write saves) instead of the built-in ones",
     )
+    p.add_argument(
+        "--gather-tile",
+        default=None,
+        help="JSON of the gather backward's launch setting {block_n, block_d, pairs, warps} "
+        "(what benchmarks/gather_tune.py --write saves) instead of the built-in one",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-flex", action="store_true", help="skip FlexAttention (compiles per shape)")
     p.add_argument("--full", action="store_true", help="GPU-sized shapes even on CPU (slow there)")
@@ -668,6 +679,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.tiles:
         tiles = load_tiles(args.tiles)
         print(f"attention tiles from {args.tiles}: {tiles}")
+    if args.gather_tile:
+        print(f"gather backward tile from {args.gather_tile}: {load_bwd_tile(args.gather_tile)}")
     report = Report(dev_name, backend, config={k: str(v) for k, v in vars(args).items()})
     report.ceilings = measure_ceilings(
         device, quick=device.type == "cpu" and not args.full, reps=args.reps

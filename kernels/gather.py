@@ -81,26 +81,47 @@ def _gather_fwd_kernel(
 
 
 @triton.jit
+def _inverse_rows(INV, IDX, CU, b, offs_n, n_ok, batch, n_tokens, total):
+    # Output row that took token n of sample b, or -1. The map is not pre-filled (no memset
+    # launch): a slot the forward did not write holds garbage, so t is trusted only when row t
+    # lies in sample b's range and took token n (idx[t] == n) - which, with unique indices, is
+    # true exactly for the row the forward wrote there.
+    live = n_ok & ((offs_n * 0 + b) < batch)  # the last chunk may run past the batch
+    t = tl.load(INV + b * n_tokens + offs_n, mask=live, other=-1)
+    b_in = tl.minimum(b, batch - 1)  # in bounds for the loads; `live` drops b >= batch
+    lo = tl.load(CU + b_in)
+    hi = tl.load(CU + b_in + 1)
+    inside = live & (t >= lo) & (t < hi) & (t >= 0) & (t < total)
+    i = tl.load(IDX + t, mask=inside, other=-1)
+    return tl.where(inside & (i == offs_n), t, -1), live
+
+
+@triton.jit
 def _gather_bwd_inverse_kernel(
     DOUT,
     INV,
+    IDX,
+    CU,
     DX,
     DPOS,
     batch,
     n_tokens,
     dim,
+    total,
     per_chunk,
     stride_dot,
     stride_dxb,
     stride_dxn,
     HAS_DX: tl.constexpr,
     HAS_DPOS: tl.constexpr,
+    PAIRS: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
     # One pass over dx in its own layout: every dx row is written once (the gradient of the
     # output row that took it, or zeros), so no memset, no scatter and no second read for dpos,
-    # which is summed in fp32 registers over this program's chunk of samples.
+    # which is summed in fp32 registers over this program's chunk of samples. PAIRS handles two
+    # samples per iteration, loads first, so twice the bytes are in flight per program.
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     chunk = tl.program_id(2)
@@ -108,23 +129,43 @@ def _gather_bwd_inverse_kernel(
     d_ok = offs_d < dim
     mask = n_ok[:, None] & d_ok[None, :]
     acc = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-    for j in range(0, per_chunk):
+    step: tl.constexpr = 2 if PAIRS else 1
+    for j in range(0, per_chunk, step):
         b = (chunk * per_chunk + j).to(tl.int64)
-        live = n_ok & ((offs_n * 0 + b) < batch)  # the last chunk may run past the batch
-        t = tl.load(INV + b * n_tokens + offs_n, mask=live, other=-1)
-        kept = t >= 0
+        t, live = _inverse_rows(INV, IDX, CU, b, offs_n, n_ok, batch, n_tokens, total)
+        if PAIRS:
+            b2 = b + 1
+            t2, live2 = _inverse_rows(INV, IDX, CU, b2, offs_n, n_ok, batch, n_tokens, total)
+            live2 = live2 & ((offs_n * 0 + j + 1) < per_chunk)  # the chunk may end mid-pair
+            t2 = tl.where(live2, t2, -1)
         g = tl.load(
             DOUT + t.to(tl.int64)[:, None] * stride_dot + offs_d[None, :],
-            mask=kept[:, None] & d_ok[None, :],
+            mask=(t >= 0)[:, None] & d_ok[None, :],
             other=0.0,
         )
-        if HAS_DX:
-            dx_ptrs = (
-                DX + b * stride_dxb + offs_n.to(tl.int64)[:, None] * stride_dxn + offs_d[None, :]
+        if PAIRS:
+            g2 = tl.load(
+                DOUT + t2.to(tl.int64)[:, None] * stride_dot + offs_d[None, :],
+                mask=(t2 >= 0)[:, None] & d_ok[None, :],
+                other=0.0,
             )
-            tl.store(dx_ptrs, g.to(DX.dtype.element_ty), mask=live[:, None] & d_ok[None, :])
+        if HAS_DX:
+            rows = offs_n.to(tl.int64)[:, None] * stride_dxn + offs_d[None, :]
+            tl.store(
+                DX + b * stride_dxb + rows,
+                g.to(DX.dtype.element_ty),
+                mask=live[:, None] & d_ok[None, :],
+            )
+            if PAIRS:
+                tl.store(
+                    DX + b2 * stride_dxb + rows,
+                    g2.to(DX.dtype.element_ty),
+                    mask=live2[:, None] & d_ok[None, :],
+                )
         if HAS_DPOS:
             acc += g.to(tl.float32)
+            if PAIRS:
+                acc += g2.to(tl.float32)
     if HAS_DPOS:
         dpos_ptrs = DPOS + (chunk * n_tokens + offs_n).to(tl.int64)[:, None] * dim + offs_d[None, :]
         tl.store(dpos_ptrs, acc, mask=mask)
@@ -184,21 +225,47 @@ def indices_unique(idx: torch.Tensor, cu_seqlens: torch.Tensor, n_tokens: int) -
     return torch.unique(key).numel() == key.numel()
 
 
+#: Launch settings of the inverse-map backward on GPU (benchmarks/gather_tune.py sweeps them):
+#: BLOCK_N tokens x BLOCK_D channels per program, two samples per loop iteration (pairs), warps.
+#: The sweep's winner on an H200 (geometric mean over ViT-B/L/H and predictor at batch 64 and
+#: 256, 2026-11-26); the runners-up were within 1%, the old 16 x 128 / 4 warps 3% slower.
+BWD_TILE = {"block_n": 4, "block_d": 256, "pairs": True, "warps": 2}
+
+
+def load_bwd_tile(path: str) -> dict:
+    """Set :data:`BWD_TILE` from a JSON file (what benchmarks/gather_tune.py --write saves)."""
+    import json
+    from pathlib import Path
+
+    tile = json.loads(Path(path).read_text())
+    if set(tile) != set(BWD_TILE):
+        raise ValueError(f"{path}: expected keys {sorted(BWD_TILE)}, got {sorted(tile)}")
+    BWD_TILE.update(
+        block_n=int(tile["block_n"]),
+        block_d=int(tile["block_d"]),
+        pairs=bool(tile["pairs"]),
+        warps=int(tile["warps"]),
+    )
+    return dict(BWD_TILE)
+
+
 def _inverse_launch(
     batch: int, n_tokens: int, dim: int, with_dpos: bool, device: torch.device
-) -> tuple[tuple[int, int, int], int, int, int]:
-    """(grid, samples per program, BLOCK_N, BLOCK_D) of the inverse-map backward.
+) -> tuple[tuple[int, int, int], int, int, int, bool, int]:
+    """(grid, samples per program, BLOCK_N, BLOCK_D, PAIRS, warps) of the inverse-map backward.
 
     With dpos each program sums its samples in registers and writes one fp32 partial; at most 8
     chunks of samples keep the partials (8 x [N, D] fp32) small next to dx at any batch size.
+    Without dpos every program takes one sample (pairs off): all samples run in parallel.
     """
     cuda = device.type == "cuda"
-    block_d = min(triton.next_power_of_2(max(dim, 1)), 128 if cuda else 64)
-    block_n = 16 if cuda else 8
+    tile = BWD_TILE if cuda else {"block_n": 8, "block_d": 64, "pairs": True, "warps": 4}
+    block_d = min(triton.next_power_of_2(max(dim, 1)), tile["block_d"])
+    block_n = tile["block_n"]
     per_chunk = triton.cdiv(batch, min(batch, 8)) if with_dpos else 1
     chunks = triton.cdiv(batch, per_chunk)
     grid = (triton.cdiv(n_tokens, block_n), triton.cdiv(dim, block_d), chunks)
-    return grid, per_chunk, block_n, block_d
+    return grid, per_chunk, block_n, block_d, tile["pairs"] and per_chunk > 1, tile["warps"]
 
 
 @triton.jit
@@ -231,11 +298,8 @@ class GatherTokensFunction(torch.autograd.Function):
         # The inverse map (-1 where a token was not kept) costs 4 bytes per token of x and turns
         # the backward into one pass; with repeated indices it is unused (atomic backward).
         write_inv = need_grad and unique_indices is not False and total > 0 and dim > 0
-        inv = (
-            torch.full((batch * n_tokens,), -1, dtype=torch.int32, device=x.device)
-            if write_inv
-            else None
-        )
+        # Not pre-filled: the backward validates every entry it reads (see _inverse_rows).
+        inv = _dispatch.empty((batch * n_tokens,), torch.int32, x.device) if write_inv else None
         if total > 0 and dim > 0:
             grid, block_t, block_d = _launch_shape(total, dim, x.device)
             _gather_fwd_kernel[grid](
@@ -282,7 +346,7 @@ class GatherTokensFunction(torch.autograd.Function):
         if unique is None:
             unique = indices_unique(idx, cu_seqlens, n_tokens)
         if unique and inv:
-            return _backward_inverse(ctx, dout, inv[0], need_x, need_pos)
+            return _backward_inverse(ctx, dout, idx, cu_seqlens, inv[0], need_x, need_pos)
         # Atomics accumulate in fp32 so repeated rows do not round in bf16 on every add.
         buf_dtype = ctx.x_dtype if unique else torch.float32
         dx = torch.zeros(ctx.x_shape, dtype=buf_dtype, device=dout.device)
@@ -311,10 +375,20 @@ class GatherTokensFunction(torch.autograd.Function):
         return (dx.to(ctx.x_dtype) if need_x else None), None, None, dpos, None, None
 
 
-def _backward_inverse(ctx, dout: torch.Tensor, inv: torch.Tensor, need_x: bool, need_pos: bool):
+def _backward_inverse(
+    ctx,
+    dout: torch.Tensor,
+    idx: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    inv: torch.Tensor,
+    need_x: bool,
+    need_pos: bool,
+):
     """dx and dpos in one pass over dx's layout, reading each dout row once (unique indices)."""
     batch, n_tokens, dim = ctx.x_shape
-    grid, per_chunk, block_n, block_d = _inverse_launch(batch, n_tokens, dim, need_pos, dout.device)
+    grid, per_chunk, block_n, block_d, pairs, warps = _inverse_launch(
+        batch, n_tokens, dim, need_pos, dout.device
+    )
     dx = _dispatch.empty(ctx.x_shape, ctx.x_dtype, dout.device) if need_x else None
     partial = (
         _dispatch.empty((grid[2], n_tokens, dim), torch.float32, dout.device) if need_pos else None
@@ -322,19 +396,24 @@ def _backward_inverse(ctx, dout: torch.Tensor, inv: torch.Tensor, need_x: bool, 
     _gather_bwd_inverse_kernel[grid](
         dout,
         inv,
+        idx,
+        cu_seqlens,
         dx if dx is not None else dout,  # unwritten when HAS_DX is False
         partial if partial is not None else dout,  # unwritten when HAS_DPOS is False
         batch,
         n_tokens,
         dim,
+        idx.numel(),
         per_chunk,
         dout.stride(0),
         dx.stride(0) if dx is not None else 0,
         dx.stride(1) if dx is not None else 0,
         HAS_DX=need_x,
         HAS_DPOS=need_pos,
+        PAIRS=pairs,
         BLOCK_N=block_n,
         BLOCK_D=block_d,
+        num_warps=warps,
     )
     dpos = None
     if need_pos:

@@ -25,10 +25,18 @@ def device() -> torch.device:
 
 @pytest.fixture(autouse=True)
 def poison_outputs(monkeypatch):
-    """Every kernel output starts as NaN, so an element the kernel forgot to write fails."""
+    """Every kernel output starts as NaN, so an element the kernel forgot to write fails.
+
+    Integer buffers (the gather's inverse map, which is deliberately not pre-filled) start as
+    random integers, many of them plausible row numbers, so a kernel that trusts an entry it
+    did not write fails too.
+    """
     from kernels import _dispatch
 
     def nan_empty(shape, dtype, device):
+        if not dtype.is_floating_point:
+            n = max(1, int(torch.tensor(tuple(shape)).prod()))
+            return torch.randint(-3, 2 * n, tuple(shape), dtype=dtype, device=device)
         return torch.full(tuple(shape), float("nan"), dtype=dtype, device=device)
 
     monkeypatch.setattr(_dispatch, "empty", nan_empty)

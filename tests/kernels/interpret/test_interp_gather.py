@@ -75,11 +75,20 @@ def test_gather_single_sample_strided_x(device):
     torch.testing.assert_close(out, x[0, idx], atol=0, rtol=0)
 
 
-@pytest.mark.parametrize("need_x", [True, False])
-def test_gather_inverse_backward_many_samples(need_x, device):
-    # 11 samples: the one-pass backward sums dpos over chunks of 8 samples, the last one partial;
-    # kept tokens differ per sample and some samples keep nothing.
-    lengths = [3, 0, 17, 40, 1, 0, 25, 9, 40, 2, 11]
+@pytest.mark.parametrize(
+    "need_x, lengths",
+    [
+        # 11 samples: dpos is summed over 6 chunks of 2 samples (one pair per loop), the last
+        # chunk half past the batch; some samples keep nothing, one keeps every token.
+        (True, [3, 0, 17, 40, 1, 0, 25, 9, 40, 2, 11]),
+        (False, [3, 0, 17, 40, 1, 0, 25, 9, 40, 2, 11]),
+        # 20 samples: chunks of 3, so each loop's second sample is cut off at the chunk's end.
+        (True, [5, 40, 0, 7, 13, 1, 39, 22, 0, 8, 30, 3, 40, 16, 2, 9, 27, 11, 0, 6]),
+    ],
+)
+def test_gather_inverse_backward_many_samples(need_x, lengths, device):
+    # The inverse map is not pre-filled (the poisoning allocator fills it with random plausible
+    # row numbers), so this also proves the backward trusts only entries the forward wrote.
     n_tokens, dim = 40, 72
     idx = _indices(lengths, n_tokens, False, device, torch.int64)
     cu = _cu(lengths, device)
