@@ -390,9 +390,14 @@ class StepRunner:
 
     PHASES = ("fwd", "bwd", "opt", "ema")
 
-    def __init__(self, name: str, model, batches: list, ours: bool, autocast: bool) -> None:
+    def __init__(
+        self, name: str, model, batches: list, ours: bool, autocast: bool, graph: bool = False
+    ) -> None:
         self.name, self.model, self.batches, self.ours = name, model, batches, ours
         self.target = copy.deepcopy(model.encoder).float().requires_grad_(False)
+        # The engine's target path: the target encoder's forward replayed from a CUDA graph
+        # (engine.model.GraphedTargetFeatures; eager on CPU and for the "ours-eager" path).
+        self.target_features = em.GraphedTargetFeatures(self.target, enabled=graph)
         self.opt = torch.optim.AdamW(param_groups(model), lr=1e-4)
         self.autocast = autocast
         self.ema = EMATarget(self.target, total_steps=1, start=MOMENTUM, end=MOMENTUM)
@@ -408,7 +413,7 @@ class StepRunner:
         with self._ctx():
             if self.ours:
                 pred = self.model(batch)
-                tgt = em.target_features(self.target, batch)
+                tgt = self.target_features(batch)
                 return jepa_loss(pred, tgt.float(), "smooth_l1")
             pred = ref_forward(self.model, batch)
             tgt = ref_target(self.target, batch)
@@ -610,7 +615,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--mask-draws", type=int, default=4, help="distinct mask draws, cycled")
     p.add_argument("--tiny", action="store_true", help="depth 2, width 64, batch 4 (CPU default)")
     p.add_argument("--full", action="store_true", help="ViT-B shapes even on CPU (very slow)")
-    p.add_argument("--paths", default="ours,ref-trunc,ref-pad", help="comma list of paths")
+    p.add_argument(
+        "--paths",
+        default="ours,ref-trunc,ref-pad",
+        help="comma list of paths: ours, ours-eager (ours without the target's CUDA graph), "
+        "ref-trunc, ref-pad",
+    )
     p.add_argument("--check", action="store_true", help="CPU equivalence check, then exit")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="write the report as JSON here")
@@ -624,7 +634,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.paths = args.paths.split(",")
     for name in args.paths:
-        if name not in ("ours", "ref-trunc", "ref-pad"):
+        if name not in ("ours", "ours-eager", "ref-trunc", "ref-pad"):
             p.error(f"unknown path {name!r}")
     return args
 
@@ -668,17 +678,19 @@ def main(argv: list[str] | None = None) -> int:
     useful = mean([counts(shape, m) for _, _, m in data])
     tok = {
         "ours": useful,
+        "ours-eager": useful,
         "ref-trunc": mean([counts(shape, truncate(m)) for _, _, m in data]),
         "ref-pad": useful,
     }
     computed = {**tok, "ref-pad": {**useful, **mean([padded_counts(shape, m) for _, _, m in data])}}
     for name in args.paths:
-        if name == "ours":
+        ours = name.startswith("ours")
+        if ours:
             batches = [pack(t, c, m) for t, c, m in data]
         else:
             batches = [ref_batch(t, c, m, pad=name == "ref-pad") for t, c, m in data]
         paths[name] = StepRunner(
-            name, copy.deepcopy(model), to_device(batches, device), name == "ours", on_gpu
+            name, copy.deepcopy(model), to_device(batches, device), ours, on_gpu, name == "ours"
         )
     del model
 
@@ -696,6 +708,30 @@ def main(argv: list[str] | None = None) -> int:
         )
         if not check["rel_diff"] <= tol:
             print("jepa_step: ours and the reference disagree; not timing", file=sys.stderr)
+            return 1
+
+    # The target's CUDA graph must give the eager forward's numbers (same kernels, replayed).
+    if "ours" in paths and on_gpu:
+        runner = paths["ours"]
+        with torch.no_grad(), runner._ctx():
+            graphed = runner.target_features(runner.batches[0])
+            eager = em.target_features(runner.target, runner.batches[0])
+        check["target_graph_rel_diff"] = rel(graphed, eager)
+        check["target_graph_failed"] = runner.target_features.failed
+        print(
+            f"check before timing: target features from the CUDA graph vs eager, rel diff "
+            f"{check['target_graph_rel_diff']:.1e}"
+            + (
+                f" (capture failed: {runner.target_features.failed})"
+                if runner.target_features.failed
+                else ""
+            )
+        )
+        if not check["target_graph_rel_diff"] <= 1e-5:
+            print(
+                "jepa_step: the target's CUDA graph disagrees with eager; not timing",
+                file=sys.stderr,
+            )
             return 1
 
     # Rounds interleave the paths (ours, refs, ours, refs, ...) so that drift in clocks or host

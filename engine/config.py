@@ -93,6 +93,9 @@ class TrainConfig:
     nonfinite: str = "stop"  # stop | skip (skip the micro-batch on every rank and count it)
     max_skips: int = 100  # with nonfinite=skip: stop once this many micro-batches were skipped
     progress: bool = True  # tqdm bar on rank 0
+    # CUDA only: replay the target encoder's forward from a CUDA graph per batch shape (one
+    # launch instead of hundreds; same numbers). Off: the eager forward.
+    cuda_graph_target: bool = True
 
 
 @dataclass

@@ -6,7 +6,8 @@
 - `Predictor`: narrow; context features plus one mask token per target token (carrying that
   token's position, gathered with `gather_tokens`), one sequence per target block.
 - `JEPA`: context encoder + predictor, the part DeepSpeed trains.
-- `target_features`: layer-normed target-encoder features at the target tokens.
+- `target_features`: layer-normed target-encoder features at the target tokens;
+  `GraphedTargetFeatures` the same with the target's forward replayed from a CUDA graph.
 
 Imports torch, `engine.ops` (kernels) and `engine.config`; never DeepSpeed, so exported encoders
 load with plain torch.
@@ -218,6 +219,104 @@ def target_features(target: Encoder, batch: dict[str, Any]) -> torch.Tensor:
     # I-JEPA normalises each target token's features (F.layer_norm without affine).
     h = F.layer_norm(h.float(), (h.shape[-1],))
     return gather_tokens(h, batch["tgt_idx"], batch["cu_tgt"], unique_indices=False)
+
+
+class GraphedTargetFeatures:
+    """`target_features` with the target encoder's forward replayed from a CUDA graph.
+
+    The target encoder runs every token of every sample, so for full samples (no padding: images,
+    fMRI and EEG grids) its input shape is fixed by the batch shape and one graph per shape
+    serves every step. Replaying it costs one launch instead of the several hundred small ops a
+    deep encoder's forward issues from Python, which is what a step pays when the host, not the
+    GPU, is the bottleneck. The graph reads the target's parameters in place, so EMA updates and
+    checkpoint loads are seen. The layer norm runs inside the graph; the gather of each step's
+    target rows (their count changes) runs outside.
+
+    Eager `target_features` runs instead on CPU, with `enabled=False`, for batches with padded
+    samples, and after a failed capture (a warning says why; the run goes on eagerly).
+    """
+
+    def __init__(self, target: Encoder, enabled: bool = True, max_graphs: int = 8) -> None:
+        self.target = target
+        self.enabled = enabled
+        self.max_graphs = max_graphs
+        self.graphs: dict[tuple, tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self.pool: Any = None
+        self.failed: str | None = None
+
+    def _layer_normed(
+        self, tokens: torch.Tensor, coords: torch.Tensor, cu: torch.Tensor, n: int
+    ) -> torch.Tensor:
+        b = tokens.shape[0]
+        packing = {"max_tokens": n, "cu_all": cu, "valid_idx": None}
+        h = self.target.forward_all(tokens, coords, tokens.new_full((b,), n), packing)
+        return F.layer_norm(h.float(), (h.shape[-1],))
+
+    def _capture(self, key: tuple, tokens: torch.Tensor, coords: torch.Tensor, packing: dict):
+        import warnings
+
+        n = tokens.shape[1]
+        dtype = torch.get_autocast_dtype("cuda")
+        enabled = torch.is_autocast_enabled("cuda")
+        static_tokens, static_coords = tokens.clone(), coords.clone()
+        cu = packing["cu_all"].to(tokens.device)
+        # Autocast's weight-cast cache must stay off while capturing (torch.cuda.graph's rule).
+        amp = torch.autocast("cuda", dtype=dtype, enabled=enabled, cache_enabled=False)
+        try:
+            side = torch.cuda.Stream(tokens.device)
+            side.wait_stream(torch.cuda.current_stream(tokens.device))
+            with torch.cuda.stream(side), amp:  # warm-up: compiles kernels, creates handles
+                for _ in range(2):
+                    self._layer_normed(static_tokens, static_coords, cu, n)
+            torch.cuda.current_stream(tokens.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self.pool), amp:
+                out = self._layer_normed(static_tokens, static_coords, cu, n)
+        except Exception as err:  # noqa: BLE001 - any capture failure falls back to eager
+            self.failed = f"{type(err).__name__}: {err}"
+            warnings.warn(
+                f"CUDA graph capture of the target encoder failed ({self.failed}); running it "
+                "eagerly from here on",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return None
+        self.pool = graph.pool()
+        self.graphs[key] = (graph, static_tokens, static_coords, out)
+        return self.graphs[key]
+
+    @torch.no_grad()
+    def __call__(self, batch: dict[str, Any]) -> torch.Tensor:
+        tokens, coords = batch["tokens"], batch["coords"]
+        packing = batch.get("all_packing")
+        if (
+            not self.enabled
+            or self.failed is not None
+            or not tokens.is_cuda
+            or packing is None
+            or packing["valid_idx"] is not None
+        ):
+            return target_features(self.target, batch)
+        key = (
+            tuple(tokens.shape),
+            tokens.dtype,
+            tuple(coords.shape),
+            coords.dtype,
+            torch.is_autocast_enabled("cuda"),
+            torch.get_autocast_dtype("cuda"),
+        )
+        entry = self.graphs.get(key)
+        if entry is None:
+            if len(self.graphs) >= self.max_graphs:
+                return target_features(self.target, batch)
+            entry = self._capture(key, tokens, coords, packing)
+            if entry is None:
+                return target_features(self.target, batch)
+        graph, static_tokens, static_coords, out = entry
+        static_tokens.copy_(tokens)
+        static_coords.copy_(coords)
+        graph.replay()
+        return gather_tokens(out, batch["tgt_idx"], batch["cu_tgt"], unique_indices=False)
 
 
 def batch_to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:

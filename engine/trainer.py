@@ -31,7 +31,7 @@ from engine.config import Config
 from engine.data import JEPALoader, resolve_modality, sample_rng
 from engine.launch import DistInfo
 from engine.metrics import MetricsLogger, plot_curves, truncate_metrics
-from engine.model import JEPA, Encoder, batch_to, target_features
+from engine.model import JEPA, Encoder, GraphedTargetFeatures, batch_to
 from engine.objective import collapse_stats, jepa_loss
 from engine.ops import EMATarget
 from engine.schedules import cosine_ramp, warmup_cosine
@@ -51,6 +51,7 @@ RESUMABLE_CHANGES = {
     "data.verify",
     "train.steps",
     "train.save_every",
+    "train.cuda_graph_target",
     "train.keep_checkpoints",
     "train.log_every",
     "train.progress",
@@ -127,6 +128,7 @@ class Trainer:
         # below bf16 resolution, and the engine must not shard or cast it.
         self.target: Encoder = copy.deepcopy(model.encoder).float().requires_grad_(False)
         self.ema = EMATarget(self.target, cfg.train.steps, cfg.ema.start, cfg.ema.end)
+        self.target_features = GraphedTargetFeatures(self.target, cfg.train.cuda_graph_target)
         o = cfg.optim
         optimizer = torch.optim.AdamW(param_groups(model), lr=o.lr, betas=tuple(o.betas), eps=o.eps)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
@@ -189,7 +191,7 @@ class Trainer:
             else nullcontext()
         )
         with autocast:
-            tgt = target_features(self.target, batch)
+            tgt = self.target_features(batch)
         loss = jepa_loss(pred, tgt.float(), self.cfg.loss.kind, self.cfg.loss.beta)
         return loss, pred.detach(), tgt
 

@@ -8,7 +8,7 @@ from conftest import TINY
 
 from engine.config import load_config
 from engine.data import JEPALoader, resolve_modality
-from engine.model import JEPA, target_features
+from engine.model import JEPA, GraphedTargetFeatures, target_features
 from engine.objective import collapse_stats, jepa_loss
 
 
@@ -89,3 +89,19 @@ def test_packed_samples_do_not_see_each_other(grid_data, which):
         alone = run(_select(batch, [b], k))
         rows = slice(int(batch["cu_tgt"][b]), int(batch["cu_tgt"][b + 1]))
         torch.testing.assert_close(full[rows], alone, rtol=1e-5, atol=1e-5)
+
+
+def test_graphed_target_features_fall_back_to_the_eager_numbers_off_cuda(grid_data):
+    """Off CUDA (and when disabled) the graphed target path is exactly `target_features`; on a
+    GPU benchmarks/jepa_step.py checks the replayed graph against eager before it times."""
+    cfg = load_config(overrides=[*TINY, "data.num_workers=0"], values={"data.path": str(grid_data)})
+    assert cfg.train.cuda_graph_target is True  # the default: on where it applies (CUDA)
+    modality = resolve_modality(cfg.data.modality, "grid")
+    batch = next(iter(JEPALoader(cfg, modality)))
+    torch.manual_seed(0)
+    target = JEPA(modality.embedder(cfg), cfg.model).encoder.requires_grad_(False)
+    want = target_features(target, batch)
+    for enabled in (True, False):
+        graphed = GraphedTargetFeatures(target, enabled=enabled)
+        assert torch.equal(graphed(batch), want)
+        assert graphed.graphs == {} and graphed.failed is None
