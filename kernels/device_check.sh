@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # One call on a lent GPU box: the kernel tests on the GPU, a tile sweep, the bench and the JEPA
-# step benchmark, in about 6 minutes (TUNE=0 STEP=0: tests and bench only, about 2).
+# step benchmark, in about 6 minutes (TUNE=0 STEP=0: tests and bench only, about 2). Knobs:
+# TUNE=1 attention/EMA sweeps, GATHER_TUNE=1 gather backward sweep (+ a batch-256 gather bench),
+# STEP=1 JEPA step, ATTN_TESTS=0 skips the attention tests, HD128=0 the head-dim-128 bench.
 # Needs python with torch, triton and pytest; installs nothing and uses no network.
 # Usage (from anywhere): bash kernels/device_check.sh [OUT_DIR]   (default: $OUT or ./device_check)
 # Every step has its own timeout so one hang cannot eat the budget; logs and JSON land in OUT_DIR.
@@ -26,9 +28,11 @@ run_tests() {  # name, pytest args...
   echo "$name rc=$?" >>"$OUT_DIR/tests_rc.txt"
 }
 : >"$OUT_DIR/tests_rc.txt"
-run_tests attn_fp32 "$ATTN" -k "not gpu_half" &
-run_tests attn_bf16 "$ATTN" -k "gpu_half and bf16" &
-run_tests attn_fp16 "$ATTN" -k "gpu_half and fp16" &
+if [ "${ATTN_TESTS:-1}" = 1 ]; then
+  run_tests attn_fp32 "$ATTN" -k "not gpu_half" &
+  run_tests attn_bf16 "$ATTN" -k "gpu_half and bf16" &
+  run_tests attn_fp16 "$ATTN" -k "gpu_half and fp16" &
+fi
 run_tests rest tests/kernels --ignore "$ATTN" &
 wait
 cat "$OUT_DIR/tests_rc.txt"
@@ -52,6 +56,18 @@ if [ "${TUNE:-0}" = 1 ]; then
   echo "tune ema rc=$?"; grep "^src" "$OUT_DIR/tune_fwd.txt"
 fi
 
+# Sweep of the gather backward's launch setting (benchmarks/gather_tune.py); its winner is used
+# by the bench below (--gather-tile) and goes into kernels.gather.BWD_TILE when it holds.
+if [ "${GATHER_TUNE:-0}" = 1 ]; then
+  timeout 120 "$PY" benchmarks/gather_tune.py --write "$OUT_DIR/gather_tile.json" \
+    >"$OUT_DIR/tune_gather.txt" 2>&1
+  echo "tune gather rc=$?"; grep -A3 winner "$OUT_DIR/tune_gather.txt"
+  if [ -s "$OUT_DIR/gather_tile.json" ]; then
+    cp "$OUT_DIR/gather_tile.json" /tmp/gather_tile.json && rm "$OUT_DIR/gather_tile.json"
+    TILES="$TILES --gather-tile /tmp/gather_tile.json"
+  fi
+fi
+
 # Bench: JEPA presets without FlexAttention (it compiles per shape), then the head-dim-128
 # long-sequence point for the FlashAttention-3 comparison. FLEX=1 adds FlexAttention at ViT-L.
 bench() {  # name, seconds, bench args...
@@ -63,16 +79,25 @@ bench() {  # name, seconds, bench args...
   [ $rc -eq 0 ] || status=1
 }
 bench main 130 --no-flex $TILES
+[ "${GATHER_TUNE:-0}" = 1 ] && bench gather256 60 --kernels gather --batch 256 $TILES
 [ "${FLEX:-0}" = 1 ] && bench flex 50 --kernels attention --presets vit-l $TILES
-bench hd128 40 --kernels attention --presets hd128 --batch 8 --keep 1,1 --no-flex $TILES
+[ "${HD128:-1}" = 1 ] && bench hd128 40 --kernels attention --presets hd128 --batch 8 --keep 1,1 --no-flex $TILES
 
 # One full JEPA training step (benchmarks/jepa_step.py) at batch 64 and at I-JEPA's per-GPU 128.
+# "ours-eager" is ours without the target encoder's CUDA graph, timed in the same rounds.
 if [ "${STEP:-0}" = 1 ]; then
+  ATILES=$(echo "$TILES" | sed 's/--gather-tile [^ ]*//')
   for b in 64 128; do
-    timeout 120 "$PY" benchmarks/jepa_step.py --batch $b --steps 15 --rounds 3 --warmup 5 $TILES \
+    timeout 120 "$PY" benchmarks/jepa_step.py --batch $b --steps 15 --rounds 3 --warmup 5 $ATILES \
+      --paths ours,ours-eager,ref-trunc,ref-pad \
       --json "$OUT_DIR/jepa_step_b$b.json" >"$OUT_DIR/jepa_step_b$b.txt" 2>&1
     echo "jepa_step batch $b rc=$?"; tail -n 1 "$OUT_DIR/jepa_step_b$b.txt"
   done
+  cat "$OUT_DIR"/jepa_step_b*.txt >"$OUT_DIR/jepa_step.txt" && rm -f "$OUT_DIR"/jepa_step_b*.txt
+fi
+# The device tool brings back only a handful of files: the JSON reports travel as one archive.
+if ls "$OUT_DIR"/*.json >/dev/null 2>&1; then
+  (cd "$OUT_DIR" && tar czf json.tgz ./*.json && rm -f ./*.json)
 fi
 echo "device check finished in $((SECONDS - start)) s, status $status"
 exit $status

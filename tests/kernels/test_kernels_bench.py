@@ -1,6 +1,7 @@
 """`python -m kernels.bench` on CPU: the table, the JSON report and the tile file it reads."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +21,9 @@ def test_bench_runs_on_cpu_and_reports_every_impl(tmp_path):
     cmd = [sys.executable, "-m", "kernels.bench", "--kernels", "attention,gather",
            "--presets", "predictor", "--reps", "1", "--warmup", "1",
            "--tiles", str(tiles), "--json", str(out)]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    # Hide any GPU: this is the CPU path's test (the device check runs this file on a GPU box).
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "CPU run" in proc.stdout and "geometric-mean speedup" in proc.stdout
     report = json.loads(out.read_text())
@@ -55,3 +58,24 @@ def test_load_tiles_fills_the_table_and_rejects_unknown_kernels(tmp_path, monkey
     bad.write_text(json.dumps({"bwd": {"64": [1, 2, 3, 4]}}))
     with pytest.raises(ValueError, match="unknown kernel 'bwd'"):
         attention.load_tiles(str(bad))
+
+
+def test_gather_tile_file_sets_the_backward_launch(tmp_path, monkeypatch):
+    from kernels import gather
+
+    monkeypatch.setattr(gather, "BWD_TILE", dict(gather.BWD_TILE))
+    good = tmp_path / "tile.json"
+    good.write_text(json.dumps({"block_n": 8, "block_d": 64, "pairs": False, "warps": 2}))
+    assert gather.load_bwd_tile(str(good)) == {
+        "block_n": 8, "block_d": 64, "pairs": False, "warps": 2
+    }  # fmt: skip
+    assert gather.BWD_TILE["block_d"] == 64
+    grid, per_chunk, block_n, block_d, pairs, warps = gather._inverse_launch(
+        64, 196, 384, True, torch.device("cuda")
+    )
+    assert (block_n, block_d, pairs, warps) == (8, 64, False, 2)
+    assert grid == (25, 6, 8) and per_chunk == 8
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"block_n": 8}))
+    with pytest.raises(ValueError, match="expected keys"):
+        gather.load_bwd_tile(str(bad))
