@@ -631,6 +631,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="interleaved rounds of --steps steps per path (default 3 on GPU, 1 on CPU)",
     )
     p.add_argument("--tiles", default=None, help="attention tiles JSON (kernels_tune.py --write)")
+    p.add_argument(
+        "--profile",
+        default=None,
+        help="after timing, profile 3 steps of each path with torch.profiler and write the "
+        "per-op tables (device and host time, top 40) to this text file",
+    )
     args = p.parse_args(argv)
     args.paths = args.paths.split(",")
     for name in args.paths:
@@ -788,9 +794,30 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": time.perf_counter() - t0,
     }
     print_table(report)
+    if args.profile:
+        write_profile(paths, device, Path(args.profile))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
     return 0
+
+
+def write_profile(paths: dict[str, StepRunner], device: torch.device, out: Path) -> None:
+    """torch.profiler tables of 3 steps per path: where device time and host time go."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    parts = []
+    for name, path in paths.items():
+        with profile(activities=acts) as prof:
+            for _ in range(3):
+                path.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+        table = prof.key_averages().table(sort_by=sort, row_limit=40, max_name_column_width=60)
+        parts.append(f"=== {name}: 3 steps, sorted by {sort}\n{table}")
+    out.write_text("\n\n".join(parts))
+    print(f"profile tables: {out}")
 
 
 def print_table(rep: dict) -> None:
