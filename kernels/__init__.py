@@ -3,6 +3,7 @@
 - :func:`varlen_attention` (``attention.py``): attention within each packed, variable-length sample.
 - :func:`ema_` and :class:`EMATarget` (``ema.py``): fused multi-tensor EMA of the target encoder.
 - :func:`gather_tokens` (``gather.py``): packed per-sample token gather with positional add.
+- :func:`layer_norm` (``layernorm.py``): fused LayerNorm forward and backward.
 
 Dispatch: Triton on CUDA tensors; the torch reference on CPU; Triton on CPU when
 ``TRITON_INTERPRET=1`` was set before import. ``backend="torch"`` forces the reference and
@@ -14,6 +15,7 @@ and the standard library, so it runs on a bare GPU box.
 from kernels.attention import attention_padded, varlen_attention, varlen_attention_reference
 from kernels.ema import EMATarget, MomentumSchedule, ema_, ema_reference_
 from kernels.gather import gather_tokens, gather_tokens_reference
+from kernels.layernorm import layer_norm, layer_norm_reference
 
 __all__ = [
     "EMATarget",
@@ -23,6 +25,8 @@ __all__ = [
     "ema_reference_",
     "gather_tokens",
     "gather_tokens_reference",
+    "layer_norm",
+    "layer_norm_reference",
     "varlen_attention",
     "varlen_attention_reference",
 ]

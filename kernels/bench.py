@@ -35,6 +35,7 @@ from kernels.gather import (
     index_select_baseline,
     load_bwd_tile,
 )
+from kernels.layernorm import layer_norm
 
 
 @dataclass(frozen=True)
@@ -477,6 +478,29 @@ def _ema_case(
 # ----------------------------------------------------------------------------- gather
 
 
+def _bandwidth_rows(
+    kernel: str,
+    case: str,
+    label: str,
+    baseline: bool,
+    phases: tuple,
+    device: torch.device,
+    args: argparse.Namespace,
+    ceil: dict,
+    n_sets: int,
+) -> list[Row]:
+    """Time each (phase, fn, payload bytes) and report GB/s and the share of the copy ceiling."""
+    rows = []
+    for phase, fn, nbytes in phases:
+        ms, eager, err = measure(fn, device, args, inner=max(n_sets, 10))
+        gbps = nbytes / ms / 1e6 if ms else None
+        share = gbps / ceil["copy_gbps"] if gbps else None
+        rows.append(
+            Row(kernel, case, label, phase, ms, gbps, "GB/s", share, None, baseline, err, eager)
+        )
+    return rows
+
+
 def bench_gather(
     name: str, preset: Preset, args: argparse.Namespace, device: torch.device, ceil: dict
 ) -> list[Row]:
@@ -530,28 +554,63 @@ def bench_gather(
             xl.grad = pl.grad = None
             run(xl, pl).backward(grad)
 
-        for phase, fn, nbytes in (
-            ("fwd", fwd, fwd_bytes),
-            ("fwd+bwd", fwd_bwd, fwd_bytes + bwd_bytes),
-        ):
-            ms, eager, err = measure(fn, device, args, inner=max(n_sets, 10))
-            gbps = nbytes / ms / 1e6 if ms else None
-            rows.append(
-                Row(
-                    "gather",
-                    case,
-                    label,
-                    phase,
-                    ms,
-                    gbps,
-                    "GB/s",
-                    gbps / ceil["copy_gbps"] if gbps else None,
-                    None,
-                    baseline,
-                    err,
-                    eager,
-                )
-            )
+        phases = (("fwd", fwd, fwd_bytes), ("fwd+bwd", fwd_bwd, fwd_bytes + bwd_bytes))
+        rows += _bandwidth_rows("gather", case, label, baseline, phases, device, args, ceil, n_sets)
+    return rows
+
+
+def bench_layernorm(
+    name: str, preset: Preset, args: argparse.Namespace, device: torch.device, ceil: dict
+) -> list[Row]:
+    """A block's pre-norm at this preset's width over every token of the batch: fp32 input (the
+    residual stream under autocast), output in the bench dtype (what the next linear reads)."""
+    rows_n, d = args.batch * preset.tokens, preset.width
+    out_dtype = args.dtype
+    x = _randn((rows_n, d), device)
+    w = 1.0 + 0.1 * _randn((d,), device)
+    b = 0.1 * _randn((d,), device)
+    case = f"{name} rows={rows_n} D={d} fp32 -> {str(out_dtype).removeprefix('torch.')}"
+    o = torch.empty(0, dtype=out_dtype).element_size()
+    # Fewest bytes: forward reads x, writes y (+ mean/rstd); backward reads x and dy, writes dx.
+    fwd_bytes = rows_n * d * (4 + o) + rows_n * 8
+    bwd_bytes = rows_n * d * (4 + o + 4) + rows_n * 8
+    impl = "ours (triton)" if _dispatch.use_triton("auto", x) else "ours (torch reference)"
+    runs = {
+        impl: (lambda xx, ww, bb: layer_norm(xx, ww, bb, 1e-6, out_dtype), False),
+        "F.layer_norm + cast (autocast)": (
+            lambda xx, ww, bb: F.layer_norm(xx, (d,), ww, bb, 1e-6).to(out_dtype),
+            True,
+        ),
+    }
+    want = runs["F.layer_norm + cast (autocast)"][0](x, w, b)
+    got = runs[impl][0](x, w, b)
+    tol = 1e-5 if out_dtype == torch.float32 else 2e-2
+    if not torch.allclose(got.float(), want.float(), atol=tol, rtol=tol):
+        raise RuntimeError(f"layernorm {case}: ours differs from F.layer_norm; not timing it")
+    n_sets = max(1, min(16, math.ceil(256 * 2**20 / x.nbytes))) if device.type == "cuda" else 1
+    xs = [x] + [_randn(x.shape, device) for _ in range(n_sets - 1)]
+    grad = _randn(want.shape, device, out_dtype)
+    rows = []
+    for label, (run, baseline) in runs.items():
+        leaves = [
+            (xx.detach().requires_grad_(), w.detach().requires_grad_(), b.detach().requires_grad_())
+            for xx in xs
+        ]
+        turn = itertools.count()
+
+        def fwd(run=run, turn=turn):
+            with torch.no_grad():
+                run(xs[next(turn) % n_sets], w, b)
+
+        def fwd_bwd(run=run, leaves=leaves, turn=turn):
+            xl, wl, bl = leaves[next(turn) % n_sets]
+            xl.grad = wl.grad = bl.grad = None
+            run(xl, wl, bl).backward(grad)
+
+        phases = (("fwd", fwd, fwd_bytes), ("fwd+bwd", fwd_bwd, fwd_bytes + bwd_bytes))
+        rows += _bandwidth_rows(
+            "layernorm", case, label, baseline, phases, device, args, ceil, n_sets
+        )
     return rows
 
 
@@ -604,7 +663,9 @@ def print_table(report: Report) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m kernels.bench", description=__doc__.split("\n")[0])
     p.add_argument(
-        "--kernels", default="attention,ema,gather", help="comma list of kernels to time"
+        "--kernels",
+        default="attention,ema,gather,layernorm",
+        help="comma list of kernels to time",
     )
     p.add_argument("--presets", default=None, help=f"comma list of {sorted(PRESETS)}")
     p.add_argument("--batch", type=int, default=None, help="samples per batch")
@@ -690,8 +751,8 @@ def main(argv: list[str] | None = None) -> int:
     for kernel in kernels:
         if kernel == "ema":
             jobs = [("ema", lambda: bench_ema(args, device, report.ceilings))]
-        elif kernel in ("attention", "gather"):
-            fn = bench_attention if kernel == "attention" else bench_gather
+        elif kernel in ("attention", "gather", "layernorm"):
+            fn = {"attention": bench_attention, "gather": bench_gather}.get(kernel, bench_layernorm)
             jobs = [
                 (
                     f"{kernel}-{name}",

@@ -18,7 +18,7 @@ def test_bench_runs_on_cpu_and_reports_every_impl(tmp_path):
     tiles = tmp_path / "tiles.json"
     tiles.write_text(json.dumps({"fwd": {"64": [64, 32, 4, 3], "128/long": [128, 128, 8, 3]}}))
     out = tmp_path / "bench.json"
-    cmd = [sys.executable, "-m", "kernels.bench", "--kernels", "attention,gather",
+    cmd = [sys.executable, "-m", "kernels.bench", "--kernels", "attention,gather,layernorm",
            "--presets", "predictor", "--reps", "1", "--warmup", "1",
            "--tiles", str(tiles), "--json", str(out)]  # fmt: skip
     # Hide any GPU: this is the CPU path's test (the device check runs this file on a GPU box).
@@ -35,6 +35,8 @@ def test_bench_runs_on_cpu_and_reports_every_impl(tmp_path):
         assert ("attention", "sdpa padded + mask", phase) in impls
     for phase in ("fwd", "fwd+bwd"):
         assert ("gather", "apply_masks (I-JEPA)", phase) in impls
+        assert ("layernorm", "ours (torch reference)", phase) in impls
+        assert ("layernorm", "F.layer_norm + cast (autocast)", phase) in impls
     for r in rows:
         assert r["ms"] and r["ms"] > 0, r
         assert r["eager_ms"] == r["ms"], r

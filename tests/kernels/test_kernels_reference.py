@@ -96,6 +96,20 @@ def test_gather_reference_matches_loop_and_baselines():
     torch.testing.assert_close(index_select_baseline(x + pos, idx, cu), want)
 
 
+def test_layer_norm_reference_is_torch_layer_norm_on_cpu():
+    x = torch.randn(3, 9, 20, requires_grad=True)
+    w, b = torch.randn(20, requires_grad=True), torch.randn(20, requires_grad=True)
+    out = kernels.layer_norm(x, w, b, 1e-6)
+    assert torch.equal(out, torch.nn.functional.layer_norm(x, (20,), w, b, 1e-6))
+    half = kernels.layer_norm(x, w, b, 1e-6, out_dtype=torch.bfloat16)
+    assert half.dtype == torch.bfloat16 and torch.equal(half, out.to(torch.bfloat16))
+    half.float().sum().backward()  # differentiable through the cast
+    assert x.grad is not None and w.grad is not None and b.grad is not None
+    if not _dispatch.INTERPRET:
+        with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+            kernels.layer_norm(x, w, b, backend="triton")
+
+
 def test_input_validation_names_the_problem():
     x = torch.randn(2, 5, 8)
     with pytest.raises(ValueError, match="batch \\+ 1"):
