@@ -324,6 +324,12 @@ def apply_masks(x: torch.Tensor, masks: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat([apply_masks_baseline(x, m) for m in masks], dim=0)
 
 
+def ref_norm(norm: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The module's LayerNorm weights through torch's `F.layer_norm` (nn.LayerNorm's forward),
+    so the references run torch's kernels, not the engine's fused one."""
+    return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+
+
 def ref_attention(attn: torch.nn.Module, x: torch.Tensor, keep: torch.Tensor | None):
     b, n, d = x.shape
     qkv = attn.qkv(x).view(b, n, 3, attn.heads, d // attn.heads).permute(2, 0, 3, 1, 4)
@@ -333,8 +339,8 @@ def ref_attention(attn: torch.nn.Module, x: torch.Tensor, keep: torch.Tensor | N
 
 def ref_block(blk: torch.nn.Module, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
     """`engine.model.Block`'s weights run on a dense [B, N, D] batch (timm / I-JEPA Block)."""
-    x = x + ref_attention(blk.attn, blk.norm1(x), keep)
-    return x + blk.fc2(F.gelu(blk.fc1(blk.norm2(x))))
+    x = x + ref_attention(blk.attn, ref_norm(blk.norm1, x), keep)
+    return x + blk.fc2(F.gelu(blk.fc1(ref_norm(blk.norm2, x))))
 
 
 def ref_forward(model: torch.nn.Module, rb: RefBatch) -> torch.Tensor:
@@ -343,7 +349,7 @@ def ref_forward(model: torch.nn.Module, rb: RefBatch) -> torch.Tensor:
     x = apply_masks(enc.embed(rb.tokens, rb.coords), [rb.ctx])
     for blk in enc.blocks:
         x = ref_block(blk, x, rb.ctx_keep)
-    z = enc.norm(x)
+    z = ref_norm(enc.norm, x)
     positions = enc.embedder.position(rb.coords).to(z.dtype)
     z = pred.embed(z) + pred.pos_proj(apply_masks(positions, [rb.ctx]))
     kc = z.shape[1]
@@ -351,7 +357,7 @@ def ref_forward(model: torch.nn.Module, rb: RefBatch) -> torch.Tensor:
     x = torch.cat([z.repeat(len(rb.tgts), 1, 1), m], dim=1)
     for blk in pred.blocks:
         x = ref_block(blk, x, rb.pred_keep)
-    return pred.out(pred.norm(x)[:, kc:])
+    return pred.out(ref_norm(pred.norm, x)[:, kc:])
 
 
 @torch.no_grad()
@@ -359,7 +365,7 @@ def ref_target(target: torch.nn.Module, rb: RefBatch) -> torch.Tensor:
     h = target.embed(rb.tokens, rb.coords)
     for blk in target.blocks:
         h = ref_block(blk, h, None)
-    h = target.norm(h)
+    h = ref_norm(target.norm, h)
     h = F.layer_norm(h.float(), (h.shape[-1],))
     return apply_masks(h, rb.tgts)
 
@@ -619,7 +625,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--paths",
         default="ours,ref-trunc,ref-pad",
         help="comma list of paths: ours, ours-eager (ours without the target's CUDA graph), "
-        "ref-trunc, ref-pad",
+        "ours-torchln (ours on torch's LayerNorm, not the fused kernel), ref-trunc, ref-pad",
     )
     p.add_argument("--check", action="store_true", help="CPU equivalence check, then exit")
     p.add_argument("--seed", type=int, default=0)
@@ -640,7 +646,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.paths = args.paths.split(",")
     for name in args.paths:
-        if name not in ("ours", "ours-eager", "ref-trunc", "ref-pad"):
+        if name not in ("ours", "ours-eager", "ours-torchln", "ref-trunc", "ref-pad"):
             p.error(f"unknown path {name!r}")
     return args
 
@@ -685,6 +691,7 @@ def main(argv: list[str] | None = None) -> int:
     tok = {
         "ours": useful,
         "ours-eager": useful,
+        "ours-torchln": useful,
         "ref-trunc": mean([counts(shape, truncate(m)) for _, _, m in data]),
         "ref-pad": useful,
     }
@@ -695,8 +702,15 @@ def main(argv: list[str] | None = None) -> int:
             batches = [pack(t, c, m) for t, c, m in data]
         else:
             batches = [ref_batch(t, c, m, pad=name == "ref-pad") for t, c, m in data]
+        runner_model = copy.deepcopy(model)
+        em.set_fused_layernorm(runner_model, name != "ours-torchln")
         paths[name] = StepRunner(
-            name, copy.deepcopy(model), to_device(batches, device), ours, on_gpu, name == "ours"
+            name,
+            runner_model,
+            to_device(batches, device),
+            ours,
+            on_gpu,
+            ours and name != "ours-eager",
         )
     del model
 

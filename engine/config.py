@@ -96,6 +96,9 @@ class TrainConfig:
     # CUDA only: replay the target encoder's forward from a CUDA graph per batch shape (one
     # launch instead of hundreds; same numbers). Off: the eager forward.
     cuda_graph_target: bool = True
+    # CUDA only: the blocks' LayerNorms on the fused Triton kernel (kernels.layer_norm); false:
+    # torch's. Same numbers up to float rounding; on CPU both are F.layer_norm.
+    fused_layernorm: bool = True
 
 
 @dataclass

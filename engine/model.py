@@ -1,6 +1,7 @@
 """JEPA model: pre-norm transformer blocks on packed variable-length tokens.
 
-- `Block`: pre-norm attention (`varlen_attention`, tokens attend within their own sequence) + MLP.
+- `Block`: pre-norm attention (`varlen_attention`, tokens attend within their own sequence) + MLP;
+  its norms are `LayerNorm` (`nn.LayerNorm` on the fused `kernels.layer_norm`).
 - `Encoder`: the modality's embedder, blocks, final norm. Used as the context encoder (trained)
   and, as an fp32 deep copy updated by EMA, as the target encoder.
 - `Predictor`: narrow; context features plus one mask token per target token (carrying that
@@ -24,7 +25,42 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.config import ModelConfig
-from engine.ops import gather_tokens, varlen_attention
+from engine.ops import gather_tokens, layer_norm, varlen_attention
+
+
+class LayerNorm(nn.LayerNorm):
+    """`nn.LayerNorm` (same parameters and state-dict keys) running `kernels.layer_norm`: the
+    fused Triton kernel on CUDA, `F.layer_norm` on CPU.
+
+    `autocast_output`: under autocast, emit the autocast dtype (bf16) straight from the kernel
+    instead of fp32. For a norm that feeds a linear layer, which autocast casts to bf16 anyway,
+    the numbers are the same and the fp32 write, the cast kernel and the fp32 gradient are saved.
+    """
+
+    def __init__(self, dim: int, autocast_output: bool = False) -> None:
+        super().__init__(dim)
+        self.autocast_output = autocast_output
+        self.fused = True  # False: torch's own kernels (see set_fused_layernorm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.fused:
+            return super().forward(x)
+        out_dtype = None
+        if self.autocast_output and torch.is_autocast_enabled(x.device.type):
+            out_dtype = torch.get_autocast_dtype(x.device.type)
+        return layer_norm(x, self.weight, self.bias, self.eps, out_dtype)
+
+
+def set_fused_layernorm(module: nn.Module, fused: bool) -> None:
+    """Run every `LayerNorm` under `module` on the fused kernel (True) or on torch's (False).
+
+    The fused kernel cuts device time (about 2-3x per call on an H200); each call is a Triton
+    launch from Python, though, which costs more host time than torch's C++ op, so on a machine
+    whose step is host-bound torch's can be the better choice (`train.fused_layernorm`).
+    """
+    for m in module.modules():
+        if isinstance(m, LayerNorm):
+            m.fused = fused
 
 
 class Attention(nn.Module):
@@ -47,9 +83,9 @@ class Block(nn.Module):
     def __init__(self, dim: int, heads: int, mlp_ratio: float) -> None:
         super().__init__()
         hidden = int(dim * mlp_ratio)
-        self.norm1 = nn.LayerNorm(dim)
+        self.norm1 = LayerNorm(dim, autocast_output=True)
         self.attn = Attention(dim, heads)
-        self.norm2 = nn.LayerNorm(dim)
+        self.norm2 = LayerNorm(dim, autocast_output=True)
         self.fc1 = nn.Linear(dim, hidden)
         self.fc2 = nn.Linear(hidden, dim)
 
@@ -87,7 +123,7 @@ class Encoder(nn.Module):
         self.blocks = nn.ModuleList(
             Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio) for _ in range(cfg.depth)
         )
-        self.norm = nn.LayerNorm(cfg.embed_dim)
+        self.norm = LayerNorm(cfg.embed_dim)
         _init_weights(self, self.blocks)
         # The generic init above also re-draws the embedder's layers; an embedder whose start
         # matters (S-JEPA's channel embedding starts as the electrodes' xyz encoding) restores it.
@@ -172,7 +208,7 @@ class Predictor(nn.Module):
         self.blocks = nn.ModuleList(
             Block(cfg.pred_dim, cfg.pred_heads, cfg.mlp_ratio) for _ in range(cfg.pred_depth)
         )
-        self.norm = nn.LayerNorm(cfg.pred_dim)
+        self.norm = LayerNorm(cfg.pred_dim, autocast_output=True)  # feeds self.out
         self.out = nn.Linear(cfg.pred_dim, cfg.embed_dim)
         _init_weights(self, self.blocks)
         nn.init.trunc_normal_(self.mask_token, std=0.02)

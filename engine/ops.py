@@ -1,4 +1,5 @@
-"""The kernels the engine runs on, in one place: varlen attention, token gather, fused EMA.
+"""The kernels the engine runs on, in one place: varlen attention, token gather, fused EMA,
+fused LayerNorm.
 
 On CUDA these dispatch to the Triton kernels of `kernels/`; on CPU to their torch references.
 Imports only `kernels` (torch + triton).
@@ -6,6 +7,6 @@ Imports only `kernels` (torch + triton).
 
 from __future__ import annotations
 
-from kernels import EMATarget, ema_, gather_tokens, varlen_attention
+from kernels import EMATarget, ema_, gather_tokens, layer_norm, varlen_attention
 
-__all__ = ["EMATarget", "ema_", "gather_tokens", "varlen_attention"]
+__all__ = ["EMATarget", "ema_", "gather_tokens", "layer_norm", "varlen_attention"]

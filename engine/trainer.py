@@ -31,7 +31,7 @@ from engine.config import Config
 from engine.data import JEPALoader, resolve_modality, sample_rng
 from engine.launch import DistInfo
 from engine.metrics import MetricsLogger, plot_curves, truncate_metrics
-from engine.model import JEPA, Encoder, GraphedTargetFeatures, batch_to
+from engine.model import JEPA, Encoder, GraphedTargetFeatures, batch_to, set_fused_layernorm
 from engine.objective import collapse_stats, jepa_loss
 from engine.ops import EMATarget
 from engine.schedules import cosine_ramp, warmup_cosine
@@ -52,6 +52,7 @@ RESUMABLE_CHANGES = {
     "train.steps",
     "train.save_every",
     "train.cuda_graph_target",
+    "train.fused_layernorm",
     "train.keep_checkpoints",
     "train.log_every",
     "train.progress",
@@ -124,6 +125,7 @@ class Trainer:
 
         torch.manual_seed(cfg.train.seed)
         model = JEPA(self.modality.embedder(cfg, self.stats), cfg.model).to(info.device)
+        set_fused_layernorm(model, cfg.train.fused_layernorm)
         # The target is an fp32 copy kept outside DeepSpeed: an EMA step of 1 - m <= 0.004 is
         # below bf16 resolution, and the engine must not shard or cast it.
         self.target: Encoder = copy.deepcopy(model.encoder).float().requires_grad_(False)
