@@ -51,3 +51,16 @@ def empty(
 ) -> torch.Tensor:
     """Allocate a kernel output (tests replace this with a NaN-filling allocator)."""
     return torch.empty(shape, dtype=dtype, device=device)
+
+
+# Host-side launch arithmetic. Newer Triton makes `triton.cdiv` / `triton.next_power_of_2`
+# constexpr functions whose Python call costs several microseconds each (triton 3.9: ~8 us on
+# this project's CPU box), paid on every launch; these plain versions cost next to nothing.
+def cdiv(a: int, b: int) -> int:
+    """Ceiling division of non-negative ints."""
+    return -(-a // b)
+
+
+def next_pow2(n: int) -> int:
+    """Smallest power of two >= n (1 for n <= 1)."""
+    return 1 if n <= 1 else 1 << (n - 1).bit_length()

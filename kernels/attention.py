@@ -526,7 +526,7 @@ def _triton_forward(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     total_q, heads, head_dim = q.shape
     batch = cu_q.numel() - 1
-    block_d = max(16, triton.next_power_of_2(head_dim))
+    block_d = max(16, _dispatch.next_pow2(head_dim))
     o = _dispatch.empty(q.shape, q.dtype, q.device)
     lse = _dispatch.empty((heads, total_q), torch.float32, q.device)
     if total_q == 0 or batch == 0 or max_q == 0:
@@ -534,7 +534,7 @@ def _triton_forward(
     bm, bn, warps, stages = _block_sizes(
         block_d, q.device, "fwd", q.dtype == torch.float32, max(max_q, max_k)
     )
-    grid = (triton.cdiv(max_q, bm), batch, heads)
+    grid = (_dispatch.cdiv(max_q, bm), batch, heads)
     _attn_fwd_kernel[grid](
         q,
         k,
@@ -582,7 +582,7 @@ def _triton_backward(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     total_q, heads, head_dim = q.shape
     batch = cu_q.numel() - 1
-    block_d = max(16, triton.next_power_of_2(head_dim))
+    block_d = max(16, _dispatch.next_pow2(head_dim))
     dq = _dispatch.empty(q.shape, q.dtype, q.device)
     dk = _dispatch.empty(k.shape, k.dtype, k.device)
     dv = _dispatch.empty(v.shape, v.dtype, v.device)
@@ -592,7 +592,7 @@ def _triton_backward(
     prec = _dot_precision(q.dtype, q.device)
     if total_q > 0:
         block_t = 64 if q.is_cuda else 32
-        _attn_bwd_delta_kernel[(triton.cdiv(total_q, block_t), heads)](
+        _attn_bwd_delta_kernel[(_dispatch.cdiv(total_q, block_t), heads)](
             o,
             do,
             delta,
@@ -610,7 +610,7 @@ def _triton_backward(
         bm, bn, warps, stages = _block_sizes(
             block_d, q.device, "dkdv", q.dtype == torch.float32, max(max_q, max_k)
         )
-        _attn_bwd_dkdv_kernel[(triton.cdiv(max_k, bn), batch, heads)](
+        _attn_bwd_dkdv_kernel[(_dispatch.cdiv(max_k, bn), batch, heads)](
             q,
             k,
             v,
@@ -649,7 +649,7 @@ def _triton_backward(
         bm, bn, warps, stages = _block_sizes(
             block_d, q.device, "dq", q.dtype == torch.float32, max(max_q, max_k)
         )
-        _attn_bwd_dq_kernel[(triton.cdiv(max_q, bm), batch, heads)](
+        _attn_bwd_dq_kernel[(_dispatch.cdiv(max_q, bm), batch, heads)](
             q,
             k,
             v,

@@ -206,9 +206,9 @@ def _gather_bwd_kernel(
 
 
 def _launch_shape(total: int, dim: int, device: torch.device) -> tuple[tuple[int, int], int, int]:
-    block_d = min(triton.next_power_of_2(max(dim, 1)), 256)
+    block_d = min(_dispatch.next_pow2(max(dim, 1)), 256)
     block_t = max(1, 4096 // block_d) if device.type == "cuda" else 16
-    return (triton.cdiv(total, block_t), triton.cdiv(dim, block_d)), block_t, block_d
+    return (_dispatch.cdiv(total, block_t), _dispatch.cdiv(dim, block_d)), block_t, block_d
 
 
 def _search_steps(batch: int) -> int:
@@ -260,11 +260,11 @@ def _inverse_launch(
     """
     cuda = device.type == "cuda"
     tile = BWD_TILE if cuda else {"block_n": 8, "block_d": 64, "pairs": True, "warps": 4}
-    block_d = min(triton.next_power_of_2(max(dim, 1)), tile["block_d"])
+    block_d = min(_dispatch.next_pow2(max(dim, 1)), tile["block_d"])
     block_n = tile["block_n"]
-    per_chunk = triton.cdiv(batch, min(batch, 8)) if with_dpos else 1
-    chunks = triton.cdiv(batch, per_chunk)
-    grid = (triton.cdiv(n_tokens, block_n), triton.cdiv(dim, block_d), chunks)
+    per_chunk = _dispatch.cdiv(batch, min(batch, 8)) if with_dpos else 1
+    chunks = _dispatch.cdiv(batch, per_chunk)
+    grid = (_dispatch.cdiv(n_tokens, block_n), _dispatch.cdiv(dim, block_d), chunks)
     return grid, per_chunk, block_n, block_d, tile["pairs"] and per_chunk > 1, tile["warps"]
 
 
@@ -419,7 +419,7 @@ def _backward_inverse(
     if need_pos:
         dpos = _dispatch.empty((n_tokens, dim), ctx.pos_dtype, dout.device)
         block = 1024 if dout.is_cuda else 256
-        _sum_chunks_kernel[(triton.cdiv(n_tokens * dim, block),)](
+        _sum_chunks_kernel[(_dispatch.cdiv(n_tokens * dim, block),)](
             partial, dpos, n_tokens * dim, grid[2], BLOCK=block
         )
     return dx, None, None, dpos, None, None

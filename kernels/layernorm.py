@@ -37,8 +37,7 @@ def _ln_fwd_kernel(
     W,
     B,
     Y,
-    MEAN,
-    RSTD,
+    STATS,
     rows,
     dim,
     stride_x,
@@ -62,8 +61,8 @@ def _ln_fwd_kernel(
     b = tl.load(B + offs_d, mask=d_ok, other=0.0).to(tl.float32)
     y = xc * rstd[:, None] * w[None, :] + b[None, :]
     tl.store(Y + rows64[:, None] * stride_y + offs_d[None, :], y.to(Y.dtype.element_ty), mask=mask)
-    tl.store(MEAN + offs_m, mean, mask=m_ok)
-    tl.store(RSTD + offs_m, rstd, mask=m_ok)
+    tl.store(STATS + offs_m, mean, mask=m_ok)  # stats = [mean; rstd], [2, rows] fp32
+    tl.store(STATS + rows + offs_m, rstd, mask=m_ok)
 
 
 @triton.jit
@@ -72,8 +71,7 @@ def _ln_bwd_kernel(
     W,
     DY,
     DX,
-    MEAN,
-    RSTD,
+    STATS,
     PARTIAL,
     rows,
     dim,
@@ -103,8 +101,8 @@ def _ln_bwd_kernel(
         dy = tl.load(DY + rows64[:, None] * stride_dy + offs_d[None, :], mask=mask, other=0.0)
         x = x.to(tl.float32)
         dy = dy.to(tl.float32)
-        mean = tl.load(MEAN + offs_m, mask=m_ok, other=0.0)
-        rstd = tl.load(RSTD + offs_m, mask=m_ok, other=0.0)
+        mean = tl.load(STATS + offs_m, mask=m_ok, other=0.0)
+        rstd = tl.load(STATS + rows + offs_m, mask=m_ok, other=0.0)
         xhat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
         wdy = w[None, :] * dy
         c1 = tl.sum(xhat * wdy, axis=1) / dim
@@ -123,7 +121,7 @@ def _ln_bwd_kernel(
 
 def _tile(dim: int, device: torch.device) -> tuple[int, int, int]:
     """(BLOCK_M, BLOCK_D, num_warps): about 4096 fp32 values per program on GPU."""
-    block_d = max(16, triton.next_power_of_2(dim))
+    block_d = max(16, _dispatch.next_pow2(dim))
     if device.type != "cuda":
         return max(1, min(16, 1024 // block_d)), block_d, 4
     block_m = max(1, min(32, 4096 // block_d))
@@ -136,10 +134,10 @@ def _bwd_programs(rows: int, block_m: int, device: torch.device) -> tuple[int, i
         cap = 4 * torch.cuda.get_device_properties(device).multi_processor_count
     else:
         cap = 4
-    blocks = triton.cdiv(rows, block_m)
+    blocks = _dispatch.cdiv(rows, block_m)
     progs = max(1, min(cap, blocks))
-    per = triton.cdiv(blocks, progs) * block_m
-    return triton.cdiv(rows, per), per
+    per = _dispatch.cdiv(blocks, progs) * block_m
+    return _dispatch.cdiv(rows, per), per
 
 
 class LayerNormFunction(torch.autograd.Function):
@@ -153,17 +151,15 @@ class LayerNormFunction(torch.autograd.Function):
             x2 = x2.contiguous()
         rows = x2.shape[0]
         y = _dispatch.empty((rows, dim), out_dtype, x.device)
-        mean = _dispatch.empty((rows,), torch.float32, x.device)
-        rstd = _dispatch.empty((rows,), torch.float32, x.device)
+        stats = _dispatch.empty((2, rows), torch.float32, x.device)  # mean, rstd
         block_m, block_d, warps = _tile(dim, x.device)
         if rows > 0:
-            _ln_fwd_kernel[(triton.cdiv(rows, block_m),)](
+            _ln_fwd_kernel[(_dispatch.cdiv(rows, block_m),)](
                 x2,
                 weight,
                 bias,
                 y,
-                mean,
-                rstd,
+                stats,
                 rows,
                 dim,
                 x2.stride(0),
@@ -173,14 +169,14 @@ class LayerNormFunction(torch.autograd.Function):
                 BLOCK_D=block_d,
                 num_warps=warps,
             )
-        ctx.save_for_backward(x2, weight, mean, rstd)
+        ctx.save_for_backward(x2, weight, stats)
         ctx.shape = x.shape
         ctx.x_dtype = x.dtype
-        return y.view(x.shape)
+        return y if x.dim() == 2 else y.view(x.shape)
 
     @staticmethod
     def backward(ctx, dy):
-        x2, weight, mean, rstd = ctx.saved_tensors
+        x2, weight, stats = ctx.saved_tensors
         rows, dim = x2.shape
         dy2 = dy.reshape(-1, dim)
         if dy2.stride(-1) != 1:
@@ -195,8 +191,7 @@ class LayerNormFunction(torch.autograd.Function):
                 weight,
                 dy2,
                 dx,
-                mean,
-                rstd,
+                stats,
                 partial,
                 rows,
                 dim,
@@ -213,7 +208,7 @@ class LayerNormFunction(torch.autograd.Function):
             sums = torch.zeros((2, dim), dtype=torch.float32, device=dy.device)
         dw = sums[0].to(weight.dtype) if ctx.needs_input_grad[1] else None
         db = sums[1].to(weight.dtype) if ctx.needs_input_grad[2] else None
-        return dx.view(ctx.shape), dw, db, None, None
+        return (dx if len(ctx.shape) == 2 else dx.view(ctx.shape)), dw, db, None, None
 
 
 def layer_norm_reference(
