@@ -135,3 +135,12 @@ def test_package_imports_only_torch_triton_stdlib():
                 continue
             for name in names:
                 assert name.split(".")[0] in allowed, f"{path.name} imports {name}"
+
+
+def test_host_launch_arithmetic_matches_triton():
+    import triton
+
+    for a in range(0, 300):
+        assert _dispatch.next_pow2(max(a, 1)) == triton.next_power_of_2(max(a, 1))
+        for b in (1, 2, 3, 16, 64, 128, 4096):
+            assert _dispatch.cdiv(a, b) == triton.cdiv(a, b)
