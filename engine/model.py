@@ -144,14 +144,14 @@ class Encoder(nn.Module):
         self,
         tokens: torch.Tensor,
         coords: torch.Tensor,
-        n_tokens: torch.Tensor,
+        n_tokens: torch.Tensor | None,
         packing: dict[str, Any] | None = None,
     ) -> torch.Tensor:
         """Encode every token of every sample: [B, N, D] features (zeros at padding).
 
         `packing` is `all_token_packing`'s output, built on the host by the collate; with it this
         runs without a device-to-host sync (which would stall the GPU's launch queue). Without
-        it, it is derived from `n_tokens` here.
+        it, it is derived from `n_tokens` here (which is unread when `packing` is given).
         """
         x = self.embed(tokens, coords)
         b, n, d = x.shape
@@ -246,14 +246,26 @@ class JEPA(nn.Module):
         return self.predictor(ctx, positions, batch)
 
 
+def _normalized_all(
+    target: Encoder,
+    tokens: torch.Tensor,
+    coords: torch.Tensor,
+    n_tokens: torch.Tensor | None,
+    packing: dict[str, Any] | None,
+) -> torch.Tensor:
+    """Every token's target features, layer-normed: [B, N, D] fp32. The one place the targets'
+    normalisation lives (eager and CUDA-graph paths both call it)."""
+    h = target.forward_all(tokens, coords, n_tokens, packing)
+    # I-JEPA normalises each target token's features (F.layer_norm without affine).
+    return F.layer_norm(h.float(), (h.shape[-1],))
+
+
 @torch.no_grad()
 def target_features(target: Encoder, batch: dict[str, Any]) -> torch.Tensor:
     """Layer-normed target-encoder features at the target tokens, [Tt, D] in tgt order (fp32)."""
-    h = target.forward_all(
-        batch["tokens"], batch["coords"], batch["n_tokens"], batch.get("all_packing")
+    h = _normalized_all(
+        target, batch["tokens"], batch["coords"], batch["n_tokens"], batch.get("all_packing")
     )
-    # I-JEPA normalises each target token's features (F.layer_norm without affine).
-    h = F.layer_norm(h.float(), (h.shape[-1],))
     return gather_tokens(h, batch["tgt_idx"], batch["cu_tgt"], unique_indices=False)
 
 
@@ -283,10 +295,8 @@ class GraphedTargetFeatures:
     def _layer_normed(
         self, tokens: torch.Tensor, coords: torch.Tensor, cu: torch.Tensor, n: int
     ) -> torch.Tensor:
-        b = tokens.shape[0]
-        packing = {"max_tokens": n, "cu_all": cu, "valid_idx": None}
-        h = self.target.forward_all(tokens, coords, tokens.new_full((b,), n), packing)
-        return F.layer_norm(h.float(), (h.shape[-1],))
+        packing = {"max_tokens": n, "cu_all": cu, "valid_idx": None}  # n_tokens is then unread
+        return _normalized_all(self.target, tokens, coords, None, packing)
 
     def _capture(self, key: tuple, tokens: torch.Tensor, coords: torch.Tensor, packing: dict):
         import warnings

@@ -20,6 +20,8 @@ Triton on CPU under ``TRITON_INTERPRET=1`` or when asked. Rows up to 16384 wide.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 import triton
@@ -128,10 +130,16 @@ def _tile(dim: int, device: torch.device) -> tuple[int, int, int]:
     return block_m, block_d, 8 if block_d >= 4096 else 4
 
 
+@functools.cache
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
 def _bwd_programs(rows: int, block_m: int, device: torch.device) -> tuple[int, int]:
     """(programs, rows per program): a few waves of programs, each a multiple of BLOCK_M rows."""
     if device.type == "cuda":
-        cap = 4 * torch.cuda.get_device_properties(device).multi_processor_count
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        cap = 4 * _sm_count(index)  # looked up once per device: this runs every backward
     else:
         cap = 4
     blocks = _dispatch.cdiv(rows, block_m)
