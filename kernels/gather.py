@@ -10,6 +10,10 @@ row's sample by binary search in ``cu_seqlens``, so no per-token batch id is mat
 replaces I-JEPA's ``apply_masks``, which expands each index to an int64 ``[B, K, D]`` tensor (eight
 bytes of index per payload element) and needs the same ``K`` for every sample.
 
+``T`` may exceed ``cu_seqlens[-1]``: the rows from there to ``T`` are padding (a batch padded to
+a fixed size, so a CUDA graph captured once replays for every batch of that size). They are
+written as zeros, their indices are never read, and they send no gradient anywhere.
+
 Backward scatters ``dout`` into ``dx``: plain stores (deterministic) when every sample's indices
 are unique, fp32 atomics when they may repeat. ``dpos`` is ``dx`` summed over the batch, because
 ``x[b, n]`` and ``pos[n]`` receive exactly the same gradient terms.
@@ -64,20 +68,23 @@ def _gather_fwd_kernel(
     offs_t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     t_ok = offs_t < total
-    mask = t_ok[:, None] & (offs_d < dim)[None, :]
+    d_ok = offs_d < dim
+    # Rows at or past cu[batch] are padding: stored as zeros, their indices unread.
+    real = t_ok & (offs_t < tl.load(CU + batch))
+    mask = real[:, None] & d_ok[None, :]
     b = _find_sample(CU, offs_t, batch, search_steps, BLOCK_T).to(tl.int64)
-    i = tl.load(IDX + offs_t, mask=t_ok, other=0).to(tl.int64)
+    i = tl.load(IDX + offs_t, mask=real, other=0).to(tl.int64)
     row = b * stride_xb + i * stride_xn
     val = tl.load(X + row[:, None] + offs_d[None, :], mask=mask, other=0.0)
     if HAS_POS:
         p = tl.load(POS + (i * stride_pn)[:, None] + offs_d[None, :], mask=mask, other=0.0)
         val = val.to(tl.float32) + p.to(tl.float32)
     out_ptrs = OUT + offs_t.to(tl.int64)[:, None] * stride_ot + offs_d[None, :]
-    tl.store(out_ptrs, val.to(OUT.dtype.element_ty), mask=mask)
+    tl.store(out_ptrs, val.to(OUT.dtype.element_ty), mask=t_ok[:, None] & d_ok[None, :])
     if WRITE_INV:
         # inv[b, i] = t: which output row (if any) holds token i of sample b, for the backward.
         if tl.program_id(1) == 0:
-            tl.store(INV + b * n_tokens + i, offs_t, mask=t_ok)
+            tl.store(INV + b * n_tokens + i, offs_t, mask=real)
 
 
 @triton.jit
@@ -190,7 +197,7 @@ def _gather_bwd_kernel(
 ):
     offs_t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-    t_ok = offs_t < total
+    t_ok = (offs_t < total) & (offs_t < tl.load(CU + batch))  # padding rows send nothing
     mask = t_ok[:, None] & (offs_d < dim)[None, :]
     b = _find_sample(CU, offs_t, batch, search_steps, BLOCK_T).to(tl.int64)
     i = tl.load(IDX + offs_t, mask=t_ok, other=0).to(tl.int64)
@@ -216,12 +223,13 @@ def _search_steps(batch: int) -> int:
 
 
 def indices_unique(idx: torch.Tensor, cu_seqlens: torch.Tensor, n_tokens: int) -> bool:
-    """True when no sample lists a token index twice (one host sync)."""
+    """True when no sample lists a token index twice (host syncs); padding rows are ignored."""
     lengths = cu_seqlens[1:] - cu_seqlens[:-1]
+    real = int(cu_seqlens[-1])
     sample = torch.repeat_interleave(
-        torch.arange(lengths.numel(), device=idx.device), lengths, output_size=idx.numel()
+        torch.arange(lengths.numel(), device=idx.device), lengths, output_size=real
     )
-    key = sample * n_tokens + idx.long()
+    key = sample * n_tokens + idx[:real].long()
     return torch.unique(key).numel() == key.numel()
 
 
@@ -448,8 +456,17 @@ def _check_inputs(
 def gather_tokens_reference(
     x: torch.Tensor, idx: torch.Tensor, cu_seqlens: torch.Tensor, pos: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """torch version of :func:`gather_tokens` (advanced indexing; differentiable)."""
+    """torch version of :func:`gather_tokens` (index_select; differentiable).
+
+    Reads ``cu_seqlens[-1]`` on the host (a device sync on GPU) to size the padding rows.
+    """
     _check_inputs(x, idx, cu_seqlens, pos)
+    total, real = idx.numel(), int(cu_seqlens[-1])
+    if real > total:
+        raise ValueError(f"cu_seqlens[-1] = {real} exceeds the {total} indices")
+    if real < total:  # padding rows: zeros, no gradient
+        out = gather_tokens_reference(x, idx[:real], cu_seqlens, pos)
+        return torch.cat([out, out.new_zeros(total - real, out.shape[1])])
     lengths = cu_seqlens[1:] - cu_seqlens[:-1]
     sample = torch.repeat_interleave(
         torch.arange(x.shape[0], device=x.device), lengths, output_size=idx.numel()
@@ -477,9 +494,10 @@ def gather_tokens(
 
     ``x [B, N, D]``; ``idx`` int32/int64 ``[T]`` holds each sample's token indices back to back,
     sample ``b`` owning ``idx[cu_seqlens[b]:cu_seqlens[b + 1]]`` (``cu_seqlens[0] == 0``,
-    ``cu_seqlens[-1] == T``); indices must lie in ``[0, N)``. ``pos [N, D]`` is added in the same
-    pass. ``unique_indices``: True promises no sample repeats an index (deterministic backward
-    without atomics), False allows repeats (fp32 atomics), None checks in the backward (one sync).
+    ``cu_seqlens[-1] <= T``; rows past ``cu_seqlens[-1]`` are padding: zeros, no gradient);
+    indices must lie in ``[0, N)``. ``pos [N, D]`` is added in the same pass.
+    ``unique_indices``: True promises no sample repeats an index (deterministic backward without
+    atomics), False allows repeats (fp32 atomics), None checks in the backward (host syncs).
     """
     _check_inputs(x, idx, cu_seqlens, pos)
     tensors = (x, idx, cu_seqlens) if pos is None else (x, idx, cu_seqlens, pos)

@@ -96,6 +96,22 @@ def test_gather_reference_matches_loop_and_baselines():
     torch.testing.assert_close(index_select_baseline(x + pos, idx, cu), want)
 
 
+def test_gather_reference_padding_rows():
+    # Rows past cu[-1] are zeros and take no gradient; their (stale) indices are not read.
+    x = torch.randn(2, 6, 4, dtype=torch.float64, requires_grad=True)
+    idx = torch.tensor([1, 4, 0, 5, 2, 3, 99])  # 2 real + 2 real + 3 padding rows
+    cu = torch.tensor([0, 2, 4])
+    out = kernels.gather_tokens(x, idx, cu, unique_indices=True)
+    torch.testing.assert_close(out[:4], torch.stack([x[0, 1], x[0, 4], x[1, 0], x[1, 5]]))
+    assert torch.equal(out[4:], torch.zeros(3, 4, dtype=torch.float64))
+    out.backward(torch.ones_like(out))
+    assert x.grad.sum() == 4 * 4  # one per real row and channel
+    assert not kernels.gather.indices_unique(torch.tensor([1, 1, 0, 2, 9]), cu, 6)
+    assert kernels.gather.indices_unique(torch.tensor([1, 2, 1, 2, 1]), cu, 6)
+    with pytest.raises(ValueError, match="exceeds"):
+        kernels.gather_tokens(x, idx[:3], cu)
+
+
 def test_layer_norm_reference_is_torch_layer_norm_on_cpu():
     x = torch.randn(3, 9, 20, requires_grad=True)
     w, b = torch.randn(20, requires_grad=True), torch.randn(20, requires_grad=True)

@@ -104,3 +104,28 @@ def test_gather_inverse_backward_many_samples(need_x, lengths, device):
     if need_x:
         # Rows no sample kept must come back as exact zeros, not stale memory.
         torch.testing.assert_close(x.grad.double(), x64.grad, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("unique_flag", [True, False, None])
+def test_gather_padding_rows(unique_flag, device):
+    # T > cu[-1]: the trailing rows are padding (a batch padded to a CUDA graph's fixed size).
+    # Their indices hold plausible token numbers (stale rows of an earlier batch), which must
+    # be neither read into the output nor scattered into dx / dpos.
+    lengths, pad, n_tokens, dim = [5, 0, 40, 17], 23, 40, 48
+    real = _indices(lengths, n_tokens, False, device, torch.int64)
+    idx = torch.cat([real, torch.randint(0, n_tokens, (pad,)).to(device)])
+    cu = _cu(lengths, device)
+    x = torch.randn(len(lengths), n_tokens, dim, device=device, requires_grad=True)
+    pos = torch.randn(n_tokens, dim, device=device, requires_grad=True)
+    out = gather_tokens(x, idx, cu, pos, unique_indices=unique_flag, backend="triton")
+    assert out.shape == (idx.numel(), dim)
+    torch.testing.assert_close(out[real.numel() :], torch.zeros(pad, dim, device=device))
+    grad = torch.randn_like(out)  # nonzero on the padding rows too: they must be ignored
+    out.backward(grad)
+    x64 = x.detach().double().requires_grad_()
+    pos64 = pos.detach().double().requires_grad_()
+    ref = gather_tokens_reference(x64, real, cu, pos64)
+    ref.backward(grad[: real.numel()].double())
+    torch.testing.assert_close(out[: real.numel()].double(), ref.detach(), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(x.grad.double(), x64.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(pos.grad.double(), pos64.grad, atol=1e-5, rtol=1e-5)
