@@ -1,7 +1,8 @@
 """engine: JEPA pretraining on jepa-forge shard datasets.
 
 config (typed config), data (order, sharding, masking collation, resumable loader), model
-(encoder / predictor on packed variable-length tokens), objective (loss, collapse monitor),
+(encoder / predictor on packed variable-length tokens), graphs (CUDA graphs of the step and
+the target encoder), objective (loss, collapse monitor),
 schedules, launch (process group), trainer + train (DeepSpeed loop, `python -m engine.train`),
 checkpoint (atomic, exact resume), metrics, probe (`python -m engine.probe`), export
 (`python -m engine.export`), ops (the kernels used).

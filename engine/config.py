@@ -96,6 +96,11 @@ class TrainConfig:
     # CUDA only: replay the target encoder's forward from a CUDA graph per batch shape (one
     # launch instead of hundreds; same numbers). Off: the eager forward.
     cuda_graph_target: bool = True
+    # CUDA only: replay the trained part's forward and backward from CUDA graphs, one per
+    # padded size bucket (engine.graphs.GraphedJEPA; at most 4% padding, none of it in the loss
+    # or the gradients). Off: eager.
+    cuda_graph_step: bool = True
+    cuda_graph_buckets: int = 32  # most buckets captured; batches of other sizes run eagerly
     # CUDA only: the blocks' LayerNorms on the fused Triton kernel (kernels.layer_norm); false:
     # torch's. Same numbers up to float rounding; on CPU both are F.layer_norm.
     fused_layernorm: bool = True
@@ -353,6 +358,9 @@ def validate(cfg: Config) -> None:
         t.precision in ("auto", "fp32", "bf16"), "train.precision", "auto|fp32|bf16", t.precision
     )
     _check(t.nonfinite in ("stop", "skip"), "train.nonfinite", "stop|skip", t.nonfinite)
+    _check(
+        t.cuda_graph_buckets >= 0, "train.cuda_graph_buckets", "must be >= 0", t.cuda_graph_buckets
+    )
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

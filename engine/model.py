@@ -7,8 +7,8 @@
 - `Predictor`: narrow; context features plus one mask token per target token (carrying that
   token's position, gathered with `gather_tokens`), one sequence per target block.
 - `JEPA`: context encoder + predictor, the part DeepSpeed trains.
-- `target_features`: layer-normed target-encoder features at the target tokens;
-  `GraphedTargetFeatures` the same with the target's forward replayed from a CUDA graph.
+- `target_features`: layer-normed target-encoder features at the target tokens (replayed from
+  CUDA graphs by `engine.graphs`).
 
 Imports torch, `engine.ops` (kernels) and `engine.config`; never DeepSpeed, so exported encoders
 load with plain torch.
@@ -230,23 +230,36 @@ class Predictor(nn.Module):
 
 
 class JEPA(nn.Module):
-    """The trained part: context encoder + predictor. forward(batch) -> predictions [Tt, D]."""
+    """The trained part: context encoder + predictor. forward(batch) -> predictions [Tt, D].
+
+    `cuda_graphs`: None, or an `engine.graphs.GraphedJEPA` of this model that forward hands
+    the batch to (CUDA graphs of forward and backward; set by the trainer). Calling the module
+    keeps wrappers such as DeepSpeed's engine in the loop. `forward_eager` always runs eagerly.
+    """
 
     def __init__(self, embedder: nn.Module, cfg: ModelConfig) -> None:
         super().__init__()
         self.encoder = Encoder(embedder, cfg)
         self.predictor = Predictor(cfg)
+        self.cuda_graphs: Any = None
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
+        if self.cuda_graphs is not None:
+            return self.cuda_graphs(batch)
+        return self.forward_eager(batch)
+
+    def forward_eager(self, batch: dict[str, Any]) -> torch.Tensor:
         enc = self.encoder
         x = enc.embed(batch["tokens"], batch["coords"])
         ctx = gather_tokens(x, batch["ctx_idx"], batch["cu_ctx"], unique_indices=True)
-        ctx = enc.encode(ctx, batch["cu_ctx"], batch["max_ctx"])
+        # A batch padded to a fixed size (engine.graphs.pad_batch) runs its padding rows as
+        # sequences of their own: "cu_ctx_seq" delimits the attention's sequences then.
+        ctx = enc.encode(ctx, batch.get("cu_ctx_seq", batch["cu_ctx"]), batch["max_ctx"])
         positions = enc.embedder.position(batch["coords"]).to(ctx.dtype)
         return self.predictor(ctx, positions, batch)
 
 
-def _normalized_all(
+def normalized_features(
     target: Encoder,
     tokens: torch.Tensor,
     coords: torch.Tensor,
@@ -254,7 +267,7 @@ def _normalized_all(
     packing: dict[str, Any] | None,
 ) -> torch.Tensor:
     """Every token's target features, layer-normed: [B, N, D] fp32. The one place the targets'
-    normalisation lives (eager and CUDA-graph paths both call it)."""
+    normalisation lives (eager and CUDA-graph paths both call it: engine.graphs)."""
     h = target.forward_all(tokens, coords, n_tokens, packing)
     # I-JEPA normalises each target token's features (F.layer_norm without affine).
     return F.layer_norm(h.float(), (h.shape[-1],))
@@ -263,106 +276,10 @@ def _normalized_all(
 @torch.no_grad()
 def target_features(target: Encoder, batch: dict[str, Any]) -> torch.Tensor:
     """Layer-normed target-encoder features at the target tokens, [Tt, D] in tgt order (fp32)."""
-    h = _normalized_all(
+    h = normalized_features(
         target, batch["tokens"], batch["coords"], batch["n_tokens"], batch.get("all_packing")
     )
     return gather_tokens(h, batch["tgt_idx"], batch["cu_tgt"], unique_indices=False)
-
-
-class GraphedTargetFeatures:
-    """`target_features` with the target encoder's forward replayed from a CUDA graph.
-
-    The target encoder runs every token of every sample, so for full samples (no padding: images,
-    fMRI and EEG grids) its input shape is fixed by the batch shape and one graph per shape
-    serves every step. Replaying it costs one launch instead of the several hundred small ops a
-    deep encoder's forward issues from Python, which is what a step pays when the host, not the
-    GPU, is the bottleneck. The graph reads the target's parameters in place, so EMA updates and
-    checkpoint loads are seen. The layer norm runs inside the graph; the gather of each step's
-    target rows (their count changes) runs outside.
-
-    Eager `target_features` runs instead on CPU, with `enabled=False`, for batches with padded
-    samples, and after a failed capture (a warning says why; the run goes on eagerly).
-    """
-
-    def __init__(self, target: Encoder, enabled: bool = True, max_graphs: int = 8) -> None:
-        self.target = target
-        self.enabled = enabled
-        self.max_graphs = max_graphs
-        self.graphs: dict[tuple, tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
-        self.pool: Any = None
-        self.failed: str | None = None
-
-    def _layer_normed(
-        self, tokens: torch.Tensor, coords: torch.Tensor, cu: torch.Tensor, n: int
-    ) -> torch.Tensor:
-        packing = {"max_tokens": n, "cu_all": cu, "valid_idx": None}  # n_tokens is then unread
-        return _normalized_all(self.target, tokens, coords, None, packing)
-
-    def _capture(self, key: tuple, tokens: torch.Tensor, coords: torch.Tensor, packing: dict):
-        import warnings
-
-        n = tokens.shape[1]
-        dtype = torch.get_autocast_dtype("cuda")
-        enabled = torch.is_autocast_enabled("cuda")
-        static_tokens, static_coords = tokens.clone(), coords.clone()
-        cu = packing["cu_all"].to(tokens.device)
-        # Autocast's weight-cast cache must stay off while capturing (torch.cuda.graph's rule).
-        amp = torch.autocast("cuda", dtype=dtype, enabled=enabled, cache_enabled=False)
-        try:
-            side = torch.cuda.Stream(tokens.device)
-            side.wait_stream(torch.cuda.current_stream(tokens.device))
-            with torch.cuda.stream(side), amp:  # warm-up: compiles kernels, creates handles
-                for _ in range(2):
-                    self._layer_normed(static_tokens, static_coords, cu, n)
-            torch.cuda.current_stream(tokens.device).wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self.pool), amp:
-                out = self._layer_normed(static_tokens, static_coords, cu, n)
-        except Exception as err:  # noqa: BLE001 - any capture failure falls back to eager
-            self.failed = f"{type(err).__name__}: {err}"
-            warnings.warn(
-                f"CUDA graph capture of the target encoder failed ({self.failed}); running it "
-                "eagerly from here on",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-            return None
-        self.pool = graph.pool()
-        self.graphs[key] = (graph, static_tokens, static_coords, out)
-        return self.graphs[key]
-
-    @torch.no_grad()
-    def __call__(self, batch: dict[str, Any]) -> torch.Tensor:
-        tokens, coords = batch["tokens"], batch["coords"]
-        packing = batch.get("all_packing")
-        if (
-            not self.enabled
-            or self.failed is not None
-            or not tokens.is_cuda
-            or packing is None
-            or packing["valid_idx"] is not None
-        ):
-            return target_features(self.target, batch)
-        key = (
-            tuple(tokens.shape),
-            tokens.dtype,
-            tuple(coords.shape),
-            coords.dtype,
-            torch.is_autocast_enabled("cuda"),
-            torch.get_autocast_dtype("cuda"),
-        )
-        entry = self.graphs.get(key)
-        if entry is None:
-            if len(self.graphs) >= self.max_graphs:
-                return target_features(self.target, batch)
-            entry = self._capture(key, tokens, coords, packing)
-            if entry is None:
-                return target_features(self.target, batch)
-        graph, static_tokens, static_coords, out = entry
-        static_tokens.copy_(tokens)
-        static_coords.copy_(coords)
-        graph.replay()
-        return gather_tokens(out, batch["tgt_idx"], batch["cu_tgt"], unique_indices=False)
 
 
 def batch_to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:

@@ -29,9 +29,10 @@ from engine.checkpoint import (
 )
 from engine.config import Config
 from engine.data import JEPALoader, resolve_modality, sample_rng
+from engine.graphs import GraphedJEPA, GraphedTargetFeatures
 from engine.launch import DistInfo
 from engine.metrics import MetricsLogger, plot_curves, truncate_metrics
-from engine.model import JEPA, Encoder, GraphedTargetFeatures, batch_to, set_fused_layernorm
+from engine.model import JEPA, Encoder, batch_to, set_fused_layernorm
 from engine.objective import collapse_stats, jepa_loss
 from engine.ops import EMATarget
 from engine.schedules import cosine_ramp, warmup_cosine
@@ -52,6 +53,8 @@ RESUMABLE_CHANGES = {
     "train.steps",
     "train.save_every",
     "train.cuda_graph_target",
+    "train.cuda_graph_step",
+    "train.cuda_graph_buckets",
     "train.fused_layernorm",
     "train.keep_checkpoints",
     "train.log_every",
@@ -126,6 +129,11 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
         model = JEPA(self.modality.embedder(cfg, self.stats), cfg.model).to(info.device)
         set_fused_layernorm(model, cfg.train.fused_layernorm)
+        # The module's forward hands batches to the graphs (eager on CPU), so DeepSpeed's engine
+        # still wraps every call.
+        model.cuda_graphs = GraphedJEPA(
+            model, cfg.train.cuda_graph_step, max_graphs=cfg.train.cuda_graph_buckets
+        )
         # The target is an fp32 copy kept outside DeepSpeed: an EMA step of 1 - m <= 0.004 is
         # below bf16 resolution, and the engine must not shard or cast it.
         self.target: Encoder = copy.deepcopy(model.encoder).float().requires_grad_(False)

@@ -8,7 +8,8 @@ from conftest import TINY
 
 from engine.config import load_config
 from engine.data import JEPALoader, resolve_modality
-from engine.model import JEPA, GraphedTargetFeatures, target_features
+from engine.graphs import GraphedTargetFeatures
+from engine.model import JEPA, target_features
 from engine.objective import collapse_stats, jepa_loss
 
 

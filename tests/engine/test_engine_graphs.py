@@ -1,0 +1,103 @@
+"""engine.graphs: the size buckets and the padded batch a CUDA graph of the step replays.
+
+The graphs themselves need a GPU (benchmarks/jepa_step.py checks graphed against eager there
+before it times); what decides their numbers is the padding, which runs here on CPU: a padded
+batch must give the unpadded batch's predictions, loss and gradients.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import TINY
+
+from engine.config import load_config
+from engine.data import JEPALoader, resolve_modality
+from engine.graphs import GraphedJEPA, bucket_size, pad_batch, padded_sizes
+from engine.model import JEPA, target_features
+from engine.objective import jepa_loss
+
+
+def test_bucket_ladder():
+    ratio = 1.04
+    last = 0
+    for n in range(1, 70_000, 97):
+        size, prev = bucket_size(n, ratio)
+        assert prev < n <= size and size % 64 == 0
+        assert size >= last  # monotone
+        last = size
+        # At most one quantum or 4% of padding, whichever is larger.
+        assert size - n < max(64, 0.04 * size + 64)
+        assert bucket_size(prev + 1, ratio)[0] == size  # every n in (prev, size] pads to size
+    with pytest.raises(ValueError, match="ratio"):
+        bucket_size(10, 1.0)
+
+
+@pytest.fixture(scope="module")
+def setup(grid_data):
+    cfg = load_config(overrides=[*TINY, "data.num_workers=0"], values={"data.path": str(grid_data)})
+    modality = resolve_modality(cfg.data.modality, "grid")
+    batch = next(iter(JEPALoader(cfg, modality)))
+    torch.manual_seed(0)
+    model = JEPA(modality.embedder(cfg), cfg.model)
+    return model, batch
+
+
+def _loss_and_grads(model, batch, pred):
+    tgt = target_features(model.encoder, batch)  # any fixed target serves
+    loss = jepa_loss(pred, tgt.detach(), "smooth_l1")
+    model.zero_grad(set_to_none=True)
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("ratio", [1.04, 1.5])
+def test_padded_batch_gives_the_unpadded_loss_and_gradients(setup, ratio):
+    model, batch = setup
+    sizes = padded_sizes(batch, ratio)
+    tc, tt, tp = (batch[k].numel() for k in ("ctx_idx", "tgt_idx", "pred_src"))
+    assert sizes["ctx"] > tc and sizes["tgt"] > tt and sizes["pred"] > tp  # real padding
+    # Stale numbers in the buffers (an earlier, larger batch of the same bucket) change nothing.
+    out = pad_batch(batch, sizes)
+    for key in ("ctx_idx", "tgt_idx", "pred_src", "pred_out"):
+        out[key].fill_(3)
+    padded = pad_batch(batch, sizes, out={k: v for k, v in out.items() if k[:4] != "max_"})
+    # Every padding sequence fits the attention bound, and the offsets end at the padded size.
+    for cu_key, size, bound in (
+        ("cu_ctx_seq", sizes["ctx"], sizes["max_ctx"]),
+        ("cu_pred", sizes["pred"], sizes["max_pred"]),
+    ):
+        cu = padded[cu_key]
+        assert int(cu[-1]) == size and int((cu[1:] - cu[:-1]).max()) <= bound
+    want_pred = model(batch)
+    full = model(padded)
+    assert full.shape[0] == sizes["tgt"] and torch.isfinite(full).all()
+    torch.testing.assert_close(full[:tt], want_pred, rtol=1e-5, atol=1e-6)
+    want_loss, want_grads = _loss_and_grads(model, batch, model(batch))
+    loss, grads = _loss_and_grads(model, batch, model(padded)[:tt])
+    torch.testing.assert_close(loss, want_loss, rtol=1e-6, atol=0)
+    for name, g in want_grads.items():
+        torch.testing.assert_close(grads[name], g, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_pad_batch_rejects_a_batch_larger_than_its_sizes(setup):
+    _, batch = setup
+    sizes = padded_sizes(batch, 1.04)
+    sizes["ctx"] = batch["ctx_idx"].numel() - 1
+    with pytest.raises(ValueError, match="does not fit"):
+        pad_batch(batch, sizes)
+
+
+def test_graphed_jepa_is_eager_off_cuda(setup):
+    model, batch = setup
+    want = model(batch)
+    graphed = GraphedJEPA(model)
+    model.cuda_graphs = graphed  # the module's forward now goes through it
+    try:
+        assert torch.equal(model(batch), want)
+        assert torch.equal(graphed(batch), model.forward_eager(batch))
+    finally:
+        model.cuda_graphs = None
+    assert graphed.captures == 0 and graphed.failed is None
+    with pytest.raises(ValueError, match="ratio"):
+        GraphedJEPA(model, ratio=0.9)
