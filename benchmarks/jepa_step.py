@@ -127,6 +127,7 @@ def _load_file(name: str, path: Path, stubs: dict[str, types.ModuleType]) -> typ
     try:
         spec = importlib.util.spec_from_file_location(name, path)
         mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod  # under its own name (dataclasses look their module up)
         spec.loader.exec_module(mod)
     finally:
         for k, v in saved.items():
@@ -156,6 +157,19 @@ def load_engine_model() -> types.ModuleType:
     )
 
 
+def load_engine_graphs(model_mod: types.ModuleType) -> types.ModuleType:
+    """`engine.graphs` (torch + `engine.model`), on `model_mod` as its `engine.model`."""
+    if "engine.graphs" in sys.modules:
+        return sys.modules["engine.graphs"]
+    if "engine.config" in sys.modules:
+        import engine.graphs
+
+        return engine.graphs
+    return _load_file(
+        "_jepa_step_engine_graphs", REPO / "engine" / "graphs.py", {"engine.model": model_mod}
+    )
+
+
 def load_grid() -> types.ModuleType:
     """`modalities/grid.py` (numpy + torch) without the `modalities` package (pyarrow)."""
     if "modalities.grid" in sys.modules:
@@ -164,6 +178,7 @@ def load_grid() -> types.ModuleType:
 
 
 em = load_engine_model()
+eg = load_engine_graphs(em)
 grid_mod = load_grid()
 
 # ----------------------------------------------------------------------------- masks and batches
@@ -290,13 +305,21 @@ class StepRunner:
     PHASES = ("fwd", "bwd", "opt", "ema")
 
     def __init__(
-        self, name: str, model, batches: list, ours: bool, autocast: bool, graph: bool = False
+        self,
+        name: str,
+        model,
+        batches: list,
+        ours: bool,
+        autocast: bool,
+        graph_target: bool = False,
+        graph_step: bool = False,
     ) -> None:
         self.name, self.model, self.batches, self.ours = name, model, batches, ours
         self.target = copy.deepcopy(model.encoder).float().requires_grad_(False)
-        # The engine's target path: the target encoder's forward replayed from a CUDA graph
-        # (engine.model.GraphedTargetFeatures; eager on CPU and for the "ours-eager" path).
-        self.target_features = em.GraphedTargetFeatures(self.target, enabled=graph)
+        # The engine's CUDA graphs (engine.graphs; eager on CPU): the target encoder's forward,
+        # and the trained part's forward + backward per padded size bucket.
+        self.target_features = eg.GraphedTargetFeatures(self.target, enabled=graph_target)
+        model.cuda_graphs = eg.GraphedJEPA(model, enabled=graph_step)
         self.opt = torch.optim.AdamW(param_groups(model), lr=1e-4)
         self.autocast = autocast
         self.ema = EMATarget(self.target, total_steps=1, start=MOMENTUM, end=MOMENTUM)
@@ -503,6 +526,9 @@ def run_check(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- main
 
 
+PATHS = ("ours", "ours-tgraph", "ours-eager", "ours-torchln", "ref-trunc", "ref-pad")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python benchmarks/jepa_step.py", description=__doc__.split("\n")[0]
@@ -517,8 +543,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--paths",
         default="ours,ref-trunc,ref-pad",
-        help="comma list of paths: ours, ours-eager (ours without the target's CUDA graph), "
-        "ours-torchln (ours on torch's LayerNorm, not the fused kernel), ref-trunc, ref-pad",
+        help="comma list of paths: ours (CUDA graphs of the step and the target), ours-tgraph "
+        "(only the target's graph), ours-eager (no graphs), ours-torchln (ours on torch's "
+        "LayerNorm, not the fused kernel), ref-trunc, ref-pad",
     )
     p.add_argument("--check", action="store_true", help="CPU equivalence check, then exit")
     p.add_argument("--seed", type=int, default=0)
@@ -539,7 +566,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.paths = args.paths.split(",")
     for name in args.paths:
-        if name not in ("ours", "ours-eager", "ours-torchln", "ref-trunc", "ref-pad"):
+        if name not in PATHS:
             p.error(f"unknown path {name!r}")
     return args
 
@@ -581,13 +608,9 @@ def main(argv: list[str] | None = None) -> int:
     # Token counts averaged over the mask draws; each path credited with what it computes.
     mean = lambda ds: {k: statistics.fmean(d[k] for d in ds) for k in ds[0]}  # noqa: E731
     useful = mean([counts(shape, m) for _, _, m in data])
-    tok = {
-        "ours": useful,
-        "ours-eager": useful,
-        "ours-torchln": useful,
-        "ref-trunc": mean([counts(shape, truncate(m)) for _, _, m in data]),
-        "ref-pad": useful,
-    }
+    tok = {name: useful for name in PATHS if name.startswith("ours")}
+    tok["ref-trunc"] = mean([counts(shape, truncate(m)) for _, _, m in data])
+    tok["ref-pad"] = useful
     computed = {**tok, "ref-pad": {**useful, **mean([padded_counts(shape, m) for _, _, m in data])}}
     for name in args.paths:
         ours = name.startswith("ours")
@@ -603,7 +626,8 @@ def main(argv: list[str] | None = None) -> int:
             to_device(batches, device),
             ours,
             on_gpu,
-            ours and name != "ours-eager",
+            graph_target=ours and name != "ours-eager",
+            graph_step=ours and name not in ("ours-eager", "ours-tgraph"),
         )
     del model
 
@@ -647,6 +671,18 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 1
 
+    # The step's CUDA graph replays the padded batch's eager forward and backward: the same
+    # kernels on the same shapes, so the same numbers; and the padding leaves the unpadded
+    # batch's numbers, up to float rounding (matrix multiplies over more rows).
+    if "ours" in paths and on_gpu:
+        step = check_step_graph(paths["ours"])
+        check.update(step)
+        if step["step_graph_failed"] is not None or not step["step_graph_ok"]:
+            print(
+                "jepa_step: the step's CUDA graph disagrees with eager; not timing", file=sys.stderr
+            )
+            return 1
+
     # Rounds interleave the paths (ours, refs, ours, refs, ...) so that drift in clocks or host
     # load hits every path alike; each path's numbers are medians over the steps of all rounds.
     raw: dict[str, dict[str, list[float]]] = {}
@@ -687,6 +723,14 @@ def main(argv: list[str] | None = None) -> int:
 
     report = {
         "device": dev_name,
+        "step_graphs": {
+            name: {
+                "buckets": path.model.cuda_graphs.captures,
+                "ratio": path.model.cuda_graphs.ratio,
+            }
+            for name, path in paths.items()
+            if path.ours
+        },
         "kernels": backend,
         "torch": torch.__version__,
         "dtype": "bf16 autocast" if on_gpu else "fp32",
@@ -706,6 +750,81 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
     return 0
+
+
+def _pred_and_grads(
+    path: StepRunner, forward: Callable, batches: list, autocast: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The last batch's predictions and the gradients accumulated over `batches` (all
+    parameters' gradients flattened into one vector)."""
+    path.model.zero_grad(set_to_none=True)
+    amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast)
+    for batch in batches:
+        with amp:
+            pred = forward(batch)
+            tgt = path.target_features(batch)
+            jepa_loss(pred, tgt.float(), "smooth_l1").backward()
+    grads = torch.cat([p.grad.detach().reshape(-1) for p in path.model.parameters()])
+    path.model.zero_grad(set_to_none=True)
+    return pred.detach().float().clone(), grads.clone()
+
+
+def check_step_graph(path: StepRunner) -> dict[str, Any]:
+    """The step's CUDA graphs against eager, in fp32 and in bf16 autocast (the timed precision).
+
+    Per precision, predictions and gradients (all parameters as one vector, relative
+    difference) three ways: graphed, the padded batch eagerly, the unpadded batch eagerly; and
+    gradients accumulated over two micro-batches of one bucket, graphed vs padded eagerly (the
+    second replay must not overwrite the first micro-batch's gradient). In fp32 the graph must
+    match eager to rounding; in bf16, matrix multiplies captured on the graphs' stream may pick
+    other cuBLAS kernels than eager ones, so gradients differ at bf16 rounding (1e-3).
+    """
+    b0 = path.batches[0]
+    two = [b0, {**b0, "tokens": 0.5 * b0["tokens"]}]  # same masks: same bucket
+    installed = path.model.cuda_graphs
+    out: dict[str, Any] = {"step_graph_failed": None}
+    ok = True
+    for name, autocast, tol in (("fp32", False, 1e-5), ("bf16", True, 2e-2)):
+        graphed = eg.GraphedJEPA(path.model)  # a fresh one: these graphs are dropped after
+        path.model.cuda_graphs = graphed
+        sizes = eg.padded_sizes(b0, graphed.ratio)
+
+        def padded_eager(batch, sizes=sizes):
+            return path.model.forward_eager(eg.pad_batch(batch, sizes))[: batch["tgt_idx"].numel()]
+
+        try:
+            g_pred, g_grads = _pred_and_grads(path, path.model, [b0], autocast)
+            p_pred, p_grads = _pred_and_grads(path, padded_eager, [b0], autocast)
+            e_pred, e_grads = _pred_and_grads(path, path.model.forward_eager, [b0], autocast)
+            _, ga_grads = _pred_and_grads(path, path.model, two, autocast)
+            _, pa_grads = _pred_and_grads(path, padded_eager, two, autocast)
+        finally:
+            path.model.cuda_graphs = installed
+        res = {
+            "graph_vs_padded_eager": {
+                "pred": rel(g_pred, p_pred),
+                "grads": rel(g_grads, p_grads),
+                "accumulated_grads": rel(ga_grads, pa_grads),
+            },
+            "padded_vs_unpadded_eager": {
+                "pred": rel(p_pred, e_pred),
+                "grads": rel(p_grads, e_grads),
+            },
+            "tolerance": tol,
+        }
+        out[name] = res
+        out["step_graph_failed"] = out["step_graph_failed"] or graphed.failed
+        a, b = res["graph_vs_padded_eager"], res["padded_vs_unpadded_eager"]
+        ok = ok and graphed.failed is None and max(*a.values(), *b.values()) <= tol
+        print(
+            f"check before timing ({name}): step CUDA graph vs the padded batch eagerly: pred "
+            f"{a['pred']:.1e}, grads {a['grads']:.1e}, accumulated over 2 micro-batches "
+            f"{a['accumulated_grads']:.1e}; padded vs unpadded eagerly: pred {b['pred']:.1e}, "
+            f"grads {b['grads']:.1e} (tolerance {tol:g})"
+            + (f" (capture failed: {graphed.failed})" if graphed.failed else "")
+        )
+    out["step_graph_ok"] = ok
+    return out
 
 
 def write_profile(paths: dict[str, StepRunner], device: torch.device, out: Path) -> None:
@@ -749,7 +868,7 @@ def print_table(rep: dict) -> None:
         "x step, x /tok: ours' speedup over that path (its step time, its time per token / ours)\n"
     )
     hdr = (
-        f"{'path':<10} {'step ms':>8} {'fwd':>7} {'bwd':>7} {'opt':>7} {'ema':>7} "
+        f"{'path':<12} {'step ms':>8} {'fwd':>7} {'bwd':>7} {'opt':>7} {'ema':>7} "
         f"{'ctx tok':>8} {'tgt tok':>8} {'pred tok':>8} {'tok/s':>10} {'us/tok':>7} "
         f"{'TFLOP':>6} {'TFLOP/s':>8} {'MFU':>6} {'x step':>7} {'x /tok':>7}"
     )
@@ -757,7 +876,7 @@ def print_table(rep: dict) -> None:
     for r in rep["rows"]:
         m, t = r["ms"], r["tokens"]
         print(
-            f"{r['path']:<10} {m['step']:>8.2f} {m['fwd']:>7.2f} {m['bwd']:>7.2f} "
+            f"{r['path']:<12} {m['step']:>8.2f} {m['fwd']:>7.2f} {m['bwd']:>7.2f} "
             f"{m['opt']:>7.2f} {m['ema']:>7.2f} {t['ctx']:>8.0f} {t['tgt']:>8.0f} "
             f"{t['pred']:>8.0f} {r['tokens_per_s']:>10.0f} {r['us_per_token']:>7.3f} "
             f"{r['model_tflop']:>6.2f} {r['tflops']:>8.1f} {100 * r['mfu']:>5.1f}% "
@@ -771,6 +890,11 @@ def print_table(rep: dict) -> None:
             f"(ref-pad computes {ct['ctx']:.0f} ctx / {ct['tgt']:.0f} tgt / {ct['pred']:.0f} "
             "pred tokens incl. padding; credited with the useful ones)"
         )
+    for name, g in rep.get("step_graphs", {}).items():
+        if g["buckets"]:
+            print(
+                f"({name}: {g['buckets']} size buckets captured as CUDA graphs, ratio {g['ratio']})"
+            )
     by = {r["path"]: r for r in rep["rows"]}
     if "ours" in by and rep.get("rounds", 1) > 1:
         ours_r = by["ours"]["round_step_ms"]

@@ -2,7 +2,8 @@
 # One call on a lent GPU box: the kernel tests on the GPU, a tile sweep, the bench and the JEPA
 # step benchmark, in about 6 minutes (TUNE=0 STEP=0: tests and bench only, about 2). Knobs:
 # TUNE=1 attention/EMA sweeps, GATHER_TUNE=1 gather backward sweep (+ a batch-256 gather bench),
-# STEP=1 JEPA step, ATTN_TESTS=0 skips the attention tests, HD128=0 the head-dim-128 bench.
+# STEP=1 JEPA step, ATTN_TESTS=0 skips the attention tests, HD128=0 the head-dim-128 bench,
+# BENCH=0 skips the kernel bench (tests, sweeps and the step only).
 # Needs python with torch, triton and pytest; installs nothing and uses no network.
 # Usage (from anywhere): bash kernels/device_check.sh [OUT_DIR]   (default: $OUT or ./device_check)
 # Every step has its own timeout so one hang cannot eat the budget; logs and JSON land in OUT_DIR.
@@ -78,18 +79,19 @@ bench() {  # name, seconds, bench args...
   echo "bench $name rc=$rc"; tail -n 1 "$OUT_DIR/bench_$name.txt"
   [ $rc -eq 0 ] || status=1
 }
-bench main 130 --no-flex $TILES
+[ "${BENCH:-1}" = 1 ] && bench main 130 --no-flex $TILES
 [ "${GATHER_TUNE:-0}" = 1 ] && bench gather256 60 --kernels gather --batch 256 $TILES
 [ "${FLEX:-0}" = 1 ] && bench flex 50 --kernels attention --presets vit-l $TILES
-[ "${HD128:-1}" = 1 ] && bench hd128 40 --kernels attention --presets hd128 --batch 8 --keep 1,1 --no-flex $TILES
+[ "${BENCH:-1}" = 1 ] && [ "${HD128:-1}" = 1 ] && bench hd128 40 --kernels attention --presets hd128 --batch 8 --keep 1,1 --no-flex $TILES
 
 # One full JEPA training step (benchmarks/jepa_step.py) at batch 64 and at I-JEPA's per-GPU 128.
-# "ours-eager" is ours without the target encoder's CUDA graph, timed in the same rounds.
+# "ours" replays the step and the target encoder from CUDA graphs (engine.graphs); "ours-tgraph"
+# only the target encoder (the engine before the step's graphs), timed in the same rounds.
 if [ "${STEP:-0}" = 1 ]; then
   ATILES=$(echo "$TILES" | sed 's/--gather-tile [^ ]*//')
   for b in 64 128; do
     timeout 120 "$PY" benchmarks/jepa_step.py --batch $b --steps 15 --rounds 3 --warmup 5 $ATILES \
-      --paths ours,ours-eager,ref-trunc,ref-pad \
+      --paths ours,ours-tgraph,ref-trunc,ref-pad --mask-draws 6 \
       --json "$OUT_DIR/jepa_step_b$b.json" >"$OUT_DIR/jepa_step_b$b.txt" 2>&1
     echo "jepa_step batch $b rc=$?"; tail -n 1 "$OUT_DIR/jepa_step_b$b.txt"
   done
