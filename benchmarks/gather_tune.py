@@ -1,5 +1,6 @@
-"""Sweep the gather backward's launch settings on a GPU: tokens x channels per program, two
-samples per loop iteration or one, warps.
+"""Sweep the gather backward's launch settings on a GPU: tokens x channels per program, samples
+per loop iteration, warps, and how many chunks of samples sum dpos in parallel (fp32 partials)
+or one (dpos stored directly).
 
 Usage: python benchmarks/gather_tune.py [--presets vit-b,vit-l,vit-h,predictor] [--batch 64,256]
        [--write FILE]
@@ -28,11 +29,13 @@ from kernels import gather as G  # noqa: E402
 from kernels.bench import PRESETS, _randn, measure, measure_ceilings  # noqa: E402
 
 SETTINGS = [
-    {"block_n": bn, "block_d": bd, "pairs": pairs, "warps": w}
-    for bn, bd, pairs, w in [
-        (8, 128, False, 2), (8, 128, True, 2), (16, 128, False, 4), (16, 128, True, 4),
-        (16, 128, True, 2), (32, 128, False, 4), (32, 128, True, 4), (32, 128, True, 8),
-        (8, 256, True, 4), (16, 256, True, 8), (4, 256, True, 2), (8, 64, True, 2),
+    {"block_n": bn, "block_d": bd, "unroll": u, "warps": w, "chunks": c}
+    for bn, bd, u, w, c in [
+        (4, 256, 2, 2, 8),  # the third session's winner: 8 chunks of fp32 partials
+        (1, 128, 16, 2, 1),  # the fourth session's first sweep's winner
+        (1, 256, 8, 2, 1), (1, 256, 16, 4, 1), (1, 128, 32, 2, 1), (1, 128, 32, 4, 1),
+        (1, 64, 32, 2, 1), (1, 64, 16, 1, 1), (1, 128, 16, 1, 1), (2, 128, 16, 4, 1),
+        (1, 256, 32, 4, 1), (1, 128, 16, 2, 2),
     ]
 ]  # fmt: skip
 

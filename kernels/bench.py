@@ -691,8 +691,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--gather-tile",
         default=None,
-        help="JSON of the gather backward's launch setting {block_n, block_d, pairs, warps} "
-        "(what benchmarks/gather_tune.py --write saves) instead of the built-in one",
+        help="JSON of the gather backward's launch setting {block_n, block_d, unroll, warps, "
+        "chunks} (what benchmarks/gather_tune.py --write saves) instead of the built-in one",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-flex", action="store_true", help="skip FlexAttention (compiles per shape)")

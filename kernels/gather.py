@@ -121,61 +121,54 @@ def _gather_bwd_inverse_kernel(
     stride_dxn,
     HAS_DX: tl.constexpr,
     HAS_DPOS: tl.constexpr,
-    PAIRS: tl.constexpr,
+    UNROLL: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
     # One pass over dx in its own layout: every dx row is written once (the gradient of the
     # output row that took it, or zeros), so no memset, no scatter and no second read for dpos,
-    # which is summed in fp32 registers over this program's chunk of samples. PAIRS handles two
-    # samples per iteration, loads first, so twice the bytes are in flight per program.
-    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    # which is summed in fp32 registers over this program's chunk of samples. Each iteration
+    # takes UNROLL samples as one [UNROLL * BLOCK_N, BLOCK_D] tile (row r: sample r // BLOCK_N,
+    # token r % BLOCK_N), so UNROLL times the bytes are in flight per program: with one chunk
+    # of all samples (no partials to write and re-read) that is what keeps the memory busy.
+    ROWS: tl.constexpr = UNROLL * BLOCK_N
+    offs_r = tl.arange(0, ROWS)
+    u = offs_r // BLOCK_N
+    offs_n = tl.program_id(0) * BLOCK_N + offs_r % BLOCK_N
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     chunk = tl.program_id(2)
     n_ok = offs_n < n_tokens
     d_ok = offs_d < dim
-    mask = n_ok[:, None] & d_ok[None, :]
-    acc = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-    step: tl.constexpr = 2 if PAIRS else 1
-    for j in range(0, per_chunk, step):
-        b = (chunk * per_chunk + j).to(tl.int64)
+    acc = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
+    for j in range(0, per_chunk, UNROLL):
+        b = (chunk * per_chunk + j + u).to(tl.int64)
         t, live = _inverse_rows(INV, IDX, CU, b, offs_n, n_ok, batch, n_tokens, total)
-        if PAIRS:
-            b2 = b + 1
-            t2, live2 = _inverse_rows(INV, IDX, CU, b2, offs_n, n_ok, batch, n_tokens, total)
-            live2 = live2 & ((offs_n * 0 + j + 1) < per_chunk)  # the chunk may end mid-pair
-            t2 = tl.where(live2, t2, -1)
+        live = live & ((j + u) < per_chunk)  # the chunk may end mid-iteration
+        t = tl.where(live, t, -1)
         g = tl.load(
             DOUT + t.to(tl.int64)[:, None] * stride_dot + offs_d[None, :],
             mask=(t >= 0)[:, None] & d_ok[None, :],
             other=0.0,
         )
-        if PAIRS:
-            g2 = tl.load(
-                DOUT + t2.to(tl.int64)[:, None] * stride_dot + offs_d[None, :],
-                mask=(t2 >= 0)[:, None] & d_ok[None, :],
-                other=0.0,
-            )
         if HAS_DX:
-            rows = offs_n.to(tl.int64)[:, None] * stride_dxn + offs_d[None, :]
+            rows = b * stride_dxb + offs_n.to(tl.int64) * stride_dxn
             tl.store(
-                DX + b * stride_dxb + rows,
+                DX + rows[:, None] + offs_d[None, :],
                 g.to(DX.dtype.element_ty),
                 mask=live[:, None] & d_ok[None, :],
             )
-            if PAIRS:
-                tl.store(
-                    DX + b2 * stride_dxb + rows,
-                    g2.to(DX.dtype.element_ty),
-                    mask=live2[:, None] & d_ok[None, :],
-                )
         if HAS_DPOS:
             acc += g.to(tl.float32)
-            if PAIRS:
-                acc += g2.to(tl.float32)
     if HAS_DPOS:
-        dpos_ptrs = DPOS + (chunk * n_tokens + offs_n).to(tl.int64)[:, None] * dim + offs_d[None, :]
-        tl.store(dpos_ptrs, acc, mask=mask)
+        # DPOS: dpos itself (one chunk) or this chunk's fp32 partial.
+        tot = tl.sum(tl.reshape(acc, [UNROLL, BLOCK_N, BLOCK_D]), axis=0)
+        n1 = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        dpos_ptrs = DPOS + (chunk * n_tokens + n1).to(tl.int64)[:, None] * dim + offs_d[None, :]
+        tl.store(
+            dpos_ptrs,
+            tot.to(DPOS.dtype.element_ty),
+            mask=(n1 < n_tokens)[:, None] & d_ok[None, :],
+        )
 
 
 @triton.jit
@@ -234,10 +227,16 @@ def indices_unique(idx: torch.Tensor, cu_seqlens: torch.Tensor, n_tokens: int) -
 
 
 #: Launch settings of the inverse-map backward on GPU (benchmarks/gather_tune.py sweeps them):
-#: BLOCK_N tokens x BLOCK_D channels per program, two samples per loop iteration (pairs), warps.
-#: The sweep's winner on an H200 (geometric mean over ViT-B/L/H and predictor at batch 64 and
-#: 256, 2026-11-26); the runners-up were within 1%, the old 16 x 128 / 4 warps 3% slower.
-BWD_TILE = {"block_n": 4, "block_d": 256, "pairs": True, "warps": 2}
+#: BLOCK_N tokens x BLOCK_D channels per program, `unroll` samples per loop iteration, warps,
+#: and at most `chunks` groups of samples in parallel when dpos is wanted (each group writes an
+#: fp32 [N, D] partial that a second kernel sums; 1: no partials, dpos stored directly).
+#: The sweep's winner on an H200 (fourth session, 2026-11-26; geometric mean over ViT-B/L/H and
+#: predictor at batch 64 and 256): one token x 128 channels, 16 samples per iteration, 2 warps,
+#: one chunk. Against the third session's 4 x 256, 2 per iteration, 8 chunks: 13-22% less time
+#: at batch 64, within 2% at batch 256.
+BWD_TILE = {"block_n": 1, "block_d": 128, "unroll": 16, "warps": 2, "chunks": 1}
+#: The same for the interpreter (CPU tests): small tiles, and chunks so the partials are tested.
+CPU_BWD_TILE = {"block_n": 8, "block_d": 64, "unroll": 2, "warps": 4, "chunks": 8}
 
 
 def load_bwd_tile(path: str) -> dict:
@@ -248,32 +247,37 @@ def load_bwd_tile(path: str) -> dict:
     tile = json.loads(Path(path).read_text())
     if set(tile) != set(BWD_TILE):
         raise ValueError(f"{path}: expected keys {sorted(BWD_TILE)}, got {sorted(tile)}")
-    BWD_TILE.update(
-        block_n=int(tile["block_n"]),
-        block_d=int(tile["block_d"]),
-        pairs=bool(tile["pairs"]),
-        warps=int(tile["warps"]),
-    )
+    new = {k: int(v) for k, v in tile.items()}
+    for k in ("block_n", "block_d", "unroll"):
+        if new[k] < 1 or new[k] & (new[k] - 1):
+            raise ValueError(f"{path}: {k} must be a power of two, got {new[k]}")
+    if new["warps"] < 1 or new["chunks"] < 1:
+        raise ValueError(f"{path}: warps and chunks must be >= 1, got {tile}")
+    BWD_TILE.update(new)
     return dict(BWD_TILE)
 
 
 def _inverse_launch(
     batch: int, n_tokens: int, dim: int, with_dpos: bool, device: torch.device
-) -> tuple[tuple[int, int, int], int, int, int, bool, int]:
-    """(grid, samples per program, BLOCK_N, BLOCK_D, PAIRS, warps) of the inverse-map backward.
+) -> tuple[tuple[int, int, int], int, int, int, int, int]:
+    """(grid, samples per program, BLOCK_N, BLOCK_D, UNROLL, warps) of the inverse-map backward.
 
-    With dpos each program sums its samples in registers and writes one fp32 partial; at most 8
-    chunks of samples keep the partials (8 x [N, D] fp32) small next to dx at any batch size.
-    Without dpos every program takes one sample (pairs off): all samples run in parallel.
+    With dpos the samples are split into at most `chunks` groups, one per program along the
+    grid's third axis, each summing its samples in registers (one group: dpos written directly;
+    more: fp32 partials, summed by a second kernel). Without dpos each program takes `unroll`
+    samples, so all samples run in parallel.
     """
-    cuda = device.type == "cuda"
-    tile = BWD_TILE if cuda else {"block_n": 8, "block_d": 64, "pairs": True, "warps": 4}
+    tile = BWD_TILE if device.type == "cuda" else CPU_BWD_TILE
     block_d = min(_dispatch.next_pow2(max(dim, 1)), tile["block_d"])
-    block_n = tile["block_n"]
-    per_chunk = _dispatch.cdiv(batch, min(batch, 8)) if with_dpos else 1
+    block_n, unroll = tile["block_n"], tile["unroll"]
+    if with_dpos:
+        per_chunk = _dispatch.cdiv(batch, min(batch, tile["chunks"]))
+    else:
+        per_chunk = min(unroll, batch)
+    unroll = min(unroll, _dispatch.next_pow2(per_chunk))
     chunks = _dispatch.cdiv(batch, per_chunk)
     grid = (_dispatch.cdiv(n_tokens, block_n), _dispatch.cdiv(dim, block_d), chunks)
-    return grid, per_chunk, block_n, block_d, tile["pairs"] and per_chunk > 1, tile["warps"]
+    return grid, per_chunk, block_n, block_d, unroll, tile["warps"]
 
 
 @triton.jit
@@ -394,20 +398,22 @@ def _backward_inverse(
 ):
     """dx and dpos in one pass over dx's layout, reading each dout row once (unique indices)."""
     batch, n_tokens, dim = ctx.x_shape
-    grid, per_chunk, block_n, block_d, pairs, warps = _inverse_launch(
+    grid, per_chunk, block_n, block_d, unroll, warps = _inverse_launch(
         batch, n_tokens, dim, need_pos, dout.device
     )
     dx = _dispatch.empty(ctx.x_shape, ctx.x_dtype, dout.device) if need_x else None
-    partial = (
-        _dispatch.empty((grid[2], n_tokens, dim), torch.float32, dout.device) if need_pos else None
-    )
+    dpos = partial = None
+    if need_pos:
+        dpos = _dispatch.empty((n_tokens, dim), ctx.pos_dtype, dout.device)
+        if grid[2] > 1:
+            partial = _dispatch.empty((grid[2], n_tokens, dim), torch.float32, dout.device)
     _gather_bwd_inverse_kernel[grid](
         dout,
         inv,
         idx,
         cu_seqlens,
         dx if dx is not None else dout,  # unwritten when HAS_DX is False
-        partial if partial is not None else dout,  # unwritten when HAS_DPOS is False
+        (partial if partial is not None else dpos) if need_pos else dout,
         batch,
         n_tokens,
         dim,
@@ -418,14 +424,12 @@ def _backward_inverse(
         dx.stride(1) if dx is not None else 0,
         HAS_DX=need_x,
         HAS_DPOS=need_pos,
-        PAIRS=pairs,
+        UNROLL=unroll,
         BLOCK_N=block_n,
         BLOCK_D=block_d,
         num_warps=warps,
     )
-    dpos = None
-    if need_pos:
-        dpos = _dispatch.empty((n_tokens, dim), ctx.pos_dtype, dout.device)
+    if partial is not None:
         block = 1024 if dout.is_cuda else 256
         _sum_chunks_kernel[(_dispatch.cdiv(n_tokens * dim, block),)](
             partial, dpos, n_tokens * dim, grid[2], BLOCK=block

@@ -67,16 +67,27 @@ def test_gather_tile_file_sets_the_backward_launch(tmp_path, monkeypatch):
 
     monkeypatch.setattr(gather, "BWD_TILE", dict(gather.BWD_TILE))
     good = tmp_path / "tile.json"
-    good.write_text(json.dumps({"block_n": 8, "block_d": 64, "pairs": False, "warps": 2}))
-    assert gather.load_bwd_tile(str(good)) == {
-        "block_n": 8, "block_d": 64, "pairs": False, "warps": 2
-    }  # fmt: skip
+    tile = {"block_n": 8, "block_d": 64, "unroll": 4, "warps": 2, "chunks": 1}
+    good.write_text(json.dumps(tile))
+    assert gather.load_bwd_tile(str(good)) == tile
     assert gather.BWD_TILE["block_d"] == 64
-    grid, per_chunk, block_n, block_d, pairs, warps = gather._inverse_launch(
-        64, 196, 384, True, torch.device("cuda")
+    cuda = torch.device("cuda")
+    grid, per_chunk, block_n, block_d, unroll, warps = gather._inverse_launch(
+        64, 196, 384, True, cuda
     )
-    assert (block_n, block_d, pairs, warps) == (8, 64, False, 2)
-    assert grid == (25, 6, 8) and per_chunk == 8
+    # One chunk: every program sums all 64 samples, 4 per iteration; dpos stored directly.
+    assert (block_n, block_d, unroll, warps) == (8, 64, 4, 2)
+    assert grid == (25, 6, 1) and per_chunk == 64
+    # Without dpos each program takes `unroll` samples.
+    grid, per_chunk, *_ = gather._inverse_launch(64, 196, 384, False, cuda)
+    assert grid == (25, 6, 16) and per_chunk == 4
+    # A batch smaller than unroll: the loop masks the missing samples.
+    grid, per_chunk, _, _, unroll, _ = gather._inverse_launch(3, 196, 384, True, cuda)
+    assert grid == (25, 6, 1) and per_chunk == 3 and unroll == 4
+    odd = tmp_path / "odd.json"
+    odd.write_text(json.dumps({**tile, "unroll": 3}))
+    with pytest.raises(ValueError, match="power of two"):
+        gather.load_bwd_tile(str(odd))
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"block_n": 8}))
     with pytest.raises(ValueError, match="expected keys"):

@@ -75,32 +75,46 @@ def test_gather_single_sample_strided_x(device):
     torch.testing.assert_close(out, x[0, idx], atol=0, rtol=0)
 
 
+MANY = [3, 0, 17, 40, 1, 0, 25, 9, 40, 2, 11]  # 11 samples: some keep nothing, two keep all
+
+
 @pytest.mark.parametrize(
-    "need_x, lengths",
+    "need_x, lengths, tile",
     [
-        # 11 samples: dpos is summed over 6 chunks of 2 samples (one pair per loop), the last
-        # chunk half past the batch; some samples keep nothing, one keeps every token.
-        (True, [3, 0, 17, 40, 1, 0, 25, 9, 40, 2, 11]),
-        (False, [3, 0, 17, 40, 1, 0, 25, 9, 40, 2, 11]),
-        # 20 samples: chunks of 3, so each loop's second sample is cut off at the chunk's end.
-        (True, [5, 40, 0, 7, 13, 1, 39, 22, 0, 8, 30, 3, 40, 16, 2, 9, 27, 11, 0, 6]),
+        # 11 samples, 8 chunks of 2 (the last half past the batch), 2 samples per iteration.
+        (True, MANY, {}),
+        (False, MANY, {}),
+        # 20 samples: chunks of 3, so each chunk's second iteration has one sample of 2.
+        (True, [5, 40, 0, 7, 13, 1, 39, 22, 0, 8, 30, 3, 40, 16, 2, 9, 27, 11, 0, 6], {}),
+        # One chunk of all 11 samples, 4 per iteration: dpos stored directly, no partials.
+        (True, MANY, {"chunks": 1, "unroll": 4}),
+        # One chunk, one sample per iteration, one token per program.
+        (True, MANY, {"chunks": 1, "unroll": 1, "block_n": 1}),
+        # Without dpos: 8 samples per program (the last program's 3 are past the batch).
+        (True, MANY, {"unroll": 8}),
     ],
 )
-def test_gather_inverse_backward_many_samples(need_x, lengths, device):
+def test_gather_inverse_backward_many_samples(need_x, lengths, tile, device, monkeypatch):
     # The inverse map is not pre-filled (the poisoning allocator fills it with random plausible
     # row numbers), so this also proves the backward trusts only entries the forward wrote.
+    from kernels import gather
+
+    monkeypatch.setattr(gather, "CPU_BWD_TILE", {**gather.CPU_BWD_TILE, **tile})
+    monkeypatch.setattr(gather, "BWD_TILE", {**gather.BWD_TILE, **tile})
     n_tokens, dim = 40, 72
     idx = _indices(lengths, n_tokens, False, device, torch.int64)
     cu = _cu(lengths, device)
     x = torch.randn(len(lengths), n_tokens, dim, device=device, requires_grad=need_x)
-    pos = torch.randn(n_tokens, dim, device=device, requires_grad=True)
+    with_pos = tile.get("unroll") != 8
+    pos = torch.randn(n_tokens, dim, device=device, requires_grad=with_pos)
     out = gather_tokens(x, idx, cu, pos, unique_indices=True, backend="triton")
     grad = torch.randn_like(out)
     out.backward(grad)
     x64 = x.detach().double().requires_grad_(need_x)
-    pos64 = pos.detach().double().requires_grad_()
+    pos64 = pos.detach().double().requires_grad_(with_pos)
     gather_tokens_reference(x64, idx, cu, pos64).backward(grad.double())
-    torch.testing.assert_close(pos.grad.double(), pos64.grad, atol=1e-5, rtol=1e-5)
+    if with_pos:
+        torch.testing.assert_close(pos.grad.double(), pos64.grad, atol=1e-5, rtol=1e-5)
     if need_x:
         # Rows no sample kept must come back as exact zeros, not stale memory.
         torch.testing.assert_close(x.grad.double(), x64.grad, atol=0, rtol=0)
