@@ -100,7 +100,8 @@ class TrainConfig:
     # padded size bucket (engine.graphs.GraphedJEPA; at most 4% padding, none of it in the loss
     # or the gradients). Off: eager.
     cuda_graph_step: bool = True
-    cuda_graph_buckets: int = 32  # most buckets captured; batches of other sizes run eagerly
+    cuda_graph_buckets: int = 64  # most buckets captured; batches of other sizes run eagerly
+    cuda_graph_ratio: float = 1.04  # bucket ladder ratio: at most this much padding per count
     # CUDA only: the blocks' LayerNorms on the fused Triton kernel (kernels.layer_norm); false:
     # torch's. Same numbers up to float rounding; on CPU both are F.layer_norm.
     fused_layernorm: bool = True
@@ -361,6 +362,7 @@ def validate(cfg: Config) -> None:
     _check(
         t.cuda_graph_buckets >= 0, "train.cuda_graph_buckets", "must be >= 0", t.cuda_graph_buckets
     )
+    _check(t.cuda_graph_ratio > 1, "train.cuda_graph_ratio", "must be > 1", t.cuda_graph_ratio)
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

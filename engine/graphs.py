@@ -87,10 +87,11 @@ def padded_sizes(batch: dict[str, Any], ratio: float) -> dict[str, int]:
     return out
 
 
-def _pad_bounds(real: int, size: int, seqs: int) -> torch.Tensor:
-    """End offsets of `seqs` near-equal padding sequences filling rows [real, size)."""
-    pad = size - real
-    return torch.tensor([real + -(-j * pad // seqs) for j in range(1, seqs + 1)], dtype=torch.int32)
+def _pad_bounds(real: int, size: int, seqs: int, device: torch.device) -> torch.Tensor:
+    """End offsets of `seqs` near-equal padding sequences filling rows [real, size), computed
+    on `device` (a copy from host memory would wait for the device's queue to drain)."""
+    j = torch.arange(1, seqs + 1, device=device, dtype=torch.int64)
+    return (real + (j * (size - real) + seqs - 1) // seqs).to(torch.int32)
 
 
 #: The tensors of a padded batch.
@@ -161,9 +162,10 @@ def pad_batch(
     p["cu_ctx"].copy_(batch["cu_ctx"])
     p["cu_tgt"].copy_(batch["cu_tgt"])
     p["cu_ctx_seq"][:b1].copy_(batch["cu_ctx"])
-    p["cu_ctx_seq"][b1:].copy_(_pad_bounds(tc, sizes["ctx"], sizes["ctx_seqs"]))
+    dev = p["cu_ctx_seq"].device
+    p["cu_ctx_seq"][b1:].copy_(_pad_bounds(tc, sizes["ctx"], sizes["ctx_seqs"], dev))
     p["cu_pred"][:s1].copy_(batch["cu_pred"])
-    p["cu_pred"][s1:].copy_(_pad_bounds(tp, sizes["pred"], sizes["pred_seqs"]))
+    p["cu_pred"][s1:].copy_(_pad_bounds(tp, sizes["pred"], sizes["pred_seqs"], dev))
     return {**p, "max_ctx": sizes["max_ctx"], "max_pred": sizes["max_pred"]}
 
 
@@ -177,13 +179,14 @@ class _StepGraphs:
     sizes: dict[str, int]
     out: torch.Tensor  # predictions [tgt bucket, D]
     grad_out: torch.Tensor  # their gradient, copied in before the backward replays
-    params: tuple[torch.Tensor, ...]
-    grads: tuple[torch.Tensor | None, ...]  # the parameters' gradients (None: unused)
+    # Per trainable parameter: the shared gradient buffer the backward writes, None if unused.
+    returned: tuple[torch.Tensor | None, ...]
 
 
 class _Replay(torch.autograd.Function):
     """Autograd node of a replayed step: forward replays the forward graph, backward the
-    backward graph; the parameters' gradients reach them through autograd as usual."""
+    backward graph, which leaves the parameters' gradients in the shared buffers `grads`; they
+    reach the parameters through autograd as usual (gradient hooks included)."""
 
     @staticmethod
     def forward(ctx, g: _StepGraphs, *params: torch.Tensor) -> torch.Tensor:
@@ -197,16 +200,7 @@ class _Replay(torch.autograd.Function):
         g = ctx.g
         g.grad_out.copy_(grad)
         g.bwd.replay()
-        return (None, *g.grads)
-
-
-def _unalias_grads(g: _StepGraphs) -> None:
-    # Autograd may keep a static gradient buffer as the parameter's .grad (it steals a tensor
-    # nobody else seems to hold). The next replay would overwrite it: with gradient
-    # accumulation, the earlier micro-batch's gradient. Such a .grad gets its own copy first.
-    for p, s in zip(g.params, g.grads, strict=True):
-        if s is not None and p.grad is not None and p.grad.data_ptr() == s.data_ptr():
-            p.grad = p.grad.clone()
+        return (None, *g.returned)
 
 
 class GraphedJEPA:
@@ -214,36 +208,48 @@ class GraphedJEPA:
 
     Install it as ``model.cuda_graphs = GraphedJEPA(model)``: the module's forward then runs
     it, also when a wrapper (DeepSpeed's engine) calls the module. The returned predictions live
-    in the graph's output buffer until the next call of the same bucket (clone to keep them).
+    in a graph's output buffer until the next call (clone them to keep them longer).
 
     Each batch is padded to its size bucket (see the module docstring); the first batch of a
     bucket captures its graphs (two eager warm-up passes on a side stream, then the forward and
     the backward, `torch.autograd.grad` over the trainable parameters, each captured), later
-    ones replay them. All buckets share one memory pool. The graphs read the parameters in
-    place, so optimizer steps and checkpoint loads are seen.
+    ones replay them. All buckets share one memory pool, one set of parameter-gradient buffers
+    (the backward graphs copy their gradients there) and, per batch shape, the token and
+    coordinate buffers, so a bucket costs little more than its index buffers and predictions.
+    The graphs read the parameters in place, so optimizer steps and checkpoint loads are seen.
 
     Eager ``model.forward_eager(batch)`` runs instead on CPU, with ``enabled=False``, without
     grad, in eval mode, once ``max_graphs`` buckets exist, and after a failed capture (warned
-    once). ``captures`` counts the buckets captured so far.
+    once; the graphs are dropped). ``captures`` counts the buckets captured so far.
+
+    ``agree``: with several data-parallel ranks, a callable that takes this rank's "the graph
+    can replay this batch" and returns whether every rank can (an all-reduce). Ranks then replay
+    or run eagerly together, so the parameters' gradients reach DeepSpeed's hooks in the same
+    order on every rank (ZeRO-2 packs them into its reduction buckets in that order).
     """
 
     def __init__(
-        self, model: JEPA, enabled: bool = True, ratio: float = 1.04, max_graphs: int = 32
+        self,
+        model: JEPA,
+        enabled: bool = True,
+        ratio: float = 1.04,
+        max_graphs: int = 64,
+        agree: Any = None,
     ) -> None:
         bucket_size(1, ratio)  # validates the ratio
         self.model, self.enabled, self.ratio, self.max_graphs = model, enabled, ratio, max_graphs
+        self.agree = agree
         self.graphs: dict[tuple, _StepGraphs] = {}
         self.pool: Any = None
+        self.params: tuple[torch.Tensor, ...] = ()
+        self.grads: tuple[torch.Tensor | None, ...] = ()  # shared by every bucket's backward
+        self.batch_buffers: dict[tuple, dict[str, torch.Tensor]] = {}  # tokens, coords
         self.failed: str | None = None
         self._warned_full = False
 
     def _key(self, batch: dict[str, Any], sizes: dict[str, int]) -> tuple:
-        t, c = batch["tokens"], batch["coords"]
         return (
-            tuple(t.shape),
-            t.dtype,
-            tuple(c.shape),
-            c.dtype,
+            *self._shape_key(batch),
             batch["cu_ctx"].numel(),
             batch["cu_pred"].numel(),
             tuple(sorted(sizes.items())),
@@ -251,9 +257,23 @@ class GraphedJEPA:
             torch.get_autocast_dtype("cuda"),
         )
 
-    def _capture(self, batch: dict[str, Any], sizes: dict[str, int]) -> _StepGraphs | None:
+    @staticmethod
+    def _shape_key(batch: dict[str, Any]) -> tuple:
+        t, c = batch["tokens"], batch["coords"]
+        return tuple(t.shape), t.dtype, tuple(c.shape), c.dtype
+
+    def _inputs(self, batch: dict[str, Any], sizes: dict[str, int]) -> dict[str, torch.Tensor]:
+        """A bucket's static padded batch; tokens and coords shared by buckets of one shape."""
         padded = pad_batch(batch, sizes)
-        inputs = {k: padded[k] for k in PADDED_KEYS}
+        shared = self.batch_buffers.setdefault(
+            self._shape_key(batch),
+            {"tokens": padded["tokens"], "coords": padded["coords"]},
+        )
+        return {k: shared.get(k, padded[k]) for k in PADDED_KEYS}
+
+    def _capture(self, batch: dict[str, Any], sizes: dict[str, int]) -> _StepGraphs | None:
+        inputs = self._inputs(batch, sizes)
+        padded = {**inputs, "max_ctx": sizes["max_ctx"], "max_pred": sizes["max_pred"]}
         params = tuple(p for p in self.model.parameters() if p.requires_grad)
         device = batch["tokens"].device
         # Autocast's weight-cast cache must be off while capturing: a cached cast would be
@@ -264,20 +284,18 @@ class GraphedJEPA:
             enabled=torch.is_autocast_enabled("cuda"),
             cache_enabled=False,
         )
-
-        def step() -> tuple[torch.Tensor, torch.Tensor, tuple]:
-            with amp:
-                out = self.model.forward_eager(padded)
-            grad_out = torch.zeros_like(out)
-            grads = torch.autograd.grad(out, params, grad_out, allow_unused=True)
-            return out, grad_out, grads
-
         try:
+            if list(map(id, params)) != list(map(id, self.params)):  # first capture, or new set
+                self.graphs.clear()
+                self.params = params
+                self.grads = tuple(torch.zeros_like(p) for p in params)
             side = torch.cuda.Stream(device)
             side.wait_stream(torch.cuda.current_stream(device))
             with torch.cuda.stream(side):  # warm-up: compiles kernels, creates handles
                 for _ in range(2):
-                    step()
+                    with amp:
+                        out = self.model.forward_eager(padded)
+                    torch.autograd.grad(out, params, torch.zeros_like(out), allow_unused=True)
             torch.cuda.current_stream(device).wait_stream(side)
             if self.pool is None:
                 self.pool = torch.cuda.graph_pool_handle()
@@ -287,28 +305,35 @@ class GraphedJEPA:
                     out = self.model.forward_eager(padded)
             grad_out = torch.empty_like(out)
             # The backward's kernels run on the forward's stream, the graphs' capture stream.
+            # Its gradients are temporaries of the pool; the graph copies them into the
+            # shared buffers (unused parameters keep a zero gradient there, never returned).
             with torch.cuda.graph(bwd, pool=self.pool):
                 grads = torch.autograd.grad(out, params, grad_out, allow_unused=True)
+                used = [i for i, g in enumerate(grads) if g is not None]
+                if used:
+                    torch._foreach_copy_([self.grads[i] for i in used], [grads[i] for i in used])
+            returned = tuple(self.grads[i] if g is not None else None for i, g in enumerate(grads))
+            del grads
         except Exception as err:  # noqa: BLE001 - any capture failure falls back to eager
             self.failed = _capture_failed("the JEPA step", err)
+            # Release what the graphs hold (a capture that ran out of memory must not keep it).
+            self.graphs.clear()
+            self.batch_buffers.clear()
+            self.grads = ()
+            self.params = ()
+            self.pool = None
             return None
         # Detached: the autograd graph of the capture is not kept alive by the static output.
-        return _StepGraphs(fwd, bwd, inputs, sizes, out.detach(), grad_out, params, grads)
+        return _StepGraphs(fwd, bwd, inputs, sizes, out.detach(), grad_out, returned)
 
     @property
     def captures(self) -> int:
         return len(self.graphs)
 
-    def __call__(self, batch: dict[str, Any]) -> torch.Tensor:
-        tokens = batch["tokens"]
-        if (
-            not self.enabled
-            or self.failed is not None
-            or not tokens.is_cuda
-            or not torch.is_grad_enabled()
-            or not self.model.training
-        ):
-            return self.model.forward_eager(batch)
+    def _graph_for(self, batch: dict[str, Any]) -> _StepGraphs | None:
+        """This batch's bucket graphs, captured now if new and allowed; None: run eagerly."""
+        if self.failed is not None:
+            return None
         sizes = padded_sizes(batch, self.ratio)
         key = self._key(batch, sizes)
         g = self.graphs.get(key)
@@ -318,18 +343,41 @@ class GraphedJEPA:
                     self._warned_full = True
                     warnings.warn(
                         f"{self.max_graphs} CUDA graph buckets captured; batches of new sizes "
-                        "run eagerly (raise max_graphs or the bucket ratio)",
+                        "run eagerly (raise train.cuda_graph_buckets or the bucket ratio)",
                         RuntimeWarning,
-                        stacklevel=2,
+                        stacklevel=3,
                     )
-                return self.model.forward_eager(batch)
+                return None
             g = self._capture(batch, sizes)
-            if g is None:
-                return self.model.forward_eager(batch)
-            self.graphs[key] = g
+            if g is not None:
+                self.graphs[key] = g
+        return g
+
+    def _unalias_grads(self, g: _StepGraphs) -> None:
+        # Autograd may keep a shared gradient buffer as the parameter's .grad (it steals a
+        # tensor nobody else seems to hold); the next replay would overwrite it: with gradient
+        # accumulation, the earlier micro-batch's gradient. Such a .grad gets its own copy.
+        for p, s in zip(self.params, g.returned, strict=True):
+            if s is not None and p.grad is not None and p.grad.data_ptr() == s.data_ptr():
+                p.grad = p.grad.clone()
+
+    def __call__(self, batch: dict[str, Any]) -> torch.Tensor:
+        if (
+            not self.enabled
+            or not batch["tokens"].is_cuda
+            or not torch.is_grad_enabled()
+            or not self.model.training
+        ):
+            return self.model.forward_eager(batch)
+        g = self._graph_for(batch)
+        replay = g is not None
+        if self.agree is not None:  # every rank calls it, whatever its own answer
+            replay = self.agree(replay)
+        if not replay:
+            return self.model.forward_eager(batch)
         pad_batch(batch, g.sizes, out=g.inputs)
-        _unalias_grads(g)
-        pred = _Replay.apply(g, *g.params)
+        self._unalias_grads(g)
+        pred = _Replay.apply(g, *self.params)
         return pred[: batch["tgt_idx"].numel()]
 
 

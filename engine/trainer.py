@@ -55,6 +55,7 @@ RESUMABLE_CHANGES = {
     "train.cuda_graph_target",
     "train.cuda_graph_step",
     "train.cuda_graph_buckets",
+    "train.cuda_graph_ratio",
     "train.fused_layernorm",
     "train.keep_checkpoints",
     "train.log_every",
@@ -130,9 +131,13 @@ class Trainer:
         model = JEPA(self.modality.embedder(cfg, self.stats), cfg.model).to(info.device)
         set_fused_layernorm(model, cfg.train.fused_layernorm)
         # The module's forward hands batches to the graphs (eager on CPU), so DeepSpeed's engine
-        # still wraps every call.
+        # still wraps every call. With several ranks they replay or run eagerly together.
         model.cuda_graphs = GraphedJEPA(
-            model, cfg.train.cuda_graph_step, max_graphs=cfg.train.cuda_graph_buckets
+            model,
+            cfg.train.cuda_graph_step,
+            ratio=cfg.train.cuda_graph_ratio,
+            max_graphs=cfg.train.cuda_graph_buckets,
+            agree=self._every_rank if info.world > 1 else None,
         )
         # The target is an fp32 copy kept outside DeepSpeed: an EMA step of 1 - m <= 0.004 is
         # below bf16 resolution, and the engine must not shard or cast it.
@@ -185,6 +190,12 @@ class Trainer:
             group["lr"] = lr
             group["weight_decay"] = wd if decays else 0.0
         return {"lr": lr, "wd": wd}
+
+    def _every_rank(self, ok: bool) -> bool:
+        """True when `ok` holds on every rank (a MIN all-reduce; a host sync)."""
+        flag = torch.tensor([1.0 if ok else 0.0], device=self.info.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item())
 
     def _any_rank_nonfinite(self, loss: torch.Tensor) -> bool:
         flag = (~torch.isfinite(loss.detach())).to(torch.float32).reshape(1)

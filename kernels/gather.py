@@ -398,6 +398,12 @@ def _backward_inverse(
 ):
     """dx and dpos in one pass over dx's layout, reading each dout row once (unique indices)."""
     batch, n_tokens, dim = ctx.x_shape
+    if batch == 0 or n_tokens == 0 or dim == 0:  # every output row is padding: no gradient
+        dx = torch.zeros(ctx.x_shape, dtype=ctx.x_dtype, device=dout.device) if need_x else None
+        dpos = None
+        if need_pos:
+            dpos = torch.zeros((n_tokens, dim), dtype=ctx.pos_dtype, device=dout.device)
+        return dx, None, None, dpos, None, None
     grid, per_chunk, block_n, block_d, unroll, warps = _inverse_launch(
         batch, n_tokens, dim, need_pos, dout.device
     )

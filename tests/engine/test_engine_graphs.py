@@ -13,7 +13,7 @@ from conftest import TINY
 
 from engine.config import load_config
 from engine.data import JEPALoader, resolve_modality
-from engine.graphs import GraphedJEPA, bucket_size, pad_batch, padded_sizes
+from engine.graphs import GraphedJEPA, _pad_bounds, bucket_size, pad_batch, padded_sizes
 from engine.model import JEPA, target_features
 from engine.objective import jepa_loss
 
@@ -31,6 +31,28 @@ def test_bucket_ladder():
         assert bucket_size(prev + 1, ratio)[0] == size  # every n in (prev, size] pads to size
     with pytest.raises(ValueError, match="ratio"):
         bucket_size(10, 1.0)
+
+
+def test_padding_sequences_fit_their_bound_at_every_count():
+    # At both ends of a bucket (previous + 1: the most padding; size: none) every padding
+    # sequence fits the attention bound, and the offsets end at the padded size.
+    for n in [1, 63, 64, 65, 1000, 5751, 31768, 63515]:
+        size, prev = bucket_size(n, 1.04)
+        for real in (prev + 1, size):
+            for max_len in (1, 64, 150, 196):
+                batch = {
+                    "ctx_idx": torch.zeros(real, dtype=torch.int64),
+                    "tgt_idx": torch.zeros(7, dtype=torch.int64),
+                    "pred_src": torch.zeros(real, dtype=torch.int64),
+                    "max_ctx": max_len,
+                    "max_pred": max_len,
+                }
+                sizes = padded_sizes(batch, 1.04)
+                assert sizes["ctx"] == size and sizes["max_ctx"] % 64 == 0
+                bounds = _pad_bounds(real, size, sizes["ctx_seqs"], torch.device("cpu"))
+                lengths = torch.diff(torch.cat([torch.tensor([real]), bounds.long()]))
+                assert int(bounds[-1]) == size and int(lengths.min()) >= 0
+                assert int(lengths.max()) <= sizes["max_ctx"], (n, real, max_len, sizes)
 
 
 @pytest.fixture(scope="module")

@@ -92,6 +92,9 @@ MANY = [3, 0, 17, 40, 1, 0, 25, 9, 40, 2, 11]  # 11 samples: some keep nothing, 
         (True, MANY, {"chunks": 1, "unroll": 1, "block_n": 1}),
         # Without dpos: 8 samples per program (the last program's 3 are past the batch).
         (True, MANY, {"unroll": 8}),
+        # The GPU default (1 token x 128 channels, 16 per iteration, one chunk): 11 samples
+        # fill less than one iteration.
+        (True, MANY, {"block_n": 1, "block_d": 128, "unroll": 16, "chunks": 1}),
     ],
 )
 def test_gather_inverse_backward_many_samples(need_x, lengths, tile, device, monkeypatch):
@@ -121,10 +124,15 @@ def test_gather_inverse_backward_many_samples(need_x, lengths, tile, device, mon
 
 
 @pytest.mark.parametrize("unique_flag", [True, False, None])
-def test_gather_padding_rows(unique_flag, device):
+@pytest.mark.parametrize("tile", [{}, {"block_n": 1, "block_d": 128, "unroll": 16, "chunks": 1}])
+def test_gather_padding_rows(unique_flag, tile, device, monkeypatch):
     # T > cu[-1]: the trailing rows are padding (a batch padded to a CUDA graph's fixed size).
     # Their indices hold plausible token numbers (stale rows of an earlier batch), which must
     # be neither read into the output nor scattered into dx / dpos.
+    from kernels import gather
+
+    monkeypatch.setattr(gather, "CPU_BWD_TILE", {**gather.CPU_BWD_TILE, **tile})
+    monkeypatch.setattr(gather, "BWD_TILE", {**gather.BWD_TILE, **tile})
     lengths, pad, n_tokens, dim = [5, 0, 40, 17], 23, 40, 48
     real = _indices(lengths, n_tokens, False, device, torch.int64)
     idx = torch.cat([real, torch.randint(0, n_tokens, (pad,)).to(device)])
@@ -143,3 +151,16 @@ def test_gather_padding_rows(unique_flag, device):
     torch.testing.assert_close(out[: real.numel()].double(), ref.detach(), atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(x.grad.double(), x64.grad, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(pos.grad.double(), pos64.grad, atol=1e-5, rtol=1e-5)
+
+
+def test_gather_only_padding_rows_and_no_samples(device):
+    # A batch of no samples padded to 6 rows: zeros out, an empty dx and a zero dpos back.
+    x = torch.randn(0, 10, 16, device=device, requires_grad=True)
+    pos = torch.randn(10, 16, device=device, requires_grad=True)
+    idx = torch.randint(0, 10, (6,), device=device)
+    cu = torch.zeros(1, dtype=torch.int32, device=device)
+    out = gather_tokens(x, idx, cu, pos, unique_indices=True, backend="triton")
+    assert torch.equal(out, torch.zeros(6, 16, device=device))
+    out.backward(torch.randn_like(out))
+    assert x.grad.shape == x.shape
+    assert torch.equal(pos.grad, torch.zeros_like(pos))
