@@ -63,6 +63,17 @@ def _capture_failed(what: str, err: Exception) -> str:
     return reason
 
 
+def _capture_autocast() -> torch.autocast:
+    """The caller's CUDA autocast state with the weight-cast cache off, for capturing: a cached
+    cast would be replayed from the capture's buffer instead of recomputed from the weights."""
+    return torch.autocast(
+        "cuda",
+        dtype=torch.get_autocast_dtype("cuda"),
+        enabled=torch.is_autocast_enabled("cuda"),
+        cache_enabled=False,
+    )
+
+
 def _round_up(n: int, quantum: int = QUANTUM) -> int:
     return max(quantum, math.ceil(n / quantum) * quantum)
 
@@ -77,13 +88,11 @@ def padded_sizes(batch: dict[str, Any], ratio: float) -> dict[str, int]:
     """
     out: dict[str, int] = {}
     for name, key in (("ctx", "ctx_idx"), ("tgt", "tgt_idx"), ("pred", "pred_src")):
-        out[name], lower = bucket_size(batch[key].numel(), ratio)
-        out[f"{name}_span"] = out[name] - lower  # the most padding this bucket can need
-    out["max_ctx"] = _round_up(batch["max_ctx"])
-    out["max_pred"] = _round_up(batch["max_pred"])
-    out["ctx_seqs"] = max(1, math.ceil(out.pop("ctx_span") / out["max_ctx"]))
-    out["pred_seqs"] = max(1, math.ceil(out.pop("pred_span") / out["max_pred"]))
-    out.pop("tgt_span")
+        size, lower = bucket_size(batch[key].numel(), ratio)
+        out[name] = size
+        if name != "tgt":  # padding sequences: enough for the most padding this bucket needs
+            bound = out[f"max_{name}"] = _round_up(batch[f"max_{name}"])
+            out[f"{name}_seqs"] = max(1, math.ceil((size - lower) / bound))
     return out
 
 
@@ -276,14 +285,7 @@ class GraphedJEPA:
         padded = {**inputs, "max_ctx": sizes["max_ctx"], "max_pred": sizes["max_pred"]}
         params = tuple(p for p in self.model.parameters() if p.requires_grad)
         device = batch["tokens"].device
-        # Autocast's weight-cast cache must be off while capturing: a cached cast would be
-        # replayed from the capture's buffer instead of recomputed from the updated weights.
-        amp = torch.autocast(
-            "cuda",
-            dtype=torch.get_autocast_dtype("cuda"),
-            enabled=torch.is_autocast_enabled("cuda"),
-            cache_enabled=False,
-        )
+        amp = _capture_autocast()
         try:
             if list(map(id, params)) != list(map(id, self.params)):  # first capture, or new set
                 self.graphs.clear()
@@ -412,12 +414,9 @@ class GraphedTargetFeatures:
 
     def _capture(self, key: tuple, tokens: torch.Tensor, coords: torch.Tensor, packing: dict):
         n = tokens.shape[1]
-        dtype = torch.get_autocast_dtype("cuda")
-        enabled = torch.is_autocast_enabled("cuda")
         static_tokens, static_coords = tokens.clone(), coords.clone()
         cu = packing["cu_all"].to(tokens.device)
-        # Autocast's weight-cast cache must stay off while capturing (torch.cuda.graph's rule).
-        amp = torch.autocast("cuda", dtype=dtype, enabled=enabled, cache_enabled=False)
+        amp = _capture_autocast()
         try:
             side = torch.cuda.Stream(tokens.device)
             side.wait_stream(torch.cuda.current_stream(tokens.device))
