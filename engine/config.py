@@ -16,6 +16,10 @@ from typing import Any
 
 import yaml
 
+OBJECTIVES = ("jepa", "mae")
+TARGET_NORMS = ("position_centered", "layer_norm")
+INITS = ("fan_in", "ijepa")
+
 
 class ConfigError(ValueError):
     """A configuration key is unknown, mistyped or out of range; the message names the key."""
@@ -44,6 +48,12 @@ class ModelConfig:
     pred_dim: int = 96  # the predictor is narrow (I-JEPA: 384 next to a 1280-wide ViT-H)
     pred_depth: int = 3
     pred_heads: int = 3
+    # Weight init of every linear layer. fan_in: truncated normal with std 1/sqrt(fan_in), so
+    # a token's content reaches the stream at the scale of its position code at any width and
+    # patch size; ijepa: std 0.02 everywhere (I-JEPA's, tuned for 768-1280 wide ViTs on
+    # 768-value patches; on a 16-value fMRI patch it starts content 30x below position).
+    # Both scale the residual projections of block i by 1/sqrt(2 i).
+    init: str = "fan_in"
 
 
 @dataclass
@@ -58,8 +68,18 @@ class MaskConfig:
 
 @dataclass
 class LossConfig:
+    # jepa: regress the EMA target encoder's features of the target tokens; mae: regress the
+    # target tokens themselves (each standardised over its values, MAE's normalised pixels),
+    # from the same context encoder and predictor, with no target encoder.
+    objective: str = "jepa"
     kind: str = "smooth_l1"  # smooth_l1 (I-JEPA) | l1 (V-JEPA) | l2
     beta: float = 1.0  # smooth L1 transition point
+    # How JEPA targets are normalised. position_centered: subtract, at each token position
+    # (equal coords), the batch mean of the target features there, then layer-norm each token;
+    # a target that only encodes where the token sits is then zero, so the predictor cannot
+    # meet the targets from the mask tokens' positions alone. layer_norm: I-JEPA's per-token
+    # layer norm only.
+    target_norm: str = "position_centered"
 
 
 @dataclass
@@ -105,6 +125,10 @@ class TrainConfig:
     # CUDA only: the blocks' LayerNorms on the fused Triton kernel (kernels.layer_norm); false:
     # torch's. Same numbers up to float rounding; on CPU both are F.layer_norm.
     fused_layernorm: bool = True
+    # Training diagnostics (position share of the targets, their spread and effective rank,
+    # attention entropy per layer) every this many steps; 0 = off. A warning names the number
+    # when a run looks like the positional shortcut or a collapse.
+    diag_every: int = 25
 
 
 @dataclass
@@ -306,6 +330,7 @@ def validate(cfg: Config) -> None:
         ("train.save_every", t.save_every),
         ("train.keep_checkpoints", t.keep_checkpoints),
         ("train.max_skips", t.max_skips),
+        ("train.diag_every", t.diag_every),
         ("optim.grad_clip", o.grad_clip),
         ("optim.min_lr", o.min_lr),
         ("optim.weight_decay", o.weight_decay),
@@ -335,6 +360,14 @@ def validate(cfg: Config) -> None:
     _check(
         cfg.loss.kind in ("smooth_l1", "l1", "l2"), "loss.kind", "smooth_l1|l1|l2", cfg.loss.kind
     )
+    _check(cfg.loss.objective in OBJECTIVES, "loss.objective", "jepa|mae", cfg.loss.objective)
+    _check(
+        cfg.loss.target_norm in TARGET_NORMS,
+        "loss.target_norm",
+        "|".join(TARGET_NORMS),
+        cfg.loss.target_norm,
+    )
+    _check(m.init in INITS, "model.init", "|".join(INITS), m.init)
     _check(cfg.loss.beta > 0, "loss.beta", "must be > 0", cfg.loss.beta)
     _check(o.lr > 0, "optim.lr", "must be > 0", o.lr)
     _check(0 <= o.warmup_frac < 1, "optim.warmup_frac", "must be in [0, 1)", o.warmup_frac)

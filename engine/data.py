@@ -96,8 +96,40 @@ def _cu(lengths: Sequence[int]) -> torch.Tensor:
     return torch.from_numpy(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
 
 
+def position_groups(coords: Sequence[np.ndarray], padded_len: int) -> tuple[np.ndarray, int]:
+    """Number the distinct token positions (equal coords rows) of a batch.
+
+    Returns (group [B * padded_len] int64 in row-major padded order, n_groups): tokens of
+    any samples with the same coords share a group; padding tokens form one extra group (the
+    last), so their zeros never enter a real position's mean. `engine.model.center_by_position`
+    reads it; it is built here, on the host, so a GPU step needs no sync for it.
+    """
+    lengths = [len(c) for c in coords]
+    rows = np.concatenate([np.asarray(c, dtype=np.int64) for c in coords])
+    if rows.ndim == 1:
+        rows = rows[:, None]
+    # One int64 key per row (mixed radix over the columns' ranges) sorts far faster than
+    # np.unique over rows; wide-ranging coords fall back to the row-wise unique.
+    lo = rows.min(axis=0) if len(rows) else np.zeros(rows.shape[1], np.int64)
+    span = (rows.max(axis=0) - lo + 1) if len(rows) else np.ones(rows.shape[1], np.int64)
+    if np.prod(span.astype(np.float64)) < 2**62:
+        radix = np.concatenate([np.cumprod(span[::-1])[::-1][1:], [1]]).astype(np.int64)
+        _, inverse = np.unique((rows - lo) @ radix, return_inverse=True)
+    else:
+        _, inverse = np.unique(rows, axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    n_real = int(inverse.max()) + 1 if len(inverse) else 0
+    group = np.full(len(coords) * padded_len, n_real, dtype=np.int64)
+    flat = np.concatenate(
+        [b * padded_len + np.arange(k, dtype=np.int64) for b, k in enumerate(lengths)]
+    )
+    group[flat] = inverse
+    return group, n_real + 1
+
+
 def pad_tokens(samples: Sequence[Any]) -> dict[str, torch.Tensor]:
-    """tokens [B, Nmax, P], coords [B, Nmax, c] (zero-padded) and n_tokens [B]."""
+    """tokens [B, Nmax, P], coords [B, Nmax, c] (zero-padded), n_tokens [B] and the batch's
+    position groups (`pos_group`, `n_pos_groups`: see `position_groups`)."""
     n = [len(s.tokens) for s in samples]
     nmax = max(n)
     p = samples[0].tokens.shape[1]
@@ -107,12 +139,15 @@ def pad_tokens(samples: Sequence[Any]) -> dict[str, torch.Tensor]:
     for b, s in enumerate(samples):
         tokens[b, : n[b]] = s.tokens
         coords[b, : n[b]] = s.coords
+    group, n_groups = position_groups([s.coords for s in samples], nmax)
     return {
         "tokens": torch.from_numpy(tokens),
         "coords": torch.from_numpy(coords),
         "n_tokens": torch.tensor(n, dtype=torch.int32),
         # built here, on the host, so encoding all tokens on a GPU needs no sync
         "all_packing": all_token_packing(n, nmax),
+        "pos_group": torch.from_numpy(group),
+        "n_pos_groups": n_groups,
     }
 
 

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from engine.model import JEPA, Encoder, gather_tokens, normalized_features, target_features
+from engine.model import JEPA, Encoder, gather_tokens, normalize_targets, target_features
 
 QUANTUM = 64  # token counts and sequence-length bounds are padded to multiples of this
 
@@ -391,26 +391,34 @@ class GraphedTargetFeatures:
     serves every step. Replaying it costs one launch instead of the several hundred small ops a
     deep encoder's forward issues from Python, which is what a step pays when the host, not the
     GPU, is the bottleneck. The graph reads the target's parameters in place, so EMA updates and
-    checkpoint loads are seen. The layer norm runs inside the graph; the gather of each step's
-    target rows (their count changes) runs outside.
+    checkpoint loads are seen. The targets' normalisation (`normalize_targets`: a few ops over
+    the batch, position-centred by the batch's own position groups) and the gather of each
+    step's target rows (their count changes) run outside.
 
     Eager `target_features` runs instead on CPU, with `enabled=False`, for batches with padded
     samples, and after a failed capture (a warning says why; the run goes on eagerly).
     """
 
-    def __init__(self, target: Encoder, enabled: bool = True, max_graphs: int = 8) -> None:
+    def __init__(
+        self,
+        target: Encoder,
+        enabled: bool = True,
+        max_graphs: int = 8,
+        norm: str = "layer_norm",
+    ) -> None:
         self.target = target
         self.enabled = enabled
+        self.norm = norm
         self.max_graphs = max_graphs
         self.graphs: dict[tuple, tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         self.pool: Any = None
         self.failed: str | None = None
 
-    def _layer_normed(
+    def _encode(
         self, tokens: torch.Tensor, coords: torch.Tensor, cu: torch.Tensor, n: int
     ) -> torch.Tensor:
         packing = {"max_tokens": n, "cu_all": cu, "valid_idx": None}  # n_tokens is then unread
-        return normalized_features(self.target, tokens, coords, None, packing)
+        return self.target.forward_all(tokens, coords, None, packing)
 
     def _capture(self, key: tuple, tokens: torch.Tensor, coords: torch.Tensor, packing: dict):
         n = tokens.shape[1]
@@ -422,11 +430,11 @@ class GraphedTargetFeatures:
             side.wait_stream(torch.cuda.current_stream(tokens.device))
             with torch.cuda.stream(side), amp:  # warm-up: compiles kernels, creates handles
                 for _ in range(2):
-                    self._layer_normed(static_tokens, static_coords, cu, n)
+                    self._encode(static_tokens, static_coords, cu, n)
             torch.cuda.current_stream(tokens.device).wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self.pool), amp:
-                out = self._layer_normed(static_tokens, static_coords, cu, n)
+                out = self._encode(static_tokens, static_coords, cu, n)
         except Exception as err:  # noqa: BLE001 - any capture failure falls back to eager
             self.failed = _capture_failed("the target encoder", err)
             return None
@@ -445,7 +453,7 @@ class GraphedTargetFeatures:
             or packing is None
             or packing["valid_idx"] is not None
         ):
-            return target_features(self.target, batch)
+            return target_features(self.target, batch, self.norm)
         key = (
             tuple(tokens.shape),
             tokens.dtype,
@@ -457,12 +465,13 @@ class GraphedTargetFeatures:
         entry = self.graphs.get(key)
         if entry is None:
             if len(self.graphs) >= self.max_graphs:
-                return target_features(self.target, batch)
+                return target_features(self.target, batch, self.norm)
             entry = self._capture(key, tokens, coords, packing)
             if entry is None:
-                return target_features(self.target, batch)
+                return target_features(self.target, batch, self.norm)
         graph, static_tokens, static_coords, out = entry
         static_tokens.copy_(tokens)
         static_coords.copy_(coords)
         graph.replay()
-        return gather_tokens(out, batch["tgt_idx"], batch["cu_tgt"], unique_indices=False)
+        h = normalize_targets(out, batch, self.norm)
+        return gather_tokens(h, batch["tgt_idx"], batch["cu_tgt"], unique_indices=False)

@@ -7,8 +7,9 @@
 - `Predictor`: narrow; context features plus one mask token per target token (carrying that
   token's position, gathered with `gather_tokens`), one sequence per target block.
 - `JEPA`: context encoder + predictor, the part DeepSpeed trains.
-- `target_features`: layer-normed target-encoder features at the target tokens (replayed from
-  CUDA graphs by `engine.graphs`).
+- `target_features`: normalised target-encoder features at the target tokens (the encoder's
+  forward replayed from CUDA graphs by `engine.graphs`); `normalize_targets` is the one place the
+  normalisation lives (I-JEPA's layer norm, or position-centred first).
 
 Imports torch, `engine.ops` (kernels) and `engine.config`; never DeepSpeed, so exported encoders
 load with plain torch.
@@ -94,12 +95,18 @@ class Block(nn.Module):
         return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
 
 
-def _init_weights(module: nn.Module, blocks: nn.ModuleList) -> None:
-    # I-JEPA / ViT init: truncated normal 0.02, zero biases, and the residual projections of
-    # layer i scaled by 1/sqrt(2 i) so deep stacks start near identity.
+def _init_weights(module: nn.Module, blocks: nn.ModuleList, scheme: str = "fan_in") -> None:
+    # Truncated normal weights (std 1/sqrt(fan_in), or I-JEPA's 0.02 with scheme "ijepa"), zero
+    # biases, and the residual projections of layer i scaled by 1/sqrt(2 i) so deep stacks
+    # start near identity. At std 0.02 a small model's blocks start almost linear and a 16-value
+    # patch reaches the stream at 1/30 of its position code: the targets are then positions plus
+    # linear projections, and a JEPA finds nothing to predict but the positions (docs/results.md).
+    if scheme not in ("fan_in", "ijepa"):
+        raise ValueError(f"model.init must be fan_in or ijepa, got {scheme!r}")
     for m in module.modules():
         if isinstance(m, nn.Linear):
-            nn.init.trunc_normal_(m.weight, std=0.02)
+            std = 0.02 if scheme == "ijepa" else 1.0 / math.sqrt(m.in_features)
+            nn.init.trunc_normal_(m.weight, std=std, a=-2 * std, b=2 * std)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.LayerNorm):
@@ -124,7 +131,7 @@ class Encoder(nn.Module):
             Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio) for _ in range(cfg.depth)
         )
         self.norm = LayerNorm(cfg.embed_dim)
-        _init_weights(self, self.blocks)
+        _init_weights(self, self.blocks, cfg.init)
         # The generic init above also re-draws the embedder's layers; an embedder whose start
         # matters (S-JEPA's channel embedding starts as the electrodes' xyz encoding) restores it.
         if hasattr(embedder, "init_weights"):
@@ -200,7 +207,7 @@ class Predictor(nn.Module):
     modality's positional scheme feeds the predictor.
     """
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, out_dim: int | None = None) -> None:
         super().__init__()
         self.embed = nn.Linear(cfg.embed_dim, cfg.pred_dim)
         self.pos_proj = nn.Linear(cfg.embed_dim, cfg.pred_dim, bias=False)
@@ -209,8 +216,9 @@ class Predictor(nn.Module):
             Block(cfg.pred_dim, cfg.pred_heads, cfg.mlp_ratio) for _ in range(cfg.pred_depth)
         )
         self.norm = LayerNorm(cfg.pred_dim, autocast_output=True)  # feeds self.out
-        self.out = nn.Linear(cfg.pred_dim, cfg.embed_dim)
-        _init_weights(self, self.blocks)
+        # JEPA predicts target features (encoder width); MAE predicts the target patches.
+        self.out = nn.Linear(cfg.pred_dim, out_dim or cfg.embed_dim)
+        _init_weights(self, self.blocks, cfg.init)
         nn.init.trunc_normal_(self.mask_token, std=0.02)
 
     def forward(
@@ -237,10 +245,10 @@ class JEPA(nn.Module):
     keeps wrappers such as DeepSpeed's engine in the loop. `forward_eager` always runs eagerly.
     """
 
-    def __init__(self, embedder: nn.Module, cfg: ModelConfig) -> None:
+    def __init__(self, embedder: nn.Module, cfg: ModelConfig, out_dim: int | None = None) -> None:
         super().__init__()
         self.encoder = Encoder(embedder, cfg)
-        self.predictor = Predictor(cfg)
+        self.predictor = Predictor(cfg, out_dim)
         self.cuda_graphs: Any = None
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
@@ -259,26 +267,47 @@ class JEPA(nn.Module):
         return self.predictor(ctx, positions, batch)
 
 
-def normalized_features(
-    target: Encoder,
-    tokens: torch.Tensor,
-    coords: torch.Tensor,
-    n_tokens: torch.Tensor | None,
-    packing: dict[str, Any] | None,
-) -> torch.Tensor:
-    """Every token's target features, layer-normed: [B, N, D] fp32. The one place the targets'
-    normalisation lives (eager and CUDA-graph paths both call it: engine.graphs)."""
-    h = target.forward_all(tokens, coords, n_tokens, packing)
-    # I-JEPA normalises each target token's features (F.layer_norm without affine).
-    return F.layer_norm(h.float(), (h.shape[-1],))
+def center_by_position(h: torch.Tensor, group: torch.Tensor, n_groups: int) -> torch.Tensor:
+    """h [B, N, D] minus, for every token, the mean of h over the batch's tokens at the same
+    position. `group` [B * N] numbers the positions (`engine.data.position_groups`; padding
+    tokens share an extra group of their own), `n_groups` counts them, padding's included."""
+    b, n, d = h.shape
+    flat = h.reshape(b * n, d)
+    group = group.to(h.device)
+    sums = flat.new_zeros(n_groups, d).index_add_(0, group, flat)
+    counts = torch.bincount(group, minlength=n_groups).clamp_min(1).to(flat.dtype)
+    return (flat - (sums / counts[:, None]).index_select(0, group)).view(b, n, d)
+
+
+def normalize_targets(h: torch.Tensor, batch: dict[str, Any], norm: str) -> torch.Tensor:
+    """Target-encoder features [B, N, D] -> the regression targets, fp32 [B, N, D]. The one
+    place the targets' normalisation lives (eager and CUDA-graph paths both call it).
+
+    layer_norm: I-JEPA's per-token layer norm (no affine). position_centered: first subtract
+    the batch mean at each token position (`center_by_position`), so a feature that only says
+    where a token sits is zero and the predictor cannot meet it from the mask tokens' positions.
+    """
+    h = h.float()
+    if norm == "position_centered":
+        h = center_by_position(h, batch["pos_group"], batch["n_pos_groups"])
+    elif norm != "layer_norm":
+        raise ValueError(f"target norm must be position_centered or layer_norm, got {norm!r}")
+    return F.layer_norm(h, (h.shape[-1],))
+
+
+def encode_targets(target: Encoder, batch: dict[str, Any]) -> torch.Tensor:
+    """Every token's target-encoder features, [B, N, D] (zeros at padding), before normalising."""
+    return target.forward_all(
+        batch["tokens"], batch["coords"], batch["n_tokens"], batch.get("all_packing")
+    )
 
 
 @torch.no_grad()
-def target_features(target: Encoder, batch: dict[str, Any]) -> torch.Tensor:
-    """Layer-normed target-encoder features at the target tokens, [Tt, D] in tgt order (fp32)."""
-    h = normalized_features(
-        target, batch["tokens"], batch["coords"], batch["n_tokens"], batch.get("all_packing")
-    )
+def target_features(
+    target: Encoder, batch: dict[str, Any], norm: str = "layer_norm"
+) -> torch.Tensor:
+    """Normalised target-encoder features at the target tokens, [Tt, D] in tgt order (fp32)."""
+    h = normalize_targets(encode_targets(target, batch), batch, norm)
     return gather_tokens(h, batch["tgt_idx"], batch["cu_tgt"], unique_indices=False)
 
 
