@@ -1,4 +1,5 @@
-"""Run metrics: a tqdm progress bar, `metrics.jsonl`, TensorBoard events and a PNG at the end.
+"""Run metrics: a tqdm progress bar, `metrics.jsonl`, TensorBoard events and a PNG at the end
+(loss, the collapse monitor, and `engine.diagnostics`' position share and attention entropy).
 
 Only rank 0 writes (`MetricsLogger(enabled=False)` on the others is a no-op). On resume,
 `truncate_metrics` drops lines past the checkpoint's step, so the file holds one line per step
@@ -89,7 +90,8 @@ class MetricsLogger:
 
 
 def plot_curves(run_dir: str | Path) -> Path | None:
-    """Loss and collapse-monitor curves of a run as a PNG; None when there is nothing to plot."""
+    """Loss, collapse monitor and training diagnostics of a run as a PNG; None when there is
+    nothing to plot."""
     rows = read_metrics(run_dir)
     if not rows:
         return None
@@ -98,20 +100,39 @@ def plot_curves(run_dir: str | Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    steps = [r["step"] for r in rows]
-    fig, (ax_loss, ax_std) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_loss.plot(steps, [r["loss"] for r in rows])
-    ax_loss.set_xlabel("step")
-    ax_loss.set_ylabel("loss")
-    ax_loss.set_title("JEPA loss")
+    def series(key: str) -> tuple[list, list]:
+        pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
+        return ([p[0] for p in pts], [p[1] for p in pts])
+
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
+    (ax_loss, ax_std), (ax_pos, ax_attn) = axes
+    ax_loss.plot(*series("loss"))
+    ax_loss.set_title("loss")
     for key in ("target_std", "pred_std"):
-        pts = [(r["step"], r[key]) for r in rows if key in r]
-        if pts:
-            ax_std.plot(*zip(*pts, strict=True), label=key)
-    ax_std.set_xlabel("step")
-    ax_std.set_ylabel("mean per-dim std")
-    ax_std.set_title("collapse monitor")
-    ax_std.legend()
+        ax_std.plot(*series(key), label=key)
+    ax_std.set_title("collapse monitor: per-dimension std")
+    ax_std.legend(loc="lower left")
+    ax_rank = ax_std.twinx()
+    ax_rank.plot(*series("target_rank"), color="tab:green", linestyle="--", label="target_rank")
+    ax_rank.set_ylabel("effective rank of the targets")
+    ax_rank.legend(loc="lower right")
+    ax_pos.plot(*series("pos_share"), marker=".")
+    ax_pos.set_ylim(0, 1)
+    ax_pos.axhline(0.9, color="tab:red", linestyle=":", label="shortcut threshold")
+    ax_pos.set_title("share of target variance explained by position")
+    ax_pos.legend(loc="lower left")
+    layers = sorted(
+        {k for r in rows for k in r if k.startswith("attn_entropy_")},
+        key=lambda k: int(k.rsplit("_", 1)[1]),
+    )
+    for key in layers:
+        ax_attn.plot(*series(key), marker=".", label=f"layer {key.rsplit('_', 1)[1]}")
+    ax_attn.set_ylim(0, 1.05)
+    ax_attn.set_title("attention entropy / log N (1 = uniform)")
+    if layers:
+        ax_attn.legend(loc="lower left")
+    for ax in axes.flat:
+        ax.set_xlabel("step")
     fig.tight_layout()
     out = Path(run_dir) / PLOT_FILE
     fig.savefig(out, dpi=100)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import nullcontext
@@ -29,11 +30,12 @@ from engine.checkpoint import (
 )
 from engine.config import Config
 from engine.data import JEPALoader, resolve_modality, sample_rng
+from engine.diagnostics import attention_entropy, check, target_diagnostics
 from engine.graphs import GraphedJEPA, GraphedTargetFeatures
 from engine.launch import DistInfo
 from engine.metrics import MetricsLogger, plot_curves, truncate_metrics
-from engine.model import JEPA, Encoder, batch_to, set_fused_layernorm
-from engine.objective import collapse_stats, jepa_loss
+from engine.model import JEPA, Encoder, batch_to, encode_targets, set_fused_layernorm
+from engine.objective import collapse_stats, jepa_loss, mae_targets
 from engine.ops import EMATarget
 from engine.schedules import cosine_ramp, warmup_cosine
 from pipelines.shards import ShardDataset
@@ -61,6 +63,7 @@ RESUMABLE_CHANGES = {
     "train.log_every",
     "train.progress",
     "train.max_skips",
+    "train.diag_every",
 }
 
 
@@ -122,13 +125,16 @@ class Trainer:
         # Saved with every checkpoint: some embedders are built from them (Brain-JEPA's
         # gradient positions), and a trained encoder must load without its dataset.
         self.stats = ds.stats
-        self._check_first_record(ds)
+        patch_dim = self._check_first_record(ds)
         self.bf16 = cfg.train.precision == "bf16" or (
             cfg.train.precision == "auto" and info.device.type == "cuda"
         )
 
         torch.manual_seed(cfg.train.seed)
-        model = JEPA(self.modality.embedder(cfg, self.stats), cfg.model).to(info.device)
+        self.mae = cfg.loss.objective == "mae"
+        out_dim = patch_dim if self.mae else None  # MAE's predictor outputs patches
+        model = JEPA(self.modality.embedder(cfg, self.stats), cfg.model, out_dim)
+        model = model.to(info.device)
         set_fused_layernorm(model, cfg.train.fused_layernorm)
         # The module's forward hands batches to the graphs (eager on CPU), so DeepSpeed's engine
         # still wraps every call. With several ranks they replay or run eagerly together.
@@ -141,9 +147,15 @@ class Trainer:
         )
         # The target is an fp32 copy kept outside DeepSpeed: an EMA step of 1 - m <= 0.004 is
         # below bf16 resolution, and the engine must not shard or cast it.
+        # MAE has no target encoder: the copy then follows the context encoder exactly
+        # (momentum 0), so probes and exports of "the target" read the trained encoder.
         self.target: Encoder = copy.deepcopy(model.encoder).float().requires_grad_(False)
-        self.ema = EMATarget(self.target, cfg.train.steps, cfg.ema.start, cfg.ema.end)
-        self.target_features = GraphedTargetFeatures(self.target, cfg.train.cuda_graph_target)
+        ema = (0.0, 0.0) if self.mae else (cfg.ema.start, cfg.ema.end)
+        self.ema = EMATarget(self.target, cfg.train.steps, *ema)
+        self.target_features = GraphedTargetFeatures(
+            self.target, cfg.train.cuda_graph_target, norm=cfg.loss.target_norm
+        )
+        self._warned: set[str] = set()
         o = cfg.optim
         optimizer = torch.optim.AdamW(param_groups(model), lr=o.lr, betas=tuple(o.betas), eps=o.eps)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
@@ -162,12 +174,14 @@ class Trainer:
 
     # -- set-up
 
-    def _check_first_record(self, ds: ShardDataset) -> None:
-        """Tokenize and mask record 0 here, so a modality/config mismatch fails before workers."""
+    def _check_first_record(self, ds: ShardDataset) -> int:
+        """Tokenize and mask record 0 here, so a modality/config mismatch fails before workers;
+        returns the token width (what MAE's predictor regresses)."""
         if len(ds) == 0:
             raise ValueError(f"{self.cfg.data.path}: the dataset has no records")
         t = self.modality.tokenize(ds[0], ds.stats, self.cfg)
         self.modality.masker(self.cfg)(sample_rng(0, 0, 0), t["coords"])
+        return int(t["tokens"].shape[1])
 
     def _resume(self, path: Path) -> None:
         saved = read_state(path)
@@ -211,9 +225,13 @@ class Trainer:
             if self.bf16 and self.info.device.type == "cuda"
             else nullcontext()
         )
-        with autocast:
-            tgt = self.target_features(batch)
+        if self.mae:
+            tgt = mae_targets(batch)
+        else:
+            with autocast:
+                tgt = self.target_features(batch)
         loss = jepa_loss(pred, tgt.float(), self.cfg.loss.kind, self.cfg.loss.beta)
+        self._last_batch = batch
         return loss, pred.detach(), tgt
 
     def train_step(self, batches: Iterator[dict[str, Any]]) -> dict[str, float]:
@@ -250,6 +268,32 @@ class Trainer:
         if grad_norm is not None:
             out["grad_norm"] = float(grad_norm)
         out.update(collapse_stats(pred, tgt))
+        every = c.train.diag_every
+        if every and (self.state.step % every == 0 or self.state.step == 1):
+            out.update(self.diagnostics(self._last_batch, tgt))
+        return out
+
+    @torch.no_grad()
+    def diagnostics(self, batch: dict[str, Any], tgt: torch.Tensor) -> dict[str, Any]:
+        """engine.diagnostics on this step's batch (an extra eager forward of the target), and
+        a warning, once per kind, when a number trips its threshold."""
+        h = encode_targets(self.target, batch)
+        out: dict[str, Any] = target_diagnostics(h, tgt, batch)
+        n0 = int(batch["n_tokens"][0])
+        ent = attention_entropy(self.target, batch["tokens"][0, :n0], batch["coords"][0, :n0])
+        out.update({f"attn_entropy_{i}": v for i, v in enumerate(ent)})
+        if self.info.rank == 0:
+            record = {**out, "target_std": float(tgt.float().std(0).mean())}
+            width = int(tgt.shape[-1])
+            for msg in check(record, width, "mae" if self.mae else self.cfg.loss.target_norm):
+                kind = msg.split(":")[0]
+                if kind not in self._warned:
+                    self._warned.add(kind)
+                    print(
+                        f"engine.train: warning: step {self.state.step}: {msg}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
         return out
 
     # -- the loop

@@ -1,0 +1,145 @@
+"""Training diagnostics: is the JEPA learning content, or meeting its targets another way?
+
+A falling loss proves nothing. Two ways to meet the targets without learning content:
+- the positional shortcut: the target encoder's features become (mostly) a function of where a
+  token sits, which the predictor reads off the mask tokens' positions;
+- collapse: the targets lose their spread or their rank.
+
+`target_diagnostics` measures both on a batch: the share of the target encoder's feature
+variance that position explains (over the batch's tokens grouped by position, bias-corrected),
+the per-dimension spread of the regression targets and their effective rank. `attention_entropy`
+gives each encoder layer's mean attention entropy over log(sequence length): 1.0 is uniform
+attention, the state at initialisation, which a trained encoder leaves. `check` turns the numbers
+into warnings that name the number and its threshold.
+
+Imports torch and `engine.model`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from engine.model import Encoder
+
+#: position explains at least this share of the target features' variance: the shortcut
+SHORTCUT_SHARE = 0.9
+#: the targets' effective rank below this share of their width (and below 2): a collapse
+COLLAPSE_RANK = 0.05
+#: the targets' mean per-dimension std below this (layer-normed targets start near 1)
+COLLAPSE_STD = 0.1
+
+
+def position_share(
+    h: torch.Tensor, group: torch.Tensor, n_groups: int, valid: torch.Tensor
+) -> float:
+    """Share of the variance of features h [T, D] explained by the token position `group` [T]
+    (omega squared: between-position sum of squares minus what the within-position noise puts
+    there by chance, over the total). Tokens whose position occurs once carry no within-position
+    information and are left out; None-like 0.0 when no position repeats."""
+    h, group = h[valid].double(), group[valid]
+    counts = torch.bincount(group, minlength=n_groups)
+    keep = counts[group] > 1
+    if keep.sum() < 2:
+        return 0.0
+    h, group = h[keep], group[keep]
+    counts = torch.bincount(group, minlength=n_groups)
+    present = counts > 0
+    n, g = len(h), int(present.sum())
+    sums = h.new_zeros(n_groups, h.shape[1]).index_add_(0, group, h)
+    means = sums / counts.clamp_min(1)[:, None].to(h.dtype)
+    total = ((h - h.mean(0)) ** 2).sum()
+    within = ((h - means[group]) ** 2).sum()
+    if total <= 0 or n <= g:
+        return 0.0
+    ms_within = within / (n - g)
+    share = (total - within - (g - 1) * ms_within) / (total + ms_within)
+    return float(share.clamp(0.0, 1.0))
+
+
+def effective_rank(x: torch.Tensor) -> float:
+    """exp(entropy) of the normalised eigenvalues of the covariance of x [T, D] (Roy & Vetterli
+    2007): D for isotropic features, 1 for features on a line."""
+    x = x.double()
+    if len(x) < 2:
+        return 0.0
+    cov = torch.cov(x.T)
+    eig = torch.linalg.eigvalsh(cov).clamp_min(0)
+    if eig.sum() <= 0:
+        return 0.0
+    p = eig / eig.sum()
+    p = p[p > 0]
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
+@torch.no_grad()
+def target_diagnostics(
+    h: torch.Tensor, targets: torch.Tensor, batch: dict[str, Any]
+) -> dict[str, float]:
+    """h [B, N, D]: the target encoder's features of every token (before normalising);
+    targets [Tt, D]: the regression targets of the step. Keys: pos_share, target_rank."""
+    b, n, d = h.shape
+    lengths = batch["n_tokens"].to(h.device)
+    valid = (torch.arange(n, device=h.device)[None, :] < lengths[:, None]).reshape(-1)
+    # Measured on I-JEPA's layer-normed features: what the predictor would face without centring.
+    flat = F.layer_norm(h.float(), (d,)).reshape(b * n, d)
+    group = batch["pos_group"].to(h.device)
+    return {
+        "pos_share": position_share(flat, group, int(batch["n_pos_groups"]), valid),
+        "target_rank": effective_rank(targets.float()),
+    }
+
+
+@torch.no_grad()
+def attention_entropy(
+    encoder: Encoder, tokens: torch.Tensor, coords: torch.Tensor, max_queries: int = 256
+) -> list[float]:
+    """Per layer, the mean over heads and (up to `max_queries` evenly spaced) queries of the
+    attention entropy over log(N), for one sample's N tokens [N, P] with coords [N, c]."""
+    x = encoder.embed(tokens[None], coords[None])[0].float()
+    n = len(x)
+    if n < 2:
+        return [0.0 for _ in encoder.blocks]
+    cu = torch.tensor([0, n], dtype=torch.int32, device=x.device)
+    rows = torch.linspace(0, n - 1, min(n, max_queries), device=x.device).round().long()
+    out = []
+    for blk in encoder.blocks:
+        y = F.layer_norm(x, (x.shape[-1],), blk.norm1.weight.float(), blk.norm1.bias.float())
+        qkv = F.linear(y, blk.attn.qkv.weight.float(), blk.attn.qkv.bias.float())
+        heads = blk.attn.heads
+        q, k, _ = qkv.view(n, 3, heads, -1).unbind(1)
+        scores = torch.einsum("qhd,khd->hqk", q[rows], k) / math.sqrt(q.shape[-1])
+        p = scores.softmax(-1)
+        ent = -(p * p.clamp_min(1e-30).log()).sum(-1)
+        out.append(float(ent.mean() / math.log(n)))
+        x = blk(x, cu, n).float()
+    return out
+
+
+def check(diag: dict[str, float], width: int, target_norm: str) -> list[str]:
+    """Warnings for a diagnostics record, each naming the number that tripped it."""
+    out = []
+    share = diag.get("pos_share")
+    if share is not None and share >= SHORTCUT_SHARE:
+        hint = (
+            " (loss.target_norm=position_centered takes position out of the targets)"
+            if target_norm == "layer_norm"
+            else " (the centred targets are the small remainder; is there content to learn?)"
+        )
+        out.append(
+            f"positional shortcut: position explains {share:.0%} of the target features' "
+            f"variance (>= {SHORTCUT_SHARE:.0%}){hint}"
+        )
+    rank = diag.get("target_rank")
+    if rank is not None and rank < max(2.0, COLLAPSE_RANK * width):
+        out.append(
+            f"collapse: the targets' effective rank is {rank:.2f} of {width} dimensions "
+            f"(< {max(2.0, COLLAPSE_RANK * width):.2f})"
+        )
+    std = diag.get("target_std")
+    if std is not None and std < COLLAPSE_STD:
+        out.append(f"collapse: the targets' mean per-dimension std is {std:.3f} (< {COLLAPSE_STD})")
+    return out
