@@ -149,6 +149,6 @@ def test_probe_cli_repeats_over_fold_seeds(trained_run, grid_data):
     out = run_cli(
         [*args, "--label", "label", "--folds", "4", "--repeats", "3", "--pool", "meanstd"]
     )
-    assert "std over 3 fold seeds" in out.stdout and "meanstd-pooled target features" in out.stdout
+    assert "std over 3 split seeds" in out.stdout and "meanstd-pooled target features" in out.stdout
     bad = run_cli([*args, "--label", "label", "--repeats", "0"], check=False)
     assert bad.returncode != 0 and "--repeats must be at least 1" in bad.stderr
