@@ -286,14 +286,15 @@ def attentive_probe(
     task: str = "auto",
     groups: np.ndarray | None = None,
     train_groups: int | None = None,
-    epochs: int = 60,
-    lr: float = 1e-3,
+    steps: int = 300,
+    lr: float = 3e-3,
     weight_decay: float = 0.05,
     batch_size: int = 32,
 ) -> dict[str, Any]:
     """`AttentiveProbe` on each record's token features [N_i, D], trained with AdamW (cross
-    entropy, or squared error on standardised targets) on each split's training records;
-    scored like `linear_probe` (accuracy or R^2 on the test records)."""
+    entropy, or squared error on standardised targets) for `steps` batches drawn from each
+    split's training records (a step count, not epochs, so a few labelled records still get a
+    trained probe); scored like `linear_probe` (accuracy or R^2 on the test records)."""
     from sklearn.metrics import accuracy_score, r2_score
 
     classify = _classify(labels, task)
@@ -311,19 +312,17 @@ def attentive_probe(
         opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
         mu, sd = (0.0, 1.0) if classify else (float(y[train].mean()), float(y[train].std()) or 1.0)
         rng = np.random.default_rng([seed, k])
-        for _ in range(epochs):
-            order = rng.permutation(train)
-            for lo in range(0, len(order), batch_size):
-                idx = order[lo : lo + batch_size]
-                x, pad = _padded(tokens, idx)
-                out = model(x, pad)
-                if classify:
-                    loss = nn.functional.cross_entropy(out, y[idx])
-                else:
-                    loss = nn.functional.mse_loss(out[:, 0], (y[idx] - mu) / sd)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
+        for _ in range(steps):
+            idx = rng.choice(train, min(batch_size, len(train)), replace=False)
+            x, pad = _padded(tokens, idx)
+            out = model(x, pad)
+            if classify:
+                loss = nn.functional.cross_entropy(out, y[idx])
+            else:
+                loss = nn.functional.mse_loss(out[:, 0], (y[idx] - mu) / sd)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
         model.eval()
         with torch.no_grad():
             preds = []
@@ -461,7 +460,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--seed", type=int, default=0, help="split seed, and the init seed of --random-init"
     )
-    p.add_argument("--epochs", type=int, default=60, help="attentive probe: training epochs")
+    p.add_argument(
+        "--steps", type=int, default=300, help="attentive probe: training steps per split"
+    )
     p.add_argument(
         "--json",
         metavar="FILE",
@@ -542,7 +543,7 @@ def _probe_runs(args, encoder, cfg, modality, ds, labels, groups, keep) -> dict[
         width = tokens[0].shape[1]
         runs = [
             attentive_probe(
-                tokens, y, args.folds, args.seed + r, args.task, g, args.labels, args.epochs
+                tokens, y, args.folds, args.seed + r, args.task, g, args.labels, args.steps
             )
             for r in range(args.repeats)
         ]
