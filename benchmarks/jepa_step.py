@@ -99,6 +99,7 @@ class ModelShape:
     pred_dim: int = 384
     pred_depth: int = 12  # I-JEPA's configs use a 12-deep, 384-wide predictor
     pred_heads: int = 12
+    init: str = "ijepa"  # I-JEPA's trunc-normal std 0.02, as the reference step initialises
     grid: int = 14  # 224 px / 16 px patches -> 14 x 14 = 196 tokens
     batch: int = 64
     num_targets: int = 4
