@@ -104,6 +104,14 @@ def test_training_loss_falls_and_run_dir_is_complete(trained_run):
     for key in ("lr", "wd", "momentum", "target_std", "pred_std", "samples_per_s"):
         assert key in rec
     assert rec["momentum"] > 0.996 and rec["wd"] > 0.3  # the ramps moved
+    # The diagnostics (first step, then train.diag_every 25): position share, effective rank,
+    # attention entropy per layer.
+    diag = [r for r in read_metrics(trained_run) if "pos_share" in r]
+    assert [r["step"] for r in diag] == [1, 25]
+    for r in diag:
+        assert 0.0 <= r["pos_share"] <= 1.0 and r["target_rank"] >= 1.0, r
+        entropies = [r[f"attn_entropy_{i}"] for i in range(2)]  # model.depth=2
+        assert all(0.0 < e <= 1.0 + 1e-6 for e in entropies), entropies
     assert [s for s, _ in complete_checkpoints(trained_run)] == [15, 30]
 
 
