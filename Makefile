@@ -28,7 +28,7 @@ demo: $(STAMP)
 		--output demo_data/fmri
 	$(PY) -m engine.train --data demo_data/fmri --out runs/demo \
 		--config engine/configs/fmri_demo.yaml --resume auto
-	$(PY) -m engine.probe --checkpoint runs/demo --data demo_data/fmri --label group
+	$(PY) -m engine.probe --checkpoint runs/demo --data demo_data/fmri --label group --baseline
 
 test: $(STAMP)
 	$(PY) -m ruff check .

@@ -396,7 +396,8 @@ def _default_json(checkpoint: str, args: argparse.Namespace) -> Path:
     name = f"probe-{args.label}-{args.probe}"
     if args.probe == "linear":
         name += f"-{args.pool}"
-    name += f"-{args.encoder}" + (f"-labels{args.labels}" if args.labels else "")
+    name += "-random-init" if args.random_init else f"-{args.encoder}"
+    name += f"-labels{args.labels}" if args.labels else ""
     return path / f"{name}.json"
 
 
@@ -467,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
         "--json",
         metavar="FILE",
         help="where to write the results (default: next to the checkpoint, "
-        "probe-LABEL-PROBE[-POOL]-ENCODER[-labelsN].json)",
+        "probe-LABEL-PROBE[-POOL]-ENCODER[-labelsN].json, ENCODER random-init with --random-init)",
     )
     args = p.parse_args(argv)
     if args.repeats < 1:

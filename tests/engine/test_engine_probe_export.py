@@ -8,6 +8,7 @@ import torch
 from conftest import run_cli
 from safetensors.torch import load_file
 
+from engine.checkpoint import latest_checkpoint
 from engine.export import load_encoder
 from engine.probe import extract_features, linear_probe
 from pipelines.shards import ShardDataset
@@ -95,6 +96,15 @@ def test_probe_cli_random_init_baseline(trained_run, grid_data):
     random = run_cli([*args, "--label", "label", "--folds", "4", "--random-init"])
     assert "random-init features" in random.stdout and "target features" in trained.stdout
     assert trained.stdout.split("accuracy")[1] != random.stdout.split("accuracy")[1]
+    # --baseline: both in one run, and a JSON file next to the checkpoint holding both
+    both = run_cli([*args, "--label", "label", "--folds", "4", "--baseline"])
+    assert "random-init features" in both.stdout and "target features" in both.stdout
+    ckpt = latest_checkpoint(trained_run)  # a run directory's results go in its latest checkpoint
+    assert (ckpt / "probe-label-linear-mean-random-init.json").is_file()  # the --random-init run
+    saved = json.loads((ckpt / "probe-label-linear-mean-target.json").read_text())
+    assert set(saved["results"]) == {"target", "random-init"}
+    for name in ("target", "random-init"):
+        assert f"{saved['results'][name]['mean']:.4f}" in both.stdout
 
 
 def test_export_carries_dataset_stats_and_loads_without_the_dataset(
