@@ -3,11 +3,14 @@
 A falling loss proves nothing. Two ways to meet the targets without learning content:
 - the positional shortcut: the target encoder's features become (mostly) a function of where a
   token sits, which the predictor reads off the mask tokens' positions;
-- collapse: the targets lose their spread or their rank.
+- collapse: the targets lose their spread or their rank, or become mostly one constant vector
+  (predicting the batch mean then meets most of the loss: how I-JEPA's layer-normed targets
+  were met on the fMRI positive control, docs/results.md).
 
 `target_diagnostics` measures both on a batch: the share of the target encoder's feature
 variance that position explains (over the batch's tokens grouped by position, bias-corrected),
-the per-dimension spread of the regression targets and their effective rank. `attention_entropy`
+the per-dimension spread of the regression targets, their effective rank and the share of their
+energy in their mean vector. `attention_entropy`
 gives each encoder layer's mean attention entropy over log(sequence length): 1.0 is uniform
 attention, the state at initialisation, which a trained encoder leaves. `check` turns the numbers
 into warnings that name the number and its threshold.
@@ -31,6 +34,8 @@ SHORTCUT_SHARE = 0.9
 COLLAPSE_RANK = 0.05
 #: the targets' mean per-dimension std below this (layer-normed targets start near 1)
 COLLAPSE_STD = 0.1
+#: the batch-mean vector carries at least this share of the targets' mean square
+CONSTANT_SHARE = 0.9
 
 
 def position_share(
@@ -80,7 +85,9 @@ def target_diagnostics(
     h: torch.Tensor, targets: torch.Tensor, batch: dict[str, Any]
 ) -> dict[str, float]:
     """h [B, N, D]: the target encoder's features of every token (before normalising);
-    targets [Tt, D]: the regression targets of the step. Keys: pos_share, target_rank."""
+    targets [Tt, D]: the regression targets of the step. Keys: pos_share, target_rank,
+    target_const (|mean target|^2 over the mean |target|^2: 1 when every target is the same
+    vector, about 1/Tt for centred ones)."""
     b, n, d = h.shape
     lengths = batch["n_tokens"].to(h.device)
     valid = (torch.arange(n, device=h.device)[None, :] < lengths[:, None]).reshape(-1)
@@ -90,7 +97,19 @@ def target_diagnostics(
     return {
         "pos_share": position_share(flat, group, int(batch["n_pos_groups"]), valid),
         "target_rank": effective_rank(targets.float()),
+        "target_const": constant_share(targets.float()),
     }
+
+
+def constant_share(x: torch.Tensor) -> float:
+    """Share of the mean square of x [T, D] carried by its mean vector: |mean|^2 / mean |x|^2."""
+    if len(x) == 0:
+        return 0.0
+    x = x.double()
+    energy = (x * x).sum(1).mean()
+    if energy <= 0:
+        return 0.0
+    return float((x.mean(0) ** 2).sum() / energy)
 
 
 @torch.no_grad()
@@ -142,4 +161,15 @@ def check(diag: dict[str, float], width: int, target_norm: str) -> list[str]:
     std = diag.get("target_std")
     if std is not None and std < COLLAPSE_STD:
         out.append(f"collapse: the targets' mean per-dimension std is {std:.3f} (< {COLLAPSE_STD})")
+    const = diag.get("target_const")
+    if const is not None and const >= CONSTANT_SHARE:
+        out.append(
+            f"constant targets: their batch-mean vector carries {const:.0%} of their mean square "
+            f"(>= {CONSTANT_SHARE:.0%}), so predicting a constant meets most of the loss"
+            + (
+                " (loss.target_norm=position_centered removes the mean)"
+                if target_norm == "layer_norm"
+                else ""
+            )
+        )
     return out

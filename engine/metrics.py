@@ -116,10 +116,11 @@ def plot_curves(run_dir: str | Path) -> Path | None:
     ax_rank.plot(*series("target_rank"), color="tab:green", linestyle="--", label="target_rank")
     ax_rank.set_ylabel("effective rank of the targets")
     ax_rank.legend(loc="lower right")
-    ax_pos.plot(*series("pos_share"), marker=".")
+    ax_pos.plot(*series("pos_share"), marker=".", label="pos_share (position's share)")
+    ax_pos.plot(*series("target_const"), marker=".", label="target_const (mean vector's share)")
     ax_pos.set_ylim(0, 1)
-    ax_pos.axhline(0.9, color="tab:red", linestyle=":", label="shortcut threshold")
-    ax_pos.set_title("share of target variance explained by position")
+    ax_pos.axhline(0.9, color="tab:red", linestyle=":", label="warning threshold")
+    ax_pos.set_title("shortcuts: target variance explained by position / a constant")
     ax_pos.legend(loc="lower left")
     layers = sorted(
         {k for r in rows for k in r if k.startswith("attn_entropy_")},

@@ -12,7 +12,13 @@ import torch.nn.functional as F
 
 from engine.config import ConfigError, load_config
 from engine.data import Sample, collate, position_groups
-from engine.diagnostics import attention_entropy, check, effective_rank, position_share
+from engine.diagnostics import (
+    attention_entropy,
+    check,
+    constant_share,
+    effective_rank,
+    position_share,
+)
 from engine.model import Encoder, center_by_position, normalize_targets, target_features
 from engine.objective import mae_targets
 from modalities.grid import GridEmbedder
@@ -160,3 +166,14 @@ def test_check_names_the_number_that_tripped():
     assert any("effective rank is 1.20" in m for m in msgs)
     assert any("std is 0.020" in m for m in msgs)
     assert check({"pos_share": 0.4, "target_rank": 20.0, "target_std": 0.9}, 32, "layer_norm") == []
+    msgs = check({"target_const": 0.95}, 32, "layer_norm")
+    assert len(msgs) == 1 and "constant targets" in msgs[0] and "95%" in msgs[0]
+
+
+def test_constant_share_sees_a_shared_vector():
+    torch.manual_seed(0)
+    noise = torch.randn(256, 32)
+    assert constant_share(noise) < 0.05  # centred: about 1/256 + sampling
+    shared = torch.randn(32) * 4 + 0.2 * noise  # one vector plus a little spread
+    assert constant_share(shared) > 0.95
+    assert constant_share(torch.zeros(0, 32)) == 0.0
