@@ -1,0 +1,220 @@
+"""A minimal textbook JEPA written apart from the engine, to cross-check what the engine learns.
+
+Nothing of `engine.model`, `engine.objective`, the engine's maskers or its EMA is used: its own
+transformer (torch's `nn.TransformerEncoderLayer`), a learned row embedding plus a sin-cos
+column code, its own block masks on a (row, column) token grid (a random 40-50% of the rows over
+1-2 contiguous columns are the targets; the rest is the context), an EMA target encoder, smooth
+L1 on the targets. `--targets layer_norm` is I-JEPA's target normalisation; `position_centered`
+subtracts each position's batch mean first (the engine's default). It reads the same shards and
+the same tokens (the modality's tokenizer) as the engine, so the two see identical inputs.
+
+    python benchmarks/minimal_jepa.py --data DIR --out FILE.safetensors [--targets ...]
+        [--steps N] [--seed S]
+
+`load(FILE)` returns the trained target encoder and `features(...)` its per-token features, which
+`benchmarks/positive_controls.py` probes beside the engine's. Imports torch, numpy, safetensors,
+`pipelines.shards` and `modalities` (data only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from modalities import get_modality  # noqa: E402
+from pipelines.shards import ShardDataset  # noqa: E402
+
+
+def sincos(pos: torch.Tensor, dim: int) -> torch.Tensor:
+    omega = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float32) / (dim / 2))
+    angle = pos.float()[..., None] * omega
+    return torch.cat([angle.sin(), angle.cos()], -1)
+
+
+class Encoder(nn.Module):
+    def __init__(self, patch: int, rows: int, dim: int = 64, depth: int = 4, heads: int = 4):
+        super().__init__()
+        self.dim = dim
+        self.proj = nn.Linear(patch, dim)
+        self.row = nn.Parameter(torch.randn(rows, dim // 2) * 0.02)
+        layer = dict(dim_feedforward=4 * dim, dropout=0.0, batch_first=True, norm_first=True)
+        self.blocks = nn.ModuleList(
+            nn.TransformerEncoderLayer(dim, heads, activation="gelu", **layer) for _ in range(depth)
+        )
+        self.norm = nn.LayerNorm(dim)
+
+    def pos(self, coords: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.row[coords[..., 0]], sincos(coords[..., 1], self.dim // 2)], -1)
+
+    def forward(self, x: torch.Tensor, coords: torch.Tensor, keep: torch.Tensor | None = None):
+        h = self.proj(x) + self.pos(coords)
+        if keep is not None:
+            h = torch.gather(h, 1, keep[..., None].expand(-1, -1, self.dim))
+        for blk in self.blocks:
+            h = blk(h)
+        return self.norm(h)
+
+
+class Predictor(nn.Module):
+    def __init__(self, dim: int, width: int = 32, depth: int = 1, heads: int = 4):
+        super().__init__()
+        self.inp = nn.Linear(dim, width)
+        self.pos = nn.Linear(dim, width)
+        self.mask = nn.Parameter(torch.randn(width) * 0.02)
+        layer = dict(dim_feedforward=4 * width, dropout=0.0, batch_first=True, norm_first=True)
+        self.blocks = nn.ModuleList(
+            nn.TransformerEncoderLayer(width, heads, activation="gelu", **layer)
+            for _ in range(depth)
+        )
+        self.norm = nn.LayerNorm(width)
+        self.out = nn.Linear(width, dim)
+
+    def forward(self, ctx, pos_ctx, pos_tgt):
+        h = torch.cat([self.inp(ctx) + self.pos(pos_ctx), self.mask + self.pos(pos_tgt)], 1)
+        for blk in self.blocks:
+            h = blk(h)
+        return self.out(self.norm(h[:, ctx.shape[1] :]))
+
+
+def block_mask(rng: np.random.Generator, rows: int, cols: int) -> np.ndarray:
+    """Target cells of one sample: 40-50% of the rows over 1-2 contiguous columns."""
+    target = np.zeros((rows, cols), bool)
+    k = max(1, int(rows * rng.uniform(0.4, 0.5)))
+    width = min(cols, int(rng.integers(1, 3)))
+    c0 = int(rng.integers(0, cols - width + 1))
+    target[np.ix_(rng.choice(rows, k, replace=False), np.arange(c0, c0 + width))] = True
+    return target.reshape(-1)
+
+
+def load_tokens(data: str) -> tuple[np.ndarray, np.ndarray]:
+    """tokens [records, N, patch] and coords [N, 2] of a grid dataset whose records all share
+    one token grid (the modality's tokenizer, its default options)."""
+    ds = ShardDataset(data)
+    modality = get_modality(ds.modality)
+    # what the grid tokenizers read of an engine config: 1 x 16 patches (Brain-JEPA's)
+    cfg = SimpleNamespace(model=SimpleNamespace(patch_len=16), modality={})
+    toks, coords = [], None
+    for i in range(len(ds)):
+        t = modality.tokenize(ds[i], ds.stats, cfg)
+        if coords is None:
+            coords = t["coords"][:, :2]
+        elif not np.array_equal(coords, t["coords"][:, :2]):
+            raise ValueError(f"{data}: record {i} has another token grid than record 0")
+        toks.append(t["tokens"])
+    return np.stack(toks).astype(np.float32), np.asarray(coords)
+
+
+def train(
+    tokens: np.ndarray,
+    coords: np.ndarray,
+    targets: str = "position_centered",
+    steps: int = 1500,
+    seed: int = 0,
+    batch: int = 16,
+    lr: float = 1e-3,
+    ema: tuple[float, float] = (0.99, 1.0),
+    log_every: int = 250,
+) -> Encoder:
+    """Train and return the EMA target encoder."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    rows, cols = int(coords[:, 0].max()) + 1, int(coords[:, 1].max()) + 1
+    enc = Encoder(tokens.shape[-1], rows)
+    pred = Predictor(enc.dim)
+    target = copy.deepcopy(enc).requires_grad_(False)
+    params = [*enc.parameters(), *pred.parameters()]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
+    x_all, c = torch.as_tensor(tokens), torch.as_tensor(coords)
+    t0 = time.time()
+    for step in range(steps):
+        warm = max(1, steps // 10)
+        if step < warm:
+            opt.param_groups[0]["lr"] = lr * (step + 1) / warm
+        else:
+            opt.param_groups[0]["lr"] = lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / steps))
+        x = x_all[rng.integers(0, len(tokens), batch)]
+        m = np.stack([block_mask(rng, rows, cols) for _ in range(batch)])
+        n_t, n_c = int(m.sum(1).min()), int((~m).sum(1).min())  # same count in every sample
+        tgt_idx = torch.as_tensor(np.stack([np.flatnonzero(r)[:n_t] for r in m]))
+        ctx_idx = torch.as_tensor(np.stack([np.flatnonzero(~r)[:n_c] for r in m]))
+        pos = enc.pos(c)[None].expand(batch, -1, -1)
+        take = lambda t, i: torch.gather(t, 1, i[..., None].expand(-1, -1, t.shape[-1]))  # noqa: E731
+        p = pred(enc(x, c, ctx_idx), take(pos, ctx_idx), take(pos, tgt_idx))
+        with torch.no_grad():
+            h = target(x, c)
+            if targets == "position_centered":
+                h = h - h.mean(0, keepdim=True)  # every sample shares the grid
+            h = F.layer_norm(h, (h.shape[-1],))
+        loss = F.smooth_l1_loss(p, take(h, tgt_idx))
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        momentum = ema[0] + (ema[1] - ema[0]) * step / steps
+        with torch.no_grad():
+            for a, b in zip(target.parameters(), enc.parameters(), strict=True):
+                a.lerp_(b, 1 - momentum)
+        if log_every and (step % log_every == 0 or step == steps - 1):
+            print(f"minimal_jepa: step {step} loss {loss.item():.4f} ({time.time() - t0:.0f} s)")
+    return target
+
+
+@torch.no_grad()
+def features(enc: Encoder, tokens: np.ndarray, coords: np.ndarray) -> list[np.ndarray]:
+    c = torch.as_tensor(coords)
+    out = []
+    for lo in range(0, len(tokens), 64):
+        out.extend(enc(torch.as_tensor(tokens[lo : lo + 64]), c).numpy())
+    return out
+
+
+def save(enc: Encoder, path: str | Path, rows: int) -> None:
+    meta = {"rows": str(rows), "patch": str(enc.proj.in_features)}
+    save_file({k: v.contiguous() for k, v in enc.state_dict().items()}, str(path), metadata=meta)
+
+
+def load(path: str | Path) -> Encoder:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    enc = Encoder(int(meta["patch"]), int(meta["rows"]))
+    enc.load_state_dict(load_file(str(path)), strict=True)
+    return enc.eval()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True, help="safetensors file of the target encoder")
+    p.add_argument(
+        "--targets", choices=("position_centered", "layer_norm"), default="position_centered"
+    )
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    tokens, coords = load_tokens(args.data)
+    enc = train(tokens, coords, args.targets, args.steps, args.seed)
+    save(enc, args.out, int(coords[:, 0].max()) + 1)
+    print(json.dumps({"saved": args.out, "records": len(tokens), "tokens": int(tokens.shape[1])}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
