@@ -398,6 +398,25 @@ def validate(cfg: Config) -> None:
     _check(t.cuda_graph_ratio > 1, "train.cuda_graph_ratio", "must be > 1", t.cuda_graph_ratio)
 
 
+def kernel_notes(cfg: Config) -> list[str]:
+    """What in `cfg` keeps a GPU run off the Triton attention kernel (it runs, on the slower
+    torch reference): head dims (width / heads) the kernel does not take, naming the keys."""
+    from kernels.attention import SUPPORTED_HEAD_DIMS
+
+    m, out = cfg.model, []
+    for part, width, heads in (
+        ("model.embed_dim / model.num_heads", m.embed_dim, m.num_heads),
+        ("model.pred_dim / model.pred_heads", m.pred_dim, m.pred_heads),
+    ):
+        if width % heads == 0 and width // heads not in SUPPORTED_HEAD_DIMS:
+            out.append(
+                f"{part} = {width} / {heads}: head dim {width // heads} is not one the Triton "
+                f"attention kernel takes {SUPPORTED_HEAD_DIMS}; that attention runs on the torch "
+                "reference on GPU (same result, slower)"
+            )
+    return out
+
+
 def save_config(cfg: Config, path: str | Path) -> None:
     """Write the resolved config as YAML (atomically: temp file + rename)."""
     path = Path(path)

@@ -28,7 +28,7 @@ from engine.checkpoint import (
     read_state,
     save_checkpoint,
 )
-from engine.config import Config
+from engine.config import Config, kernel_notes
 from engine.data import JEPALoader, resolve_modality, sample_rng
 from engine.diagnostics import attention_entropy, check, target_diagnostics
 from engine.graphs import GraphedJEPA, GraphedTargetFeatures
@@ -130,6 +130,9 @@ class Trainer:
             cfg.train.precision == "auto" and info.device.type == "cuda"
         )
 
+        if info.device.type == "cuda" and info.rank == 0:
+            for note in kernel_notes(cfg):
+                print(f"engine.train: note: {note}", file=sys.stderr, flush=True)
         torch.manual_seed(cfg.train.seed)
         self.mae = cfg.loss.objective == "mae"
         out_dim = patch_dim if self.mae else None  # MAE's predictor outputs patches

@@ -19,6 +19,7 @@ lower triangle. A query that sees no key (``Lq > Lk`` near the top, or ``Lk == 0
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -782,7 +783,9 @@ def varlen_attention(
     of ``batch + 1`` entries starting at 0 and ending at the total token count; ``max_seqlen_*``
     bound the per-sample lengths (they size the launch grid, so no device sync is needed).
     ``causal`` is bottom-right aligned; ``scale`` defaults to ``head_dim ** -0.5``. Head dims
-    32, 64, 80, 96, 128 run in Triton (fp16/bf16 on GPU, fp32 too).
+    32, 64, 80, 96, 128 run in Triton (fp16/bf16 on GPU, fp32 too); with ``backend="auto"``
+    other head dims run on the torch reference (with a warning, once per head dim), with
+    ``backend="triton"`` they are an error.
     """
     _check_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k)
     head_dim = q.shape[-1]
@@ -790,9 +793,12 @@ def varlen_attention(
     if not _dispatch.use_triton(backend, q, k, v, cu_seqlens_q, cu_seqlens_k):
         return varlen_attention_reference(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, scale)
     if head_dim not in SUPPORTED_HEAD_DIMS:
-        raise ValueError(
-            f"head_dim {head_dim} not supported by the kernel; use one of {SUPPORTED_HEAD_DIMS}"
-        )
+        if backend == "triton":
+            raise ValueError(
+                f"head_dim {head_dim} not supported by the kernel; use one of {SUPPORTED_HEAD_DIMS}"
+            )
+        _warn_head_dim(head_dim)
+        return varlen_attention_reference(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, scale)
     if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise ValueError(f"varlen_attention kernel supports fp16, bf16, fp32; got {q.dtype}")
     return VarlenAttentionFunction.apply(
@@ -806,6 +812,19 @@ def varlen_attention(
         bool(causal),
         scale,
     )
+
+
+_WARNED_HEAD_DIMS: set[int] = set()
+
+
+def _warn_head_dim(head_dim: int) -> None:
+    if head_dim not in _WARNED_HEAD_DIMS:
+        _WARNED_HEAD_DIMS.add(head_dim)
+        warnings.warn(
+            f"varlen_attention: head_dim {head_dim} is not one the Triton kernel takes "
+            f"{SUPPORTED_HEAD_DIMS}; running the torch reference (slower, same result)",
+            stacklevel=3,
+        )
 
 
 def attention_padded(

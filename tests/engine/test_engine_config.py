@@ -56,3 +56,15 @@ def test_bad_yaml_key_is_named(tmp_path):
 def test_zero3_is_refused_with_the_reason():
     with pytest.raises(ConfigError, match=r"train\.zero_stage: ZeRO-3 partitions the parameters"):
         load_config(overrides=["train.zero_stage=3"])
+
+
+def test_kernel_notes_name_head_dims_the_attention_kernel_lacks():
+    from pathlib import Path
+
+    from engine.config import kernel_notes
+
+    demo = Path(__file__).resolve().parents[2] / "engine" / "configs" / "fmri_demo.yaml"
+    notes = kernel_notes(load_config(demo))  # 64 / 4 and 32 / 4 heads
+    assert len(notes) == 2 and "head dim 16" in notes[0] and "head dim 8" in notes[1]
+    fits = ["model.embed_dim=128", "model.num_heads=2", "model.pred_dim=64", "model.pred_heads=2"]
+    assert kernel_notes(load_config(None, fits)) == []
