@@ -8,6 +8,8 @@ TORCH ?= torch==2.13.0
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# deepspeed's requirement, read from pyproject.toml (one place pins it)
+DEEPSPEED := $(shell grep -o '"deepspeed[^"]*"' pyproject.toml)
 
 .PHONY: demo test lint bench clean-demo
 
@@ -17,7 +19,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
 	$(PY) -m pip install --quiet "$(TORCH)"
 	# deepspeed builds from source and imports torch in setup.py: build it against the torch above.
-	$(PY) -m pip install --quiet --no-build-isolation deepspeed
+	$(PY) -m pip install --quiet --no-build-isolation $(DEEPSPEED)
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
