@@ -16,6 +16,7 @@ May import numpy, pyarrow, torch, `modalities` and `pipelines.shards` (never Ray
 from __future__ import annotations
 
 import importlib
+import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -192,21 +193,38 @@ def collate(samples: Sequence[Sample]) -> dict[str, Any]:
 
 
 class MaskedBatches(IterableDataset):
-    """Yields collated batches of one rank for one epoch, from batch `start` on.
+    """Yields the collated batches of one rank from (epoch, batch `start`) on, across epochs,
+    without end.
 
-    Each DataLoader worker opens its own `ShardDataset` (memory maps do not cross processes) and
-    takes every `num_workers`-th batch; the DataLoader hands batches out round-robin over workers,
-    so the batch sequence is the same for any worker count.
+    Each DataLoader worker opens its own `ShardDataset` once (memory maps do not cross processes;
+    with `data.verify=first_touch` each shard is hashed once per worker process, not once per
+    epoch) and takes every `num_workers`-th batch of the stream; the DataLoader hands batches out
+    round-robin over workers, so the sequence is the same for any worker count. One stream for
+    the whole run keeps the workers alive across epochs.
     """
 
     def __init__(
-        self, cfg: Config, modality: Modality, batches: np.ndarray, epoch: int, start: int
+        self,
+        cfg: Config,
+        modality: Modality,
+        shard_rows: list[int],
+        rank: int,
+        world: int,
+        epoch: int,
+        start: int,
     ) -> None:
         self.cfg = cfg
         self.modality = modality
-        self.batches = batches
+        self.shard_rows = shard_rows
+        self.rank, self.world = rank, world
         self.epoch = epoch
         self.start = start
+
+    def batches(self, epoch: int) -> np.ndarray:
+        """This rank's batches of `epoch`, [n_batches, batch_size] record indices."""
+        d = self.cfg.data
+        order = epoch_order(self.shard_rows, self.cfg.train.seed, epoch, d.shuffle_buffer)
+        return rank_batches(order, self.rank, self.world, d.batch_size)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
@@ -215,11 +233,19 @@ class MaskedBatches(IterableDataset):
         stats = ds.stats
         masker = self.modality.masker(self.cfg)
         seed = self.cfg.train.seed
-        for j in range(self.start + wid, len(self.batches), nw):
+        per_epoch = len(self.batches(self.epoch))
+        if per_epoch == 0:
+            return
+        cached: tuple[int, np.ndarray] | None = None
+        for k in itertools.count(wid, nw):  # position k of the stream, from (epoch, start)
+            epoch, j = divmod(self.start + k, per_epoch)
+            epoch += self.epoch
+            if cached is None or cached[0] != epoch:
+                cached = (epoch, self.batches(epoch))
             samples = []
-            for idx in self.batches[j]:
+            for idx in cached[1][j]:
                 t = self.modality.tokenize(ds[int(idx)], stats, self.cfg)
-                ctx, tgts = masker(sample_rng(seed, self.epoch, int(idx)), t["coords"])
+                ctx, tgts = masker(sample_rng(seed, epoch, int(idx)), t["coords"])
                 samples.append(Sample(int(idx), t["tokens"], t["coords"], ctx, list(tgts)))
             yield collate(samples)
 
@@ -241,12 +267,12 @@ class JEPALoader:
         self.shard_rows = [s.rows for s in ds.shards]
         self.epoch = 0
         self.batch = 0
-        self.batches_per_epoch = len(self._batches(0))
+        self.batches_per_epoch = len(self._stream().batches(0))
 
-    def _batches(self, epoch: int) -> np.ndarray:
-        d = self.cfg.data
-        order = epoch_order(self.shard_rows, self.cfg.train.seed, epoch, d.shuffle_buffer)
-        return rank_batches(order, self.rank, self.world, d.batch_size)
+    def _stream(self) -> MaskedBatches:
+        return MaskedBatches(
+            self.cfg, self.modality, self.shard_rows, self.rank, self.world, self.epoch, self.batch
+        )
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "batch": self.batch}
@@ -260,20 +286,22 @@ class JEPALoader:
             )
         self.epoch, self.batch = epoch, batch
 
-    def _epoch_loader(self) -> DataLoader:
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        """One DataLoader (its workers live as long as this iterator) from the current
+        position on; the position advances as batches are handed out."""
+        if self.batches_per_epoch == 0:
+            return
+        if self.batch >= self.batches_per_epoch:
+            self.epoch, self.batch = self.epoch + 1, 0
         d = self.cfg.data
-        ds = MaskedBatches(
-            self.cfg, self.modality, self._batches(self.epoch), self.epoch, self.batch
-        )
         kwargs: dict[str, Any] = {}
         if d.num_workers > 0:
             kwargs.update(prefetch_factor=d.prefetch_factor, num_workers=d.num_workers)
-        return DataLoader(ds, batch_size=None, pin_memory=torch.cuda.is_available(), **kwargs)
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        while True:
+        loader = DataLoader(
+            self._stream(), batch_size=None, pin_memory=torch.cuda.is_available(), **kwargs
+        )
+        for batch in loader:
             if self.batch >= self.batches_per_epoch:
                 self.epoch, self.batch = self.epoch + 1, 0
-            for batch in self._epoch_loader():
-                self.batch += 1
-                yield batch
+            self.batch += 1
+            yield batch

@@ -81,3 +81,26 @@ def test_loader_resumes_mid_epoch_without_reading_skipped_samples(grid_data, mon
             torch.testing.assert_close(got[key], want[key], rtol=0, atol=0)
     assert read[:8] == batches[6]["index"].tolist(), "the first reads are the next unseen batch"
     assert len(read) == 8 * len(batches[6:]), "only the records of the batches handed out"
+
+
+def test_loader_opens_the_dataset_once_across_epochs(grid_data, monkeypatch):
+    """One stream for the run: the dataset (and with data.verify=first_touch, each shard's hash)
+    is opened once per worker process, not once per epoch."""
+    import engine.data as ed
+
+    cfg = _cfg(grid_data, "data.num_workers=0", "data.verify=first_touch")
+    modality = resolve_modality(cfg.data.modality, "grid")
+    loader = JEPALoader(cfg, modality)
+    opened: list[str] = []
+
+    class Counting(ShardDataset):
+        def __init__(self, *a, **k):
+            opened.append(k.get("verify", "?"))
+            super().__init__(*a, **k)
+
+    monkeypatch.setattr(ed, "ShardDataset", Counting)
+    it = iter(loader)
+    seen = [next(it)["index"].tolist() for _ in range(20)]  # 8 batches per epoch: 3 epochs
+    assert loader.state_dict() == {"epoch": 2, "batch": 4}
+    assert opened == ["first_touch"], opened
+    assert sorted(sum(seen[:8], [])) == list(range(64)) == sorted(sum(seen[8:16], []))
