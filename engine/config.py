@@ -25,17 +25,25 @@ class ConfigError(ValueError):
     """A configuration key is unknown, mistyped or out of range; the message names the key."""
 
 
+def resumable(default: Any) -> Any:
+    """A field that may differ between a checkpoint and the run resuming it: it changes neither
+    the model nor the sample sequence (`resumable_keys`). Every other field must match for an
+    exact resume."""
+    return field(default=default, metadata={"resumable": True})
+
+
 @dataclass
 class DataConfig:
-    path: str = ""  # dataset directory (usually given as --data)
+    path: str = resumable("")  # dataset directory (usually given as --data)
     # "" = the registered modality named by the dataset's manifest; or "package.module:ATTR"
     # for a Modality object outside the registry.
     modality: str = ""
     batch_size: int = 32  # samples per micro-batch per rank
-    num_workers: int = 1  # DataLoader worker processes (0 = tokenize in the main process)
-    prefetch_factor: int = 4
+    # DataLoader worker processes (0 = tokenize in the main process)
+    num_workers: int = resumable(1)
+    prefetch_factor: int = resumable(4)
     shuffle_buffer: int = 1024  # window of the within-buffer sample shuffle
-    verify: str = "first_touch"  # shard checksums: first_touch | all | none
+    verify: str = resumable("first_touch")  # shard checksums: first_touch | all | none
 
 
 @dataclass
@@ -103,32 +111,35 @@ class EMAConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = 1000  # optimizer steps
-    save_every: int = 500  # 0 = only at the end
-    keep_checkpoints: int = 2  # newest complete checkpoints kept (0 = all)
-    log_every: int = 1
+    steps: int = resumable(1000)  # optimizer steps
+    save_every: int = resumable(500)  # 0 = only at the end
+    keep_checkpoints: int = resumable(2)  # newest complete checkpoints kept (0 = all)
+    log_every: int = resumable(1)
     seed: int = 0
     zero_stage: int = 2
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
     nonfinite: str = "stop"  # stop | skip (skip the micro-batch on every rank and count it)
-    max_skips: int = 100  # with nonfinite=skip: stop once this many micro-batches were skipped
-    progress: bool = True  # tqdm bar on rank 0
+    # with nonfinite=skip: stop once this many micro-batches were skipped
+    max_skips: int = resumable(100)
+    progress: bool = resumable(True)  # tqdm bar on rank 0
     # CUDA only: replay the target encoder's forward from a CUDA graph per batch shape (one
     # launch instead of hundreds; same numbers). Off: the eager forward.
-    cuda_graph_target: bool = True
+    cuda_graph_target: bool = resumable(True)
     # CUDA only: replay the trained part's forward and backward from CUDA graphs, one per
     # padded size bucket (engine.graphs.GraphedJEPA; at most 4% padding, none of it in the loss
     # or the gradients). Off: eager.
-    cuda_graph_step: bool = True
-    cuda_graph_buckets: int = 64  # most buckets captured; batches of other sizes run eagerly
-    cuda_graph_ratio: float = 1.04  # bucket ladder ratio: at most this much padding per count
+    cuda_graph_step: bool = resumable(True)
+    # most buckets captured; batches of other sizes run eagerly
+    cuda_graph_buckets: int = resumable(64)
+    # bucket ladder ratio: at most this much padding per count
+    cuda_graph_ratio: float = resumable(1.04)
     # CUDA only: the blocks' LayerNorms on the fused Triton kernel (kernels.layer_norm); false:
     # torch's. Same numbers up to float rounding; on CPU both are F.layer_norm.
-    fused_layernorm: bool = True
+    fused_layernorm: bool = resumable(True)
     # Training diagnostics (position share of the targets, their spread and effective rank,
     # attention entropy per layer) every this many steps; 0 = off. A warning names the number
     # when a run looks like the positional shortcut or a collapse.
-    diag_every: int = 25
+    diag_every: int = resumable(25)
 
 
 @dataclass
@@ -146,6 +157,20 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def resumable_keys() -> set[str]:
+    """Dotted keys of the fields declared with `resumable`."""
+    out = set()
+    for section in dataclasses.fields(Config):
+        cls = section.default_factory
+        if dataclasses.is_dataclass(cls):
+            out.update(
+                f"{section.name}.{f.name}"
+                for f in dataclasses.fields(cls)
+                if f.metadata.get("resumable")
+            )
+    return out
 
 
 # ----------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from engine.checkpoint import (
     read_state,
     save_checkpoint,
 )
-from engine.config import Config, kernel_notes
+from engine.config import Config, kernel_notes, resumable_keys
 from engine.data import JEPALoader, resolve_modality, sample_rng
 from engine.diagnostics import attention_entropy, check, target_diagnostics
 from engine.graphs import GraphedJEPA, GraphedTargetFeatures
@@ -43,28 +43,6 @@ from pipelines.shards import ShardDataset
 
 class NonFiniteLoss(RuntimeError):
     """The loss was NaN or infinite; the message names the step."""
-
-
-# Keys that may differ between a checkpoint and the run resuming it: they change neither the
-# model nor the sample sequence. Everything else must match for an exact resume.
-RESUMABLE_CHANGES = {
-    "data.path",
-    "data.num_workers",
-    "data.prefetch_factor",
-    "data.verify",
-    "train.steps",
-    "train.save_every",
-    "train.cuda_graph_target",
-    "train.cuda_graph_step",
-    "train.cuda_graph_buckets",
-    "train.cuda_graph_ratio",
-    "train.fused_layernorm",
-    "train.keep_checkpoints",
-    "train.log_every",
-    "train.progress",
-    "train.max_skips",
-    "train.diag_every",
-}
 
 
 @dataclass
@@ -88,7 +66,7 @@ def check_resumable(saved: dict[str, Any], cfg: Config, where: Path) -> None:
     """Raise CheckpointError naming the config keys that differ from the checkpoint's."""
     old, new = _flat(saved), _flat(cfg.to_dict())
     bad = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
-    bad = [k for k in bad if k not in RESUMABLE_CHANGES]
+    bad = [k for k in bad if k not in resumable_keys()]
     if bad:
         detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in bad)
         raise CheckpointError(f"{where}: cannot resume exactly, the config changed ({detail})")

@@ -68,3 +68,12 @@ def test_kernel_notes_name_head_dims_the_attention_kernel_lacks():
     assert len(notes) == 2 and "head dim 16" in notes[0] and "head dim 8" in notes[1]
     fits = ["model.embed_dim=128", "model.num_heads=2", "model.pred_dim=64", "model.pred_heads=2"]
     assert kernel_notes(load_config(None, fits)) == []
+
+
+def test_resumable_keys_are_declared_on_the_fields():
+    from engine.config import resumable_keys
+
+    keys = resumable_keys()
+    assert {"data.path", "data.num_workers", "train.steps", "train.diag_every"} <= keys
+    # what changes the model, the optimisation or the sample sequence must match on resume
+    assert not keys & {"model.embed_dim", "data.batch_size", "train.seed", "loss.target_norm"}
