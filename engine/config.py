@@ -264,14 +264,15 @@ def _set(cfg: Config, key: str, value: Any) -> None:
     setattr(section, name, _coerce(key, value, fields[name]))
 
 
-def _flatten(tree: Any, prefix: str = "") -> list[tuple[str, Any]]:
+def flatten(tree: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """A nested mapping -> [(dotted key, leaf value)], in order."""
     if not isinstance(tree, dict):
         raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {tree!r}")
     out = []
     for k, v in tree.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict):
-            out.extend(_flatten(v, key + "."))
+            out.extend(flatten(v, key + "."))
         else:
             out.append((key, v))
     return out
@@ -301,7 +302,7 @@ def load_config(
             tree = yaml.safe_load(Path(yaml_path).read_text()) or {}
         except (OSError, yaml.YAMLError) as e:
             raise ConfigError(f"{yaml_path}: cannot read config ({e})") from None
-        for key, value in _flatten(tree):
+        for key, value in flatten(tree):
             _set(cfg, key, value)
     for text in overrides or []:
         _set(cfg, *parse_override(text))
@@ -314,7 +315,7 @@ def load_config(
 def config_from_dict(tree: dict[str, Any]) -> Config:
     """A `Config` from `Config.to_dict()` output (a saved run's config), validated."""
     cfg = Config()
-    for key, value in _flatten(tree):
+    for key, value in flatten(tree):
         _set(cfg, key, value)
     validate(cfg)
     return cfg

@@ -28,7 +28,7 @@ from engine.checkpoint import (
     read_state,
     save_checkpoint,
 )
-from engine.config import Config, kernel_notes, resumable_keys
+from engine.config import Config, flatten, kernel_notes, resumable_keys
 from engine.data import JEPALoader, resolve_modality, sample_rng
 from engine.diagnostics import attention_entropy, check, target_diagnostics
 from engine.graphs import GraphedJEPA, GraphedTargetFeatures
@@ -52,19 +52,9 @@ class RunState:
     samples: int = 0  # samples consumed by this rank (skipped ones included)
 
 
-def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def check_resumable(saved: dict[str, Any], cfg: Config, where: Path) -> None:
     """Raise CheckpointError naming the config keys that differ from the checkpoint's."""
-    old, new = _flat(saved), _flat(cfg.to_dict())
+    old, new = dict(flatten(saved)), dict(flatten(cfg.to_dict()))
     bad = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
     bad = [k for k in bad if k not in resumable_keys()]
     if bad:

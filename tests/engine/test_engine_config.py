@@ -77,3 +77,14 @@ def test_resumable_keys_are_declared_on_the_fields():
     assert {"data.path", "data.num_workers", "train.steps", "train.diag_every"} <= keys
     # what changes the model, the optimisation or the sample sequence must match on resume
     assert not keys & {"model.embed_dim", "data.batch_size", "train.seed", "loss.target_norm"}
+
+
+def test_resume_check_names_the_changed_keys_and_allows_resumable_ones(tmp_path):
+    from engine.checkpoint import CheckpointError
+    from engine.trainer import check_resumable
+
+    saved = Config().to_dict()
+    check_resumable(saved, load_config(None, ["train.steps=5", "data.num_workers=3"]), tmp_path)
+    changed = load_config(None, ["model.embed_dim=64", "model.num_heads=4", "train.steps=5"])
+    with pytest.raises(CheckpointError, match=r"model.embed_dim: 192 -> 64.*model.num_heads"):
+        check_resumable(saved, changed, tmp_path)
