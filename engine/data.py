@@ -15,7 +15,6 @@ May import numpy, pyarrow, torch, `modalities` and `pipelines.shards` (never Ray
 
 from __future__ import annotations
 
-import importlib
 import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -33,17 +32,11 @@ from pipelines.shards import ShardDataset
 
 def resolve_modality(spec: str, manifest_modality: str) -> Modality:
     """The modality object: `spec` "" -> the registry's entry for the dataset's modality;
-    a registered name; or "package.module:ATTR" for one outside the registry."""
-    if not spec:
-        return get_modality(manifest_modality)
-    if ":" in spec:
-        module, _, attr = spec.partition(":")
-        try:
-            obj = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as e:
-            raise ValueError(f"data.modality: cannot load {spec!r} ({e})") from None
-        return obj
-    return get_modality(spec)
+    otherwise a registered name or a "package.module:ATTR" spec (`modalities.get_modality`)."""
+    try:
+        return get_modality(spec or manifest_modality)
+    except KeyError as e:
+        raise ValueError(f"data.modality: {e.args[0]}") from None
 
 
 def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:

@@ -46,6 +46,8 @@ class Modality:
     extensions: ClassVar[tuple[str, ...]]
     #: a dataclass type holding this modality's preprocessing options (JSON-serialisable fields)
     options_type: ClassVar[type]
+    #: how many demo files `python -m pipelines.ingest NAME` (no --input) generates
+    demo_size: ClassVar[int] = 8
 
     def add_cli_options(self, parser: argparse.ArgumentParser) -> None:
         """Add this modality's options to the ingest CLI."""
@@ -69,6 +71,12 @@ class Modality:
     def demo(self, out_dir: str | Path, n: int, seed: int) -> list[str]:
         """Write `n` realistic raw files in this modality's format; return their paths."""
         raise NotImplementedError
+
+    def draw(self, ds: Any, index: int, rng: Any) -> Any:
+        """One sample of dataset `ds` (a `pipelines.shards.ShardDataset`) with the context and
+        target masks this modality's masker draws for it: a `modalities.show.Drawing`
+        (`python -m modalities.show NAME`). Imports matplotlib inside."""
+        raise ModalityError(f"modality {self.name!r} has no drawer")
 
     def warm_up(self) -> None:
         """Import the heavy readers `read` needs. The ingest runs this on every Ray worker while

@@ -1,10 +1,10 @@
 """`python -m modalities.show MODALITY --data DIR [--index i] --out FILE.png [--seed S]`.
 
 Draws one sample of a dataset directory with the context and target masks its modality's masker
-draws for it, so a person can see what the model is asked to predict. Each modality registers a
-drawer in `DRAWERS` ("module:function", imported on first use so matplotlib and torch load only
-when drawing); a drawer is `draw(ds, index, rng) -> Drawing`. To add one: write the function (in
-the modality's package or here) and add its name to `DRAWERS`.
+draws for it, so a person can see what the model is asked to predict. The drawing is the
+modality's own `draw(ds, index, rng) -> Drawing` (`modalities.base.Modality.draw`), found through
+the one modality registry (`modalities.get_modality`, built-ins and installed plugins alike);
+the fMRI and EEG drawers live here.
 
 Imports numpy, pyarrow (`pipelines.shards`) and, inside the drawers, matplotlib (Agg backend) and
 the modality's model pieces. Never imports `engine`.
@@ -13,7 +13,6 @@ the modality's model pieces. Never imports `engine`.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 from collections.abc import Callable
@@ -23,13 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from modalities import ModalityError, available, get_modality
 from pipelines.shards import ShardDataset, ShardError
-
-#: modality name -> "module:function" of its drawer
-DRAWERS: dict[str, str] = {
-    "eeg": "modalities.show:draw_eeg",
-    "fmri": "modalities.show:draw_fmri",
-}
 
 
 @dataclass
@@ -41,12 +35,8 @@ class Drawing:
 
 
 def drawer(name: str) -> Callable[[ShardDataset, int, np.random.Generator], Drawing]:
-    """The drawer registered for modality `name`."""
-    try:
-        module, _, attr = DRAWERS[name].partition(":")
-    except KeyError:
-        raise KeyError(f"no drawer for {name!r}; known: {', '.join(sorted(DRAWERS))}") from None
-    return getattr(importlib.import_module(module), attr)
+    """The drawing function of the modality registered as `name`."""
+    return get_modality(name).draw
 
 
 def _pyplot() -> Any:
@@ -270,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Draw one sample of a dataset with the context and target masks of its "
         "modality's masker.",
     )
-    p.add_argument("modality", choices=sorted(DRAWERS), help="the dataset's modality")
+    p.add_argument("modality", choices=available(), help="the dataset's modality")
     p.add_argument("--data", required=True, help="dataset directory (index.json + shards/)")
     p.add_argument("--index", type=int, default=0, help="record index (default 0)")
     p.add_argument("--out", required=True, help="PNG file to write")
@@ -286,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         drawing = drawer(args.modality)(ds, args.index, rng)
         out = Path(args.out)
         save_png(drawing.figure, out)
-    except (ValueError, KeyError, ShardError, OSError) as e:
+    except (ValueError, KeyError, ModalityError, ShardError, OSError) as e:
         print(f"modalities.show: error: {e}", file=sys.stderr)
         return 1
     print(f"wrote {out}: {args.modality} record {args.index}, seed {args.seed}: {drawing.summary}")

@@ -16,7 +16,6 @@ from modalities import Modality
 
 # Bump when a generator changes, so caches of the old output are not reused.
 DEMO_VERSION = 1
-DEFAULT_N = {"fmri": 12, "eeg": 16}
 
 
 def cache_root() -> Path:
@@ -26,7 +25,7 @@ def cache_root() -> Path:
 
 def ensure_demo(modality: Modality, n: int | None = None, seed: int = 0) -> Path:
     """Path of the demo cohort for `modality`, generating it on first use."""
-    n = n if n is not None else DEFAULT_N.get(modality.name, 8)
+    n = n if n is not None else modality.demo_size
     target = cache_root() / "demo" / f"{modality.name}-v{DEMO_VERSION}-n{n}-seed{seed}"
     if target.is_dir():
         return target

@@ -62,6 +62,12 @@ class EegModality(Modality):
     name = "eeg"
     extensions = EXTENSIONS
     options_type = EegOptions
+    demo_size = 16
+
+    def draw(self, ds, index, rng):
+        from modalities.show import draw_eeg
+
+        return draw_eeg(ds, index, rng)
 
     def matches(self, path: str) -> bool:
         return is_recording(path)

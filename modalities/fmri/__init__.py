@@ -91,6 +91,12 @@ class FmriModality(Modality):
     name = "fmri"
     extensions = (".nii", ".nii.gz")
     options_type = FmriOptions
+    demo_size = 12
+
+    def draw(self, ds, index, rng):
+        from modalities.show import draw_fmri
+
+        return draw_fmri(ds, index, rng)
 
     def add_cli_options(self, parser: argparse.ArgumentParser) -> None:
         g = parser.add_argument_group("fMRI options")

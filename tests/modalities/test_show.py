@@ -6,7 +6,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from modalities.show import DRAWERS, drawer, main
+from modalities import available
+from modalities.show import drawer, main
 from pipelines.shards import write_dataset
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -73,11 +74,11 @@ def test_refusals_exit_1_with_the_reason(fmri_dataset, tmp_path, capsys):
     assert not (tmp_path / "x.png").exists()
 
 
-def test_registry_names_every_drawer_and_refuses_unknown_ones():
-    assert "fmri" in DRAWERS
-    for name in DRAWERS:
+def test_every_registered_modality_has_a_drawer_and_unknown_ones_are_refused():
+    assert {"fmri", "eeg"} <= set(available())
+    for name in available():
         assert callable(drawer(name))
-    with pytest.raises(KeyError, match="no drawer for 'nope'; known: .*fmri"):
+    with pytest.raises(KeyError, match="unknown modality 'nope'; known: .*fmri"):
         drawer("nope")
 
 
