@@ -65,7 +65,8 @@ def _build(
     weights: dict[str, torch.Tensor],
     stats: dict[str, Any] | None,
 ) -> Encoder:
-    # stats None: a checkpoint from before they were saved; the modality reads cfg.data.path.
+    # stats None: a checkpoint from before they were saved; a modality that needs them (fMRI's
+    # gradient positions) says so.
     encoder = Encoder(modality.embedder(cfg, stats), cfg.model)
     encoder.load_state_dict(weights, strict=True)
     return encoder.eval().requires_grad_(False)

@@ -258,7 +258,7 @@ class FmriModality(Modality):
 
     def embedder(self, cfg: Any, stats: dict[str, Any] | None = None) -> Any:
         """Brain-JEPA's embedder; gradient positions from `stats` (the engine passes the training
-        dataset's, saved in checkpoints and exports), else from `cfg.data.path`'s stats.json."""
+        dataset's, saved in checkpoints and exports)."""
         from modalities.fmri.jepa import build_embedder
 
         return build_embedder(cfg, stats)

@@ -11,8 +11,9 @@
   sin-cos of the ROI index (`pos="roi_index"`).
 - `SpatiotemporalMasker`: the observation block, Cross-ROI, Cross-Time and Double-Cross targets.
 
-Imports numpy, torch and `modalities.grid`; `pipelines.shards` (pyarrow + numpy) only to read the
-statistics of `cfg.data.path` when the embedder is built without them. Never imports `engine`.
+Imports numpy, torch and `modalities.grid`. Never imports `engine` or `pipelines`: the dataset
+statistics (the gradients) come from the caller, which has them from the dataset, a checkpoint or
+an export.
 """
 
 from __future__ import annotations
@@ -218,27 +219,19 @@ class BrainJepaEmbedder(nn.Module):
         return self.proj(tokens) + self.position(coords)
 
 
-def dataset_stats(path: str) -> dict[str, Any]:
-    """stats.json of the dataset directory `path` (`cfg.data.path`), with a clear error."""
-    from pipelines.shards import ShardDataset
-
-    if not path:
-        raise ValueError(
-            "data.path is empty: the fMRI embedder reads the gradients of the dataset's stats.json"
-        )
-    try:
-        return ShardDataset(path, verify="none").stats
-    except Exception as e:
-        raise ValueError(f"data.path={path}: cannot read the dataset statistics ({e})") from e
-
-
 def build_embedder(cfg: Any, stats: Mapping[str, Any] | None = None) -> BrainJepaEmbedder:
-    """The embedder for an engine config; `stats` default to those of `cfg.data.path`."""
+    """The embedder for an engine config; `stats`: the dataset statistics (gradient positions
+    read their 'gradients')."""
     opts = BrainJepaConfig.from_config(cfg)
     gradients = None
     if opts.pos == "gradient":
         if stats is None:
-            stats = dataset_stats(cfg.data.path)
+            raise ValueError(
+                "modality.pos=gradient needs the dataset statistics (their 'gradients'), and none "
+                "were given: the engine passes the dataset's, and checkpoints and exports carry "
+                "them since they were first stored; an older checkpoint cannot rebuild its "
+                "positions (retrain it, or use modality.pos=roi_index)"
+            )
         if "gradients" not in stats:
             raise ValueError(
                 "the dataset statistics have no 'gradients' (modality.pos=gradient needs them; "

@@ -7,7 +7,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pyarrow as pa
 import pytest
 import torch
 import yaml
@@ -23,7 +22,6 @@ from modalities.fmri.jepa import (
     tokenize_record,
 )
 from modalities.grid import sincos_1d
-from pipelines.shards import write_dataset
 
 R, P = 450, 10  # Brain-JEPA: 450 ROIs x 160 frames -> 10 time patches of 16 frames
 
@@ -274,20 +272,16 @@ def test_roi_index_ablation_and_forward():
         BrainJepaEmbedder(16, 18, None, "roi_index")
 
 
-def test_embedder_hook_reads_the_dataset_statistics(tmp_path):
+def test_embedder_hook_takes_the_dataset_statistics_it_is_given():
     stats = stats_for(8)
-    schema = pa.schema([("bold", pa.fixed_shape_tensor(pa.float32(), [8, 32]))])
-    rec = {"bold": np.zeros((8, 32), np.float32)}
-    write_dataset(tmp_path / "ds", "fmri", schema, [rec], stats=stats)
-    cfg = load_config(
-        values={"data.path": str(tmp_path / "ds"), "model.embed_dim": 16, "model.num_heads": 4}
-    )
-    emb = MODALITY.embedder(cfg)
+    cfg = load_config(values={"model.embed_dim": 16, "model.num_heads": 4})
+    emb = MODALITY.embedder(cfg, stats)
     np.testing.assert_allclose(emb.gradients.numpy(), np.asarray(stats["gradients"]), rtol=1e-6)
-    bare = tmp_path / "bare"
-    write_dataset(bare, "fmri", schema, [rec], stats={"roi_median": [0.0] * 8})
     with pytest.raises(ValueError, match="no 'gradients'.*modality.pos=roi_index"):
-        MODALITY.embedder(load_config(values={"data.path": str(bare)}))
+        MODALITY.embedder(cfg, {"roi_median": [0.0] * 8})
+    # no statistics (a checkpoint older than stored statistics): a clear error, no dataset read
+    with pytest.raises(ValueError, match="needs the dataset statistics.*modality.pos=roi_index"):
+        MODALITY.embedder(cfg)
     # roi_index needs no statistics at all
     MODALITY.embedder(load_config(overrides=["modality.pos=roi_index"]))
 
