@@ -10,7 +10,8 @@
    reverting one fix (`loss.target_norm=layer_norm`: I-JEPA's targets; `model.init=ijepa`) or
    taking the papers' EMA (`ema.start=0.996`) or a deeper predictor (`model.pred_depth=4`).
    Also the independent minimal JEPA (benchmarks/minimal_jepa.py) with both target norms, and
-   the same encoder trained supervised on the label (160 subjects; 40 held out).
+   the same encoder trained supervised on the label (160 subjects; 40 held out), and again on
+   only `--labels` subjects (the few-label probe's budget: label efficiency).
 3. Probes every encoder with `engine.probe`'s functions: the record label (`field`) with a linear
    probe on mean+std-pooled features trained on `--labels` labelled subjects (`--draws` draws,
    every other subject tested) and with 5-fold CV; the attentive probe on the same draws; the
@@ -294,6 +295,15 @@ def main(argv: list[str] | None = None) -> int:
             probe_all(
                 name, lambda p=path: minimal_jepa.features(minimal_jepa.load(p), tokens_arr, coords)
             )
+    rows = int(coords[:, 0].max()) + 1
+    for s in args.seeds:  # the minimal JEPA's own starting weights (train() seeds, then builds)
+
+        def minimal_init(s: int = s) -> list[np.ndarray]:
+            torch.manual_seed(s)
+            enc = minimal_jepa.Encoder(tokens_arr.shape[-1], rows).eval()
+            return minimal_jepa.features(enc, tokens_arr, coords)
+
+        probe_all(f"minimal-random-init-s{s}", minimal_init)
     results.setdefault("supervised", {})
     for s in args.seeds:
         if f"s{s}" not in results["supervised"]:
@@ -301,6 +311,17 @@ def main(argv: list[str] | None = None) -> int:
             save()
         acc = results["supervised"][f"s{s}"]["held_out_accuracy"]
         print(f"{'supervised-s' + str(s):>26}: held-out accuracy {acc:.3f}")
+    # Label efficiency: the same encoder trained supervised on as many labelled subjects as the
+    # few-label probe gets, against pretraining on all records plus that probe.
+    results.setdefault("supervised_few_labels", {})
+    for s in args.seeds:
+        if f"s{s}" not in results["supervised_few_labels"]:
+            results["supervised_few_labels"][f"s{s}"] = supervised(
+                data, s, args.steps, train_subjects=args.labels
+            )
+            save()
+        acc = results["supervised_few_labels"][f"s{s}"]["held_out_accuracy"]
+        print(f"{'supervised-few-s' + str(s):>26}: held-out accuracy {acc:.3f}")
     print(f"results written to {out / 'results.json'}")
     return 0
 
