@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet "$(TORCH)"
 	# deepspeed builds from source and imports torch in setup.py: build it against the torch above.
 	$(PY) -m pip install --quiet --no-build-isolation $(DEEPSPEED)
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev,fast]"
 	touch $(STAMP)
 
 # The demo cohort (12 synthetic subjects, generated once and cached) -> shards -> a short

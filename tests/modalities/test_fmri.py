@@ -732,6 +732,7 @@ def test_builtin_atlas_names(demo_cohort):
 @pytest.mark.parametrize("name", ["example4d.nii.gz", "example_nifti2.nii.gz"])
 def test_isal_inflate_reads_what_nibabel_reads(name, demo_cohort):
     """The fast .nii.gz path returns exactly nibabel's stored array (dtype, order, offset)."""
+    pytest.importorskip("isal", reason="the optional `fast` extra (make installs it)")
     from modalities.fmri.scan import _stored_voxels
 
     for path in (NIB_DATA / name, Path(demo_cohort[0])):
