@@ -27,8 +27,6 @@ from modalities.eeg.channels import resolve_channels
 from modalities.eeg.options import (
     BAD_POLICIES,
     CHANNEL_SETS,
-    DEFAULT_SFREQ,
-    DEFAULT_WINDOW_S,
     LABEL_SOURCES,
     UNKNOWN_POLICIES,
     EegOptions,
@@ -74,20 +72,21 @@ class EegModality(Modality):
 
     def add_cli_options(self, parser: argparse.ArgumentParser) -> None:
         g = parser.add_argument_group("EEG options")
+        d = EegOptions()  # the defaults live there, once
         g.add_argument(
             "--channels",
             dest="eeg_channels",
             type=_channels_arg,
-            default="10-20",
+            default=d.channels,
             metavar="SET|A,B,...",
-            help=f"fixed channel set of every record: {', '.join(CHANNEL_SETS)} (default 10-20, "
-            "19 channels) or a comma-separated list of names",
+            help=f"fixed channel set of every record: {', '.join(CHANNEL_SETS)} "
+            f"(default {d.channels}, 19 channels) or a comma-separated list of names",
         )
         g.add_argument(
             "--unknown-channels",
             dest="eeg_unknown_channels",
             choices=UNKNOWN_POLICIES,
-            default="keep",
+            default=d.unknown_channels,
             help="channels of --channels with no 10-05 position: keep (position NaN, default) "
             "or drop",
         )
@@ -95,17 +94,17 @@ class EegModality(Modality):
             "--sfreq",
             dest="eeg_sfreq",
             type=float,
-            default=DEFAULT_SFREQ,
+            default=d.sfreq,
             metavar="HZ",
-            help=f"resample every recording to this rate (default {DEFAULT_SFREQ:g}, S-JEPA)",
+            help=f"resample every recording to this rate (default {d.sfreq:g}, S-JEPA)",
         )
         g.add_argument(
             "--window",
             dest="eeg_window",
             type=float,
-            default=DEFAULT_WINDOW_S,
+            default=d.window_s,
             metavar="SECONDS",
-            help=f"seconds per record (default {DEFAULT_WINDOW_S:g})",
+            help=f"seconds per record (default {d.window_s:g})",
         )
         g.add_argument(
             "--hop",
@@ -118,9 +117,9 @@ class EegModality(Modality):
             "--high-pass",
             dest="eeg_high_pass",
             type=float,
-            default=0.5,
+            default=d.high_pass,
             metavar="HZ",
-            help="high-pass edge in Hz (default 0.5; 0 = off)",
+            help=f"high-pass edge in Hz (default {d.high_pass:g}; 0 = off)",
         )
         g.add_argument(
             "--low-pass", dest="eeg_low_pass", type=float, metavar="HZ", help="low-pass edge in Hz"
@@ -129,7 +128,7 @@ class EegModality(Modality):
             "--notch",
             dest="eeg_notch",
             type=_floats_arg,
-            default=(),
+            default=d.notch,
             metavar="HZ[,HZ...]",
             help="line frequencies to notch out, e.g. 50 or 60,120 (default none)",
         )
@@ -137,7 +136,7 @@ class EegModality(Modality):
             "--bad-channels",
             dest="eeg_bad_channels",
             choices=BAD_POLICIES,
-            default="drop-channel",
+            default=d.bad_channels,
             help="a flat or non-finite channel in a window: zero it and clear its mask bit "
             "(drop-channel, default) or skip the window (drop-window)",
         )
@@ -145,41 +144,44 @@ class EegModality(Modality):
             "--flat-uv",
             dest="eeg_flat_uv",
             type=float,
-            default=1.0,
+            default=d.flat_uv,
             metavar="UV",
-            help="peak-to-peak below which a channel is flat in a window (default 1 uV)",
+            help="peak-to-peak below which a channel is flat in a window "
+            f"(default {d.flat_uv:g} uV)",
         )
         g.add_argument(
             "--min-channels",
             dest="eeg_min_channels",
             type=int,
-            default=1,
+            default=d.min_channels,
             metavar="N",
-            help="refuse recordings with fewer channels of the set (default 1)",
+            help=f"refuse recordings with fewer channels of the set (default {d.min_channels})",
         )
         g.add_argument(
             "--label-from",
             dest="eeg_label_from",
             choices=LABEL_SOURCES,
-            default="task",
+            default=d.label_from,
             help="what fills the label column: the BIDS task entity (default) or none",
         )
 
     def options_from_args(self, args: argparse.Namespace) -> EegOptions:
-        high_pass = getattr(args, "eeg_high_pass", 0.5)
+        d = EegOptions()
+        get = lambda name, field: getattr(args, f"eeg_{name}", getattr(d, field))  # noqa: E731
+        high_pass = get("high_pass", "high_pass")
         return EegOptions(
-            channels=getattr(args, "eeg_channels", "10-20"),
-            unknown_channels=getattr(args, "eeg_unknown_channels", "keep"),
-            sfreq=getattr(args, "eeg_sfreq", DEFAULT_SFREQ),
-            window_s=getattr(args, "eeg_window", DEFAULT_WINDOW_S),
-            hop_s=getattr(args, "eeg_hop", None),
+            channels=get("channels", "channels"),
+            unknown_channels=get("unknown_channels", "unknown_channels"),
+            sfreq=get("sfreq", "sfreq"),
+            window_s=get("window", "window_s"),
+            hop_s=get("hop", "hop_s"),
             high_pass=high_pass if high_pass else None,
-            low_pass=getattr(args, "eeg_low_pass", None),
-            notch=getattr(args, "eeg_notch", ()),
-            bad_channels=getattr(args, "eeg_bad_channels", "drop-channel"),
-            flat_uv=getattr(args, "eeg_flat_uv", 1.0),
-            min_channels=getattr(args, "eeg_min_channels", 1),
-            label_from=getattr(args, "eeg_label_from", "task"),
+            low_pass=get("low_pass", "low_pass"),
+            notch=get("notch", "notch"),
+            bad_channels=get("bad_channels", "bad_channels"),
+            flat_uv=get("flat_uv", "flat_uv"),
+            min_channels=get("min_channels", "min_channels"),
+            label_from=get("label_from", "label_from"),
         )
 
     def schema(self, opts: EegOptions) -> pa.Schema:

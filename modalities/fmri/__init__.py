@@ -34,8 +34,6 @@ from modalities.fmri.demo import _NETWORK_NODES, generate_cohort, network_weight
 from modalities.fmri.options import (
     BUILTIN_PREFIX,
     DEFAULT_ATLAS_PATH,
-    DEFAULT_GRADIENT_DIMS,
-    DEFAULT_WINDOW,
     FmriOptions,
 )
 from modalities.fmri.scan import (
@@ -100,6 +98,7 @@ class FmriModality(Modality):
 
     def add_cli_options(self, parser: argparse.ArgumentParser) -> None:
         g = parser.add_argument_group("fMRI options")
+        d = FmriOptions()  # the defaults live there, once
         g.add_argument(
             "--atlas",
             dest="fmri_atlas",
@@ -121,9 +120,9 @@ class FmriModality(Modality):
             "--window",
             dest="fmri_window",
             type=int,
-            default=DEFAULT_WINDOW,
+            default=d.window,
             metavar="FRAMES",
-            help=f"frames per record (default {DEFAULT_WINDOW}, Brain-JEPA)",
+            help=f"frames per record (default {d.window}, Brain-JEPA)",
         )
         g.add_argument(
             "--hop",
@@ -136,7 +135,7 @@ class FmriModality(Modality):
             "--detrend",
             dest="fmri_detrend",
             action=argparse.BooleanOptionalAction,
-            default=True,
+            default=d.detrend,
             help="remove a linear trend per ROI (default on)",
         )
         g.add_argument(
@@ -149,24 +148,25 @@ class FmriModality(Modality):
             "--standardize",
             dest="fmri_standardize",
             action=argparse.BooleanOptionalAction,
-            default=True,
+            default=d.standardize,
             help="z-score each ROI over the whole scan (default on)",
         )
         g.add_argument(
             "--min-roi-coverage",
             dest="fmri_min_roi_coverage",
             type=float,
-            default=0.5,
+            default=d.min_roi_coverage,
             metavar="FRACTION",
-            help="refuse scans where fewer ROIs than this have signal (default 0.5)",
+            help="refuse scans where fewer ROIs than this have signal "
+            f"(default {d.min_roi_coverage:g})",
         )
         g.add_argument(
             "--gradient-dims",
             dest="fmri_gradient_dims",
             type=int,
-            default=DEFAULT_GRADIENT_DIMS,
+            default=d.gradient_dims,
             metavar="N",
-            help=f"brain-gradient dimensions in stats (default {DEFAULT_GRADIENT_DIMS})",
+            help=f"brain-gradient dimensions in stats (default {d.gradient_dims})",
         )
         g.add_argument(
             "--participants-column",
@@ -179,7 +179,9 @@ class FmriModality(Modality):
         )
 
     def options_from_args(self, args: argparse.Namespace) -> FmriOptions:
-        atlas = getattr(args, "fmri_atlas", None)
+        d = FmriOptions()
+        get = lambda name: getattr(args, f"fmri_{name}", getattr(d, name))  # noqa: E731
+        atlas = get("atlas")
         return FmriOptions(
             # Absolute, so Ray workers with another working directory find the same file.
             atlas=(
@@ -187,17 +189,19 @@ class FmriModality(Modality):
                 if atlas is None or atlas.startswith(BUILTIN_PREFIX)
                 else str(Path(atlas).expanduser().resolve())
             ),
-            tr=getattr(args, "fmri_tr", None),
-            target_tr=getattr(args, "fmri_target_tr", None),
-            window=getattr(args, "fmri_window", DEFAULT_WINDOW),
-            hop=getattr(args, "fmri_hop", None),
-            detrend=getattr(args, "fmri_detrend", True),
-            high_pass=getattr(args, "fmri_high_pass", None),
-            low_pass=getattr(args, "fmri_low_pass", None),
-            standardize=getattr(args, "fmri_standardize", True),
-            min_roi_coverage=getattr(args, "fmri_min_roi_coverage", 0.5),
-            gradient_dims=getattr(args, "fmri_gradient_dims", DEFAULT_GRADIENT_DIMS),
-            participants_columns=tuple(getattr(args, "fmri_participants_columns", ())),
+            tr=get("tr"),
+            target_tr=get("target_tr"),
+            window=get("window"),
+            hop=get("hop"),
+            detrend=get("detrend"),
+            high_pass=get("high_pass"),
+            low_pass=get("low_pass"),
+            standardize=get("standardize"),
+            min_roi_coverage=get("min_roi_coverage"),
+            gradient_dims=get("gradient_dims"),
+            participants_columns=tuple(
+                getattr(args, "fmri_participants_columns", d.participants_columns)
+            ),
         )
 
     def schema(self, opts: FmriOptions) -> pa.Schema:
