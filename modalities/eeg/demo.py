@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from modalities.bids import write_participants
 from modalities.eeg.channels import standard_positions
 from modalities.eeg.options import CHANNELS_10_20
 from pipelines.shards import atomic_write_text
@@ -143,7 +144,7 @@ def generate_cohort(
     std = np.stack([table[c] for c in names]).astype(np.float64)
     n_subjects = math.ceil(n_recordings / 2)
     width = max(2, len(str(n_subjects)))
-    participants = ["participant_id\tage\tsex\talpha_hz"]
+    participants: list[tuple] = []
     paths = []
     for s in range(n_subjects):
         rng = np.random.default_rng([seed, s])
@@ -153,7 +154,7 @@ def generate_cohort(
         # A real cap sits a few millimetres off the template positions.
         electrodes = std + rng.normal(0, 0.003, std.shape)
         participants.append(
-            f"{sub}\t{int(rng.integers(20, 70))}\t{'MF'[int(rng.integers(0, 2))]}\t{alpha_hz:.2f}"
+            (sub, int(rng.integers(20, 70)), "MF"[int(rng.integers(0, 2))], f"{alpha_hz:.2f}")
         )
         for c in range(2):
             r = 2 * s + c
@@ -182,7 +183,7 @@ def generate_cohort(
                 raw.set_annotations(mne.Annotations(onset, duration, desc))
             _write_raw(raw, path, fmt)
             paths.append(str(path))
-    atomic_write_text(out / "participants.tsv", "\n".join(participants) + "\n")
+    write_participants(out / "participants.tsv", ("age", "sex", "alpha_hz"), participants)
     atomic_write_text(
         out / "dataset_description.json",
         json.dumps({"Name": "jepa-forge synthetic resting EEG cohort", "BIDSVersion": "1.8.0"}),

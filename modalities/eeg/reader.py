@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from modalities.base import ModalityError
+from modalities.bids import bids_entities
 from modalities.eeg.channels import ChannelSet, match_key
 from modalities.eeg.options import EegOptions
 
@@ -29,7 +30,6 @@ from modalities.eeg.options import EegOptions
 #: source per `.vhdr` (its `.vmrk`/`.eeg` are read through it); EEGLAB's `.fdt` likewise via `.set`.
 EXTENSIONS = (".edf", ".bdf", ".gdf", ".fif", ".fif.gz", ".vhdr", ".set", ".cnt")
 
-_BIDS = re.compile(r"(?:^|_)(sub|ses|task|run)-([A-Za-z0-9]+)")
 _SPLIT_FIF = re.compile(r"^(?P<base>.+)-(?P<n>\d+)(?P<ext>\.fif(?:\.gz)?)$", re.IGNORECASE)
 _BIDS_SPLIT = re.compile(r"_split-(\d+)_", re.IGNORECASE)
 
@@ -51,24 +51,6 @@ def is_recording(path: str) -> bool:
     if m and os.path.exists(os.path.join(os.path.dirname(path), m["base"] + m["ext"])):
         return False
     return True
-
-
-def bids_entities(source: str) -> dict[str, str | None]:
-    """subject / session / task / run from a BIDS-style file name (subject: the stem if none)."""
-    name = os.path.basename(source.rstrip("/"))
-    found = {k: v for k, v in _BIDS.findall(name)}
-    if "sub" not in found:  # sub-XX may only be in a parent directory
-        for part in reversed(Path(source).parts[:-1]):
-            if part.startswith("sub-"):
-                found["sub"] = part[4:]
-                break
-    stem = name.split(".")[0]
-    return {
-        "subject": f"sub-{found['sub']}" if "sub" in found else stem,
-        "session": found.get("ses"),
-        "task": found.get("task"),
-        "run": found.get("run"),
-    }
 
 
 def record_schema(n_channels: int, n_samples: int, metadata: dict[str, str]) -> pa.Schema:

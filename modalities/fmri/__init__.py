@@ -29,6 +29,7 @@ import numpy as np
 import pyarrow as pa
 
 from modalities.base import Modality, ModalityError, ReadContext
+from modalities.bids import bids_entities, participant_values
 from modalities.fmri.atlas import Atlas, _nearest_labels, atlas_on_grid, load_atlas
 from modalities.fmri.demo import _NETWORK_NODES, generate_cohort, network_weights
 from modalities.fmri.options import (
@@ -39,11 +40,9 @@ from modalities.fmri.options import (
 from modalities.fmri.scan import (
     _open_scan,
     _schema,
-    bids_entities,
     clean_signals,
     header_tr,
     parcellate,
-    participant_values,
     resample_tr,
 )
 from modalities.fmri.stats import connectivity_gradients, fit_fmri_stats

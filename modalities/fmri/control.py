@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from modalities.bids import write_participants
 from pipelines.shards import atomic_write_text
 
 PATCH = 16  # frames per Brain-JEPA token
@@ -165,7 +166,7 @@ def generate_frequency_control(
     inside = labels > 0
     owner = labels[inside].astype(np.int64) - 1
     width = max(2, len(str(n_subjects)))
-    rows = ["participant_id\tfield"]
+    rows: list[tuple] = []
     paths = []
     for i in range(n_subjects):
         rng = np.random.default_rng([seed, i, 0x4652])
@@ -189,9 +190,9 @@ def generate_frequency_control(
         header = "\t".join(f"roi-{k + 1}" for k in range(cfg.n_rois))
         body = "\n".join("\t".join(f"{v:.5f}" for v in row) for row in per_frame)
         atomic_write_text(func / f"{sub}_task-rest{LATENT_SUFFIX}", header + "\n" + body + "\n")
-        rows.append(f"{sub}\t{'smooth' if smooth else 'independent'}")
+        rows.append((sub, "smooth" if smooth else "independent"))
         paths.append(str(path))
-    atomic_write_text(bids / "participants.tsv", "\n".join(rows) + "\n")
+    write_participants(bids / "participants.tsv", ("field",), rows)
     atomic_write_text(
         bids / "dataset_description.json",
         json.dumps({"Name": "jepa-forge fMRI positive control", "BIDSVersion": "1.8.0"}),

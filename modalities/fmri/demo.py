@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from modalities.bids import write_participants
 from pipelines.shards import atomic_write_text
 
 # --------------------------------------------------------------------------------------------
@@ -108,7 +109,7 @@ def generate_cohort(
     default_k, fp_k = names.index("default"), names.index("frontoparietal")
 
     width = max(2, len(str(n_subjects)))
-    rows = ["participant_id\tgroup\tcoupling"]
+    rows: list[tuple] = []
     paths = []
     for i in range(n_subjects):
         rng = np.random.default_rng([seed, i])
@@ -149,9 +150,9 @@ def generate_cohort(
         nib.save(img, tmp)
         os.replace(tmp, path)  # a killed run never leaves a half-written scan under the real name
         atomic_write_text(func / f"{sub}_task-rest_bold.json", json.dumps({"RepetitionTime": tr}))
-        rows.append(f"{sub}\t{group}\t{coupling}")
+        rows.append((sub, group, coupling))
         paths.append(str(path))
-    atomic_write_text(out / "participants.tsv", "\n".join(rows) + "\n")
+    write_participants(out / "participants.tsv", ("group", "coupling"), rows)
     atomic_write_text(
         out / "dataset_description.json",
         json.dumps({"Name": "jepa-forge synthetic resting-state cohort", "BIDSVersion": "1.8.0"}),

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import csv
-import functools
 import gzip
 import os
-import re
 import struct
 import zlib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -379,62 +375,6 @@ def clean_signals(
 
 # --------------------------------------------------------------------------------------------
 # Records
-
-_ENTITY = {
-    key: re.compile(rf"(?:^|[_/\\]){key}-([A-Za-z0-9]+)") for key in ("sub", "ses", "task", "run")
-}
-
-
-def bids_entities(source: str) -> dict[str, str | None]:
-    """subject / session / task / run from BIDS names (file name first, then folders).
-
-    Without a `sub-` entity the subject is the file name without .nii / .nii.gz.
-    """
-    name = re.split(r"[/\\]", source)[-1]
-    found: dict[str, str | None] = {}
-    for key, pattern in _ENTITY.items():
-        match = pattern.search(name)
-        if match is None:
-            matches = pattern.findall(source)
-            found[key] = matches[-1] if matches else None
-        else:
-            found[key] = match.group(1)
-    subject = found["sub"]
-    if subject is None:
-        subject = re.sub(r"\.nii(\.gz)?$", "", name, flags=re.IGNORECASE)
-    return {"subject": subject, "session": found["ses"], "task": found["task"], "run": found["run"]}
-
-
-def find_participants_tsv(source: str) -> Path | None:
-    """The nearest participants.tsv in a folder above a local scan (BIDS puts it at the root)."""
-    if "://" in source:
-        return None
-    for folder in Path(source).resolve().parents:
-        candidate = folder / "participants.tsv"
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-@functools.lru_cache(maxsize=8)
-def _participants_table(path: str, mtime_ns: int) -> dict[str, dict[str, str]]:
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f, delimiter="\t"))
-    if rows and "participant_id" not in rows[0]:
-        raise ModalityError(f"{path} has no participant_id column")
-    return {r["participant_id"]: r for r in rows}
-
-
-def participant_values(source: str, subject: str, columns: tuple[str, ...]) -> dict[str, Any]:
-    """The requested participants.tsv columns for `subject` (None where absent or 'n/a')."""
-    if not columns:
-        return {}
-    path = find_participants_tsv(source)
-    row: dict[str, str] = {}
-    if path is not None:
-        table = _participants_table(str(path), path.stat().st_mtime_ns)
-        row = table.get(f"sub-{subject}") or table.get(subject) or {}
-    return {c: (None if row.get(c) in (None, "", "n/a") else row[c]) for c in columns}
 
 
 def _schema(

@@ -16,10 +16,11 @@ import pytest
 
 from modalities import get_modality
 from modalities.base import ModalityError, ReadContext
+from modalities.bids import bids_entities
 from modalities.eeg import MODALITY, EegOptions
 from modalities.eeg.channels import canonical_name, resolve_channels
 from modalities.eeg.demo import generate_cohort
-from modalities.eeg.reader import bids_entities, is_recording
+from modalities.eeg.reader import is_recording
 from modalities.eeg.stats import fit_eeg_stats
 from pipelines.shards import records_to_table
 from pipelines.worker import full_schema

@@ -202,7 +202,7 @@ def test_demo_cohort_reads_with_the_default_atlas(demo_cohort, demo_records):
         assert [r["window_start"] for r in records] == [0, 160]  # 330 frames: 2 windows
         for rec in records:
             assert set(rec) == set(schema.names)
-            assert rec["subject"] == f"{i + 1:02d}" and rec["task"] == "rest"
+            assert rec["subject"] == f"sub-{i + 1:02d}" and rec["task"] == "rest"
             assert rec["bold"].shape == (450, 160)
             assert rec["n_rois"] == 450 and rec["n_missing_rois"] == 0
             assert rec["tr"] == 2.0
@@ -447,10 +447,14 @@ def test_registry_schema_and_versions():
 
 
 def test_bids_entities():
+    """One parser for every modality (modalities.bids): the subject is the participant id,
+    `sub-<label>`, the key of participants.tsv; entities from the file name, else the folders."""
     src = "s3://bucket/ds/sub-07/ses-2/func/sub-07_ses-2_task-rest_run-01_bold.nii.gz"
-    assert bids_entities(src) == {"subject": "07", "session": "2", "task": "rest", "run": "01"}
-    assert bids_entities("/data/sub-x1/func/bold.nii")["subject"] == "x1"
+    want = {"subject": "sub-07", "session": "2", "task": "rest", "run": "01"}
+    assert bids_entities(src) == want
+    assert bids_entities("/data/sub-x1/func/bold.nii")["subject"] == "sub-x1"
     assert bids_entities("/scans/Patient_12.NII.GZ")["subject"] == "Patient_12"
+    assert bids_entities("/d/sub-3/ses-b/eeg/x.fif")["session"] == "b"  # from the folder
 
 
 def test_bad_atlas_is_an_options_error(tmp_path):
@@ -705,7 +709,7 @@ def test_participants_columns_join_bids_participants_tsv(demo_cohort, tmp_path):
     )
     for path in demo_cohort:
         recs = read_all(Path(path), opts)
-        assert {r["group"] for r in recs} == {rows[f"sub-{recs[0]['subject']}"]}
+        assert {r["group"] for r in recs} == {rows[recs[0]["subject"]]}  # subject = participant_id
         assert all(r["coupling"] is not None for r in recs)
     assert {rows["sub-01"], rows["sub-02"]} == {"control", "coupled"}
     # a scan with no participants.tsv above it still lands, with nulls
