@@ -22,6 +22,7 @@ Imports torch, numpy, scikit-learn and engine (never DeepSpeed).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 from collections.abc import Iterator, Sequence
@@ -164,14 +165,10 @@ def probe_splits(
         out = []
         for _ in range(folds):
             pools = [rng.permutation([g for g in uniq if group_class[g] == c]) for c in classes]
-            picked: list[Any] = []
-            i = 0
-            while len(picked) < train_groups:  # round-robin over the classes
-                pool = pools[i % len(pools)]
-                taken = sum(1 for g in picked if group_class[g] == classes[i % len(pools)])
-                if taken < len(pool):
-                    picked.append(pool[taken])
-                i += 1
+            # round-robin over the classes (a class that runs out is skipped)
+            none = object()
+            order = [g for row in itertools.zip_longest(*pools, fillvalue=none) for g in row]
+            picked = [g for g in order if g is not none][:train_groups]
             train = np.isin(groups_arr, picked)
             out.append((np.flatnonzero(train), np.flatnonzero(~train)))
         return out
@@ -343,7 +340,6 @@ def token_probe(
     groups: np.ndarray | None = None,
     folds: int = 5,
     max_tokens: int = 512,
-    seed: int = 0,
 ) -> dict[str, Any]:
     """R^2 of a ridge regression (standardised features, alpha by inner CV) of a per-token
     target from each token's features, k folds over records grouped by `groups` (a record's
