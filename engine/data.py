@@ -226,14 +226,14 @@ class MaskedBatches(IterableDataset):
         stats = ds.stats
         masker = self.modality.masker(self.cfg)
         seed = self.cfg.train.seed
-        per_epoch = len(self.batches(self.epoch))
+        cached = (self.epoch, self.batches(self.epoch))
+        per_epoch = len(cached[1])
         if per_epoch == 0:
             return
-        cached: tuple[int, np.ndarray] | None = None
         for k in itertools.count(wid, nw):  # position k of the stream, from (epoch, start)
             epoch, j = divmod(self.start + k, per_epoch)
             epoch += self.epoch
-            if cached is None or cached[0] != epoch:
+            if cached[0] != epoch:
                 cached = (epoch, self.batches(epoch))
             samples = []
             for idx in cached[1][j]:

@@ -55,8 +55,8 @@ class RunState:
 def check_resumable(saved: dict[str, Any], cfg: Config, where: Path) -> None:
     """Raise CheckpointError naming the config keys that differ from the checkpoint's."""
     old, new = dict(flatten(saved)), dict(flatten(cfg.to_dict()))
-    bad = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
-    bad = [k for k in bad if k not in resumable_keys()]
+    free = resumable_keys()
+    bad = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in free)
     if bad:
         detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in bad)
         raise CheckpointError(f"{where}: cannot resume exactly, the config changed ({detail})")
@@ -241,20 +241,23 @@ class Trainer:
         out.update(collapse_stats(pred, tgt))
         every = c.train.diag_every
         if every and (self.state.step % every == 0 or self.state.step == 1):
-            out.update(self.diagnostics(self._last_batch, tgt))
+            out.update(self.diagnostics(self._last_batch, tgt, out["target_std"]))
         return out
 
     @torch.no_grad()
-    def diagnostics(self, batch: dict[str, Any], tgt: torch.Tensor) -> dict[str, Any]:
+    def diagnostics(
+        self, batch: dict[str, Any], tgt: torch.Tensor, target_std: float
+    ) -> dict[str, Any]:
         """engine.diagnostics on this step's batch (an extra eager forward of the target), and
-        a warning, once per kind, when a number trips its threshold."""
+        a warning, once per kind, when a number trips its threshold (`target_std`: the step's,
+        from `collapse_stats`)."""
         h = encode_targets(self.target, batch)
         out: dict[str, Any] = target_diagnostics(h, tgt, batch)
         n0 = int(batch["n_tokens"][0])
         ent = attention_entropy(self.target, batch["tokens"][0, :n0], batch["coords"][0, :n0])
         out.update({f"attn_entropy_{i}": v for i, v in enumerate(ent)})
         if self.info.rank == 0:
-            record = {**out, "target_std": float(tgt.float().std(0).mean())}
+            record = {**out, "target_std": target_std}
             width = int(tgt.shape[-1])
             for msg in check(record, width, "mae" if self.mae else self.cfg.loss.target_norm):
                 kind = msg.split(":")[0]
