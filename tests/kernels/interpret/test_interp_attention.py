@@ -101,12 +101,15 @@ def test_autograd_function_is_the_dispatch_target(device):
     torch.testing.assert_close(direct, via_api, atol=0, rtol=0)
 
 
-def test_head_dims_the_kernel_lacks_run_on_the_reference_under_auto_only():
+def test_head_dims_the_kernel_lacks_run_on_the_reference_under_auto_only(device):
     """Demo configs use head dims 16 and 8: on a GPU `auto` must run them (on the torch
     reference, with a warning), while an explicit `triton` refuses them."""
+    import kernels.attention as attention
+
+    attention._WARNED_HEAD_DIMS.discard(16)  # the warning is once per head dim per process
     lengths = [5, 9]
-    cu = _cu(lengths, "cpu")
-    q, k, v = (torch.randn(sum(lengths), 2, 16) for _ in range(3))
+    cu = _cu(lengths, device)
+    q, k, v = (torch.randn(sum(lengths), 2, 16, device=device) for _ in range(3))
     with pytest.warns(UserWarning, match="head_dim 16"):
         out = varlen_attention(q, k, v, cu, cu, 9, 9, backend="auto")
     torch.testing.assert_close(out, varlen_attention_reference(q, k, v, cu, cu))
