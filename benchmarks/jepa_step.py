@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import importlib.util
 import itertools
 import json
@@ -179,6 +180,7 @@ def load_grid() -> types.ModuleType:
 
 
 em = load_engine_model()
+eb = sys.modules["engine.batch"]  # imported by engine.model (numpy + torch only)
 eg = load_engine_graphs(em)
 grid_mod = load_grid()
 
@@ -193,47 +195,18 @@ def draw_masks(shape: ModelShape, rng: np.random.Generator) -> list[Mask]:
     return [masker(rng, coords) for _ in range(shape.batch)]
 
 
-def _cu(lengths: list[int]) -> torch.Tensor:
-    return torch.tensor([0, *np.cumsum(lengths).tolist()], dtype=torch.int32)
-
-
-def pack(tokens: torch.Tensor, coords: torch.Tensor, masks: list[Mask]) -> dict[str, Any]:
-    """The engine's packed batch (the layout of `engine.data.collate`) from per-sample masks."""
-    lc = [len(c) for c, _ in masks]
-    blocks = [(b, t) for b, (_, ts) in enumerate(masks) for t in ts]
-    lt = [len(t) for _, t in blocks]
-    tc = sum(lc)
-    cu_ctx = np.concatenate([[0], np.cumsum(lc)])
-    cu_blk = np.concatenate([[0], np.cumsum(lt)])
-    pred_src, pred_out, lp = [], [], []
-    pos = 0
-    for s, (b, t) in enumerate(blocks):
-        pred_src.append(np.arange(cu_ctx[b], cu_ctx[b + 1]))
-        pred_src.append(tc + np.arange(cu_blk[s], cu_blk[s + 1]))
-        pred_out.append(pos + lc[b] + np.arange(len(t)))
-        lp.append(lc[b] + len(t))
-        pos += lp[-1]
-    cat = lambda xs: torch.from_numpy(np.concatenate(xs).astype(np.int64))  # noqa: E731
-    return {
-        "tokens": tokens,
-        "coords": coords,
-        "n_tokens": torch.full((len(masks),), tokens.shape[1], dtype=torch.int32),
-        "all_packing": em.all_token_packing([tokens.shape[1]] * len(masks), tokens.shape[1]),
-        "ctx_idx": cat([c for c, _ in masks]),
-        "cu_ctx": _cu(lc),
-        "max_ctx": max(lc),
-        "tgt_idx": cat([t for _, t in blocks]),
-        "cu_tgt": _cu([sum(len(t) for t in ts) for _, ts in masks]),
-        "cu_blk": _cu(lt),
-        "pred_src": cat(pred_src),
-        "cu_pred": _cu(lp),
-        "max_pred": max(lp),
-        "pred_out": cat(pred_out),
-    }
+def pack(tokens: torch.Tensor, coords: torch.Tensor, masks: list[Mask]) -> Any:
+    """The engine's packed batch (`engine.batch.pack`, what the loader builds) of these masks."""
+    return eb.pack(
+        [
+            eb.Sample(i, tokens[i].numpy(), coords[i].numpy(), c, list(ts))
+            for i, (c, ts) in enumerate(masks)
+        ]
+    )
 
 
 def to_device(x: Any, device: torch.device) -> Any:
-    if isinstance(x, torch.Tensor):
+    if isinstance(x, (torch.Tensor, eb.PackedBatch)):
         return x.to(device)
     if isinstance(x, dict):
         return {k: to_device(v, device) for k, v in x.items()}
@@ -457,7 +430,7 @@ def _compare_pair(a: StepRunner, b: StepRunner, label: str) -> list[tuple[str, s
 
 def run_check(args: argparse.Namespace) -> int:
     """CPU, fp32, tiny: ours == padded reference and ours on truncated masks == truncated
-    reference (loss, grads, post-step weights and EMA target); our packing == engine's collate."""
+    reference (loss, grads, post-step weights and EMA target)."""
     shape = ModelShape(**TINY)
     device = torch.device("cpu")
     tokens, coords, masks = make_data(shape, 1, args.seed)[0]
@@ -489,34 +462,6 @@ def run_check(args: argparse.Namespace) -> int:
         f"     masks: context {min(lc)}-{max(lc)} tokens, target blocks {min(lt)}-{max(lt)}; "
         f"truncation keeps {len(tm[0][0])} and {len(tm[0][1][0])}"
     )
-    try:  # engine.data needs pyarrow (absent on a bare GPU box): compare where it imports
-        from engine.data import Sample, collate
-    except ImportError as exc:
-        print(f"     packing vs engine.data.collate: skipped ({exc})")
-    else:
-        want = collate(
-            [
-                Sample(i, tokens[i].numpy(), coords[i].numpy(), c, ts)
-                for i, (c, ts) in enumerate(masks)
-            ]
-        )
-        got = pack(tokens, coords, masks)
-
-        def equal(a: Any, b: Any) -> bool:
-            if isinstance(a, torch.Tensor):
-                return isinstance(b, torch.Tensor) and torch.equal(a, b)
-            if isinstance(a, dict):
-                return (
-                    isinstance(b, dict)
-                    and a.keys() == b.keys()
-                    and all(equal(a[k], b[k]) for k in a)
-                )
-            return a == b
-
-        same = all(equal(got[k], want[k]) for k in got)
-        print(f"{'ok  ' if same else 'FAIL'} packing equals engine.data.collate")
-        if not same:
-            failed.append("packing")
     print(
         f"jepa_step --check: {'PASS' if not failed else 'FAIL'} ({len(results) + 1} comparisons, "
         "fp32 CPU, tiny model)"
@@ -781,7 +726,7 @@ def check_step_graph(path: StepRunner) -> dict[str, Any]:
     other cuBLAS kernels than eager ones, so gradients differ at bf16 rounding (1e-3).
     """
     b0 = path.batches[0]
-    two = [b0, {**b0, "tokens": 0.5 * b0["tokens"]}]  # same masks: same bucket
+    two = [b0, dataclasses.replace(b0, tokens=0.5 * b0.tokens)]  # same masks: same bucket
     installed = path.model.cuda_graphs
     out: dict[str, Any] = {"step_graph_failed": None}
     ok = True
@@ -791,7 +736,7 @@ def check_step_graph(path: StepRunner) -> dict[str, Any]:
         sizes = eg.padded_sizes(b0, graphed.ratio)
 
         def padded_eager(batch, sizes=sizes):
-            return path.model.forward_eager(eg.pad_batch(batch, sizes))[: batch["tgt_idx"].numel()]
+            return path.model.forward_eager(eg.pad_batch(batch, sizes))[: batch.tgt_idx.numel()]
 
         try:
             g_pred, g_grads = _pred_and_grads(path, path.model, [b0], autocast)

@@ -4,8 +4,8 @@
   shuffled order, then samples shuffled within windows of `shuffle_buffer`.
 - `rank_batches`: the micro-batches of one rank, disjoint across ranks, equal in number (the
   remainder is dropped).
-- `collate`: tokenize + mask each sample, pack into variable-length batches with `cu_seqlens`
-  for context, targets and predictor sequences (never truncated to the batch minimum).
+- `MaskedBatches`: tokenize + mask each sample and pack them (`engine.batch.pack`: context,
+  targets and predictor sequences as variable-length batches, never truncated).
 - `JEPALoader`: DataLoader workers each take every k-th batch; `state_dict()` is the position
   (epoch, next batch), and resuming starts there without reading the skipped samples.
 
@@ -17,15 +17,14 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from engine.batch import PackedBatch, Sample, pack
 from engine.config import Config
-from engine.model import all_token_packing
 from modalities import Modality, get_modality
 from pipelines.shards import ShardDataset
 
@@ -77,114 +76,6 @@ def rank_batches(order: np.ndarray, rank: int, world: int, batch_size: int) -> n
     return order[: n * per_global].reshape(n, world, batch_size)[:, rank, :]
 
 
-@dataclass
-class Sample:
-    index: int
-    tokens: np.ndarray  # [N, patch_dim] float32
-    coords: np.ndarray  # [N, c] int
-    context: np.ndarray  # [Lc] int64
-    targets: list[np.ndarray]  # per block [Lt] int64
-
-
-def _cu(lengths: Sequence[int]) -> torch.Tensor:
-    return torch.from_numpy(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
-
-
-def position_groups(coords: Sequence[np.ndarray], padded_len: int) -> tuple[np.ndarray, int]:
-    """Number the distinct token positions (equal coords rows) of a batch.
-
-    Returns (group [B * padded_len] int64 in row-major padded order, n_groups): tokens of
-    any samples with the same coords share a group; padding tokens form one extra group (the
-    last), so their zeros never enter a real position's mean. `engine.model.center_by_position`
-    reads it; it is built here, on the host, so a GPU step needs no sync for it.
-    """
-    lengths = [len(c) for c in coords]
-    rows = np.concatenate([np.asarray(c, dtype=np.int64) for c in coords])
-    if rows.ndim == 1:
-        rows = rows[:, None]
-    # One int64 key per row (mixed radix over the columns' ranges) sorts far faster than
-    # np.unique over rows; wide-ranging coords fall back to the row-wise unique.
-    lo = rows.min(axis=0) if len(rows) else np.zeros(rows.shape[1], np.int64)
-    span = (rows.max(axis=0) - lo + 1) if len(rows) else np.ones(rows.shape[1], np.int64)
-    if np.prod(span.astype(np.float64)) < 2**62:
-        radix = np.concatenate([np.cumprod(span[::-1])[::-1][1:], [1]]).astype(np.int64)
-        _, inverse = np.unique((rows - lo) @ radix, return_inverse=True)
-    else:
-        _, inverse = np.unique(rows, axis=0, return_inverse=True)
-    inverse = inverse.reshape(-1)
-    n_real = int(inverse.max()) + 1 if len(inverse) else 0
-    group = np.full(len(coords) * padded_len, n_real, dtype=np.int64)
-    flat = np.concatenate(
-        [b * padded_len + np.arange(k, dtype=np.int64) for b, k in enumerate(lengths)]
-    )
-    group[flat] = inverse
-    return group, n_real + 1
-
-
-def pad_tokens(samples: Sequence[Any]) -> dict[str, torch.Tensor]:
-    """tokens [B, Nmax, P], coords [B, Nmax, c] (zero-padded), n_tokens [B] and the batch's
-    position groups (`pos_group`, `n_pos_groups`: see `position_groups`)."""
-    n = [len(s.tokens) for s in samples]
-    nmax = max(n)
-    p = samples[0].tokens.shape[1]
-    c = samples[0].coords.shape[1]
-    tokens = np.zeros((len(samples), nmax, p), dtype=np.float32)
-    coords = np.zeros((len(samples), nmax, c), dtype=np.int64)
-    for b, s in enumerate(samples):
-        tokens[b, : n[b]] = s.tokens
-        coords[b, : n[b]] = s.coords
-    group, n_groups = position_groups([s.coords for s in samples], nmax)
-    return {
-        "tokens": torch.from_numpy(tokens),
-        "coords": torch.from_numpy(coords),
-        "n_tokens": torch.tensor(n, dtype=torch.int32),
-        # built here, on the host, so encoding all tokens on a GPU needs no sync
-        "all_packing": all_token_packing(n, nmax),
-        "pos_group": torch.from_numpy(group),
-        "n_pos_groups": n_groups,
-    }
-
-
-def collate(samples: Sequence[Sample]) -> dict[str, Any]:
-    """Pack masked samples into one variable-length batch.
-
-    ctx_idx [Tc] / cu_ctx [B+1]: context tokens per sample. tgt_idx [Tt] / cu_tgt [B+1]: all
-    target tokens per sample (blocks concatenated); cu_blk [S+1]: the S = sum of blocks target
-    blocks. The predictor runs S sequences, each = its sample's encoded context followed by the
-    block's mask tokens: `pred_src` [Tp] indexes rows of cat([context features, mask tokens]),
-    cu_pred [S+1] delimits them and `pred_out` [Tt] picks the mask-token rows, in tgt order.
-    """
-    out = pad_tokens(samples)
-    lc = [len(s.context) for s in samples]
-    blocks = [(b, t) for b, s in enumerate(samples) for t in s.targets]
-    lt = [len(t) for _, t in blocks]
-    tc = sum(lc)
-    cu_ctx = np.concatenate([[0], np.cumsum(lc)])
-    cu_blk = np.concatenate([[0], np.cumsum(lt)])
-    pred_src, pred_out, lp = [], [], []
-    pos = 0
-    for s, (b, t) in enumerate(blocks):
-        pred_src.append(np.arange(cu_ctx[b], cu_ctx[b + 1]))
-        pred_src.append(tc + np.arange(cu_blk[s], cu_blk[s + 1]))
-        pred_out.append(pos + lc[b] + np.arange(len(t)))
-        lp.append(lc[b] + len(t))
-        pos += lp[-1]
-    out.update(
-        index=torch.tensor([s.index for s in samples], dtype=torch.int64),
-        ctx_idx=torch.from_numpy(np.concatenate([s.context for s in samples]).astype(np.int64)),
-        cu_ctx=_cu(lc),
-        max_ctx=max(lc),
-        tgt_idx=torch.from_numpy(np.concatenate([t for _, t in blocks]).astype(np.int64)),
-        cu_tgt=_cu([sum(len(t) for t in s.targets) for s in samples]),
-        cu_blk=_cu(lt),
-        pred_src=torch.from_numpy(np.concatenate(pred_src).astype(np.int64)),
-        cu_pred=_cu(lp),
-        max_pred=max(lp),
-        pred_out=torch.from_numpy(np.concatenate(pred_out).astype(np.int64)),
-    )
-    return out
-
-
 class MaskedBatches(IterableDataset):
     """Yields the collated batches of one rank from (epoch, batch `start`) on, across epochs,
     without end.
@@ -219,7 +110,7 @@ class MaskedBatches(IterableDataset):
         order = epoch_order(self.shard_rows, self.cfg.train.seed, epoch, d.shuffle_buffer)
         return rank_batches(order, self.rank, self.world, d.batch_size)
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
+    def __iter__(self) -> Iterator[PackedBatch]:
         info = get_worker_info()
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
         ds = ShardDataset(self.cfg.data.path, verify=self.cfg.data.verify)
@@ -240,7 +131,7 @@ class MaskedBatches(IterableDataset):
                 t = self.modality.tokenize(ds[int(idx)], stats, self.cfg)
                 ctx, tgts = masker(sample_rng(seed, epoch, int(idx)), t["coords"])
                 samples.append(Sample(int(idx), t["tokens"], t["coords"], ctx, list(tgts)))
-            yield collate(samples)
+            yield pack(samples)
 
 
 class JEPALoader:
@@ -279,7 +170,7 @@ class JEPALoader:
             )
         self.epoch, self.batch = epoch, batch
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
+    def __iter__(self) -> Iterator[PackedBatch]:
         """One DataLoader (its workers live as long as this iterator) from the current
         position on; the position advances as batches are handed out."""
         if self.batches_per_epoch == 0:

@@ -21,11 +21,11 @@ Imports torch and `engine.model`.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from engine.batch import TokenBatch
 from engine.model import Encoder
 
 #: position explains at least this share of the target features' variance: the shortcut
@@ -82,20 +82,20 @@ def effective_rank(x: torch.Tensor) -> float:
 
 @torch.no_grad()
 def target_diagnostics(
-    h: torch.Tensor, targets: torch.Tensor, batch: dict[str, Any]
+    h: torch.Tensor, targets: torch.Tensor, batch: TokenBatch
 ) -> dict[str, float]:
     """h [B, N, D]: the target encoder's features of every token (before normalising);
     targets [Tt, D]: the regression targets of the step. Keys: pos_share, target_rank,
     target_const (|mean target|^2 over the mean |target|^2: 1 when every target is the same
     vector, about 1/Tt for centred ones)."""
     b, n, d = h.shape
-    lengths = batch["n_tokens"].to(h.device)
+    lengths = batch.n_tokens.to(h.device)
     valid = (torch.arange(n, device=h.device)[None, :] < lengths[:, None]).reshape(-1)
     # Measured on I-JEPA's layer-normed features: what the predictor would face without centring.
     flat = F.layer_norm(h.float(), (d,)).reshape(b * n, d)
-    group = batch["pos_group"].to(h.device)
+    group = batch.pos_group.to(h.device)
     return {
-        "pos_share": position_share(flat, group, int(batch["n_pos_groups"]), valid),
+        "pos_share": position_share(flat, group, int(batch.n_pos_groups), valid),
         "target_rank": effective_rank(targets.float()),
         "target_const": constant_share(targets.float()),
     }

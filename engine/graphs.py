@@ -20,11 +20,12 @@ loss, and every padding row's gradient is exactly zero. Only float rounding diff
 multiplies over more rows may pick other kernels).
 
 Both fall back to the eager path on CPU, when disabled, past ``max_graphs`` buckets and after a
-failed capture (with a warning). Imports torch and `engine.model`.
+failed capture (with a warning). Imports torch, `engine.batch` and `engine.model`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import warnings
@@ -33,6 +34,7 @@ from typing import Any
 
 import torch
 
+from engine.batch import PackedBatch, TokenPacking
 from engine.model import JEPA, Encoder, gather_tokens, normalize_targets, target_features
 
 QUANTUM = 64  # token counts and sequence-length bounds are padded to multiples of this
@@ -78,7 +80,7 @@ def _round_up(n: int, quantum: int = QUANTUM) -> int:
     return max(quantum, math.ceil(n / quantum) * quantum)
 
 
-def padded_sizes(batch: dict[str, Any], ratio: float) -> dict[str, int]:
+def padded_sizes(batch: PackedBatch, ratio: float) -> dict[str, int]:
     """The padded sizes of a collated batch, read from shapes and host ints (no device sync).
 
     ctx / tgt / pred: token counts of the context, the target rows and the predictor's packed
@@ -88,10 +90,10 @@ def padded_sizes(batch: dict[str, Any], ratio: float) -> dict[str, int]:
     """
     out: dict[str, int] = {}
     for name, key in (("ctx", "ctx_idx"), ("tgt", "tgt_idx"), ("pred", "pred_src")):
-        size, lower = bucket_size(batch[key].numel(), ratio)
+        size, lower = bucket_size(getattr(batch, key).numel(), ratio)
         out[name] = size
         if name != "tgt":  # padding sequences: enough for the most padding this bucket needs
-            bound = out[f"max_{name}"] = _round_up(batch[f"max_{name}"])
+            bound = out[f"max_{name}"] = _round_up(getattr(batch, f"max_{name}"))
             out[f"{name}_seqs"] = max(1, math.ceil((size - lower) / bound))
     return out
 
@@ -103,24 +105,10 @@ def _pad_bounds(real: int, size: int, seqs: int, device: torch.device) -> torch.
     return (real + (j * (size - real) + seqs - 1) // seqs).to(torch.int32)
 
 
-#: The tensors of a padded batch.
-PADDED_KEYS = (
-    "tokens",
-    "coords",
-    "ctx_idx",
-    "cu_ctx",
-    "cu_ctx_seq",
-    "tgt_idx",
-    "cu_tgt",
-    "pred_src",
-    "cu_pred",
-    "pred_out",
-)
-
-
-def _empty_padded(batch: dict[str, Any], sizes: dict[str, int]) -> dict[str, torch.Tensor]:
-    dev = batch["ctx_idx"].device
-    b, s = batch["cu_ctx"].numel() - 1, batch["cu_pred"].numel() - 1
+def _empty_padded(batch: PackedBatch, sizes: dict[str, int]) -> PackedBatch:
+    """`batch`'s padded layout for `sizes`, with fresh tensors (filled by `pad_batch`)."""
+    dev = batch.ctx_idx.device
+    b, s = batch.cu_ctx.numel() - 1, batch.cu_pred.numel() - 1
 
     def idx(n: int) -> torch.Tensor:
         return torch.zeros(n, dtype=torch.int64, device=dev)
@@ -128,54 +116,59 @@ def _empty_padded(batch: dict[str, Any], sizes: dict[str, int]) -> dict[str, tor
     def cu(n: int) -> torch.Tensor:
         return torch.zeros(n, dtype=torch.int32, device=dev)
 
-    return {
-        "tokens": torch.empty_like(batch["tokens"]),
-        "coords": torch.empty_like(batch["coords"]),
-        "ctx_idx": idx(sizes["ctx"]),
-        "cu_ctx": cu(b + 1),
-        "cu_ctx_seq": cu(b + 1 + sizes["ctx_seqs"]),
-        "tgt_idx": idx(sizes["tgt"]),
-        "cu_tgt": cu(b + 1),
-        "pred_src": idx(sizes["pred"]),
-        "cu_pred": cu(s + 1 + sizes["pred_seqs"]),
-        "pred_out": idx(sizes["tgt"]),
-    }
+    return dataclasses.replace(
+        batch,
+        tokens=torch.empty_like(batch.tokens),
+        coords=torch.empty_like(batch.coords),
+        ctx_idx=idx(sizes["ctx"]),
+        cu_ctx=cu(b + 1),
+        cu_ctx_seq=cu(b + 1 + sizes["ctx_seqs"]),
+        tgt_idx=idx(sizes["tgt"]),
+        cu_tgt=cu(b + 1),
+        pred_src=idx(sizes["pred"]),
+        cu_pred=cu(s + 1 + sizes["pred_seqs"]),
+        pred_out=idx(sizes["tgt"]),
+        max_ctx=sizes["max_ctx"],
+        max_pred=sizes["max_pred"],
+    )
 
 
 def pad_batch(
-    batch: dict[str, Any], sizes: dict[str, int], out: dict[str, torch.Tensor] | None = None
-) -> dict[str, Any]:
+    batch: PackedBatch, sizes: dict[str, int], out: PackedBatch | None = None
+) -> PackedBatch:
     """`batch` padded to `sizes` (`padded_sizes`), written into `out`'s tensors when given.
 
     Padding rows: context and target indices 0 (unread: rows past cu[-1] are zeros in the
     gather), predictor sources 0 (a real row; its outputs never reach the loss), predictions
     read back from row 0 (cut off by the caller). The context's padding rows and the
     predictor's padding rows form `*_seqs` attention sequences of their own (cu_ctx_seq,
-    cu_pred). Only device copies and host ints: no device sync.
+    cu_pred). Only device copies and host ints: no device sync. The fields outside
+    `PackedBatch.PADDED` are `batch`'s own (the padded step reads none of them).
     """
-    tc, tt, tp = batch["ctx_idx"].numel(), batch["tgt_idx"].numel(), batch["pred_src"].numel()
+    tc, tt, tp = batch.ctx_idx.numel(), batch.tgt_idx.numel(), batch.pred_src.numel()
     if tc > sizes["ctx"] or tt > sizes["tgt"] or tp > sizes["pred"]:
         raise ValueError(f"batch of ({tc}, {tt}, {tp}) tokens does not fit the sizes {sizes}")
     p = _empty_padded(batch, sizes) if out is None else out
-    b1, s1 = batch["cu_ctx"].numel(), batch["cu_pred"].numel()
-    p["tokens"].copy_(batch["tokens"])
-    p["coords"].copy_(batch["coords"])
+    b1, s1 = batch.cu_ctx.numel(), batch.cu_pred.numel()
+    p.tokens.copy_(batch.tokens)
+    p.coords.copy_(batch.coords)
     for key, n in (("ctx_idx", tc), ("tgt_idx", tt), ("pred_out", tt)):
-        p[key][:n].copy_(batch[key])
-        p[key][n:].zero_()
+        dst = getattr(p, key)
+        dst[:n].copy_(getattr(batch, key))
+        dst[n:].zero_()
     # Predictor sources index cat([context rows, mask rows]); the mask rows move down by the
     # context's padding.
-    src = batch["pred_src"]
-    p["pred_src"][:tp].copy_(torch.where(src >= tc, src + (sizes["ctx"] - tc), src))
-    p["pred_src"][tp:].zero_()
-    p["cu_ctx"].copy_(batch["cu_ctx"])
-    p["cu_tgt"].copy_(batch["cu_tgt"])
-    p["cu_ctx_seq"][:b1].copy_(batch["cu_ctx"])
-    dev = p["cu_ctx_seq"].device
-    p["cu_ctx_seq"][b1:].copy_(_pad_bounds(tc, sizes["ctx"], sizes["ctx_seqs"], dev))
-    p["cu_pred"][:s1].copy_(batch["cu_pred"])
-    p["cu_pred"][s1:].copy_(_pad_bounds(tp, sizes["pred"], sizes["pred_seqs"], dev))
-    return {**p, "max_ctx": sizes["max_ctx"], "max_pred": sizes["max_pred"]}
+    src = batch.pred_src
+    p.pred_src[:tp].copy_(torch.where(src >= tc, src + (sizes["ctx"] - tc), src))
+    p.pred_src[tp:].zero_()
+    p.cu_ctx.copy_(batch.cu_ctx)
+    p.cu_tgt.copy_(batch.cu_tgt)
+    p.cu_ctx_seq[:b1].copy_(batch.cu_ctx)
+    dev = p.cu_ctx_seq.device
+    p.cu_ctx_seq[b1:].copy_(_pad_bounds(tc, sizes["ctx"], sizes["ctx_seqs"], dev))
+    p.cu_pred[:s1].copy_(batch.cu_pred)
+    p.cu_pred[s1:].copy_(_pad_bounds(tp, sizes["pred"], sizes["pred_seqs"], dev))
+    return p
 
 
 @dataclass
@@ -184,7 +177,7 @@ class _StepGraphs:
 
     fwd: Any  # torch.cuda.CUDAGraph
     bwd: Any
-    inputs: dict[str, torch.Tensor]  # the padded batch (PADDED_KEYS), refilled every call
+    inputs: PackedBatch  # the padded batch (its PADDED tensors refilled every call)
     sizes: dict[str, int]
     out: torch.Tensor  # predictions [tgt bucket, D]
     grad_out: torch.Tensor  # their gradient, copied in before the backward replays
@@ -256,35 +249,33 @@ class GraphedJEPA:
         self.failed: str | None = None
         self._warned_full = False
 
-    def _key(self, batch: dict[str, Any], sizes: dict[str, int]) -> tuple:
+    def _key(self, batch: PackedBatch, sizes: dict[str, int]) -> tuple:
         return (
             *self._shape_key(batch),
-            batch["cu_ctx"].numel(),
-            batch["cu_pred"].numel(),
+            batch.cu_ctx.numel(),
+            batch.cu_pred.numel(),
             tuple(sorted(sizes.items())),
             torch.is_autocast_enabled("cuda"),
             torch.get_autocast_dtype("cuda"),
         )
 
     @staticmethod
-    def _shape_key(batch: dict[str, Any]) -> tuple:
-        t, c = batch["tokens"], batch["coords"]
+    def _shape_key(batch: PackedBatch) -> tuple:
+        t, c = batch.tokens, batch.coords
         return tuple(t.shape), t.dtype, tuple(c.shape), c.dtype
 
-    def _inputs(self, batch: dict[str, Any], sizes: dict[str, int]) -> dict[str, torch.Tensor]:
+    def _inputs(self, batch: PackedBatch, sizes: dict[str, int]) -> PackedBatch:
         """A bucket's static padded batch; tokens and coords shared by buckets of one shape."""
         padded = pad_batch(batch, sizes)
         shared = self.batch_buffers.setdefault(
-            self._shape_key(batch),
-            {"tokens": padded["tokens"], "coords": padded["coords"]},
+            self._shape_key(batch), {"tokens": padded.tokens, "coords": padded.coords}
         )
-        return {k: shared.get(k, padded[k]) for k in PADDED_KEYS}
+        return dataclasses.replace(padded, **shared)
 
-    def _capture(self, batch: dict[str, Any], sizes: dict[str, int]) -> _StepGraphs | None:
-        inputs = self._inputs(batch, sizes)
-        padded = {**inputs, "max_ctx": sizes["max_ctx"], "max_pred": sizes["max_pred"]}
+    def _capture(self, batch: PackedBatch, sizes: dict[str, int]) -> _StepGraphs | None:
+        inputs = padded = self._inputs(batch, sizes)
         params = tuple(p for p in self.model.parameters() if p.requires_grad)
-        device = batch["tokens"].device
+        device = batch.tokens.device
         amp = _capture_autocast()
         try:
             if list(map(id, params)) != list(map(id, self.params)):  # first capture, or new set
@@ -332,7 +323,7 @@ class GraphedJEPA:
     def captures(self) -> int:
         return len(self.graphs)
 
-    def _graph_for(self, batch: dict[str, Any]) -> _StepGraphs | None:
+    def _graph_for(self, batch: PackedBatch) -> _StepGraphs | None:
         """This batch's bucket graphs, captured now if new and allowed; None: run eagerly."""
         if self.failed is not None:
             return None
@@ -363,10 +354,10 @@ class GraphedJEPA:
             if s is not None and p.grad is not None and p.grad.data_ptr() == s.data_ptr():
                 p.grad = p.grad.clone()
 
-    def __call__(self, batch: dict[str, Any]) -> torch.Tensor:
+    def __call__(self, batch: PackedBatch) -> torch.Tensor:
         if (
             not self.enabled
-            or not batch["tokens"].is_cuda
+            or not batch.tokens.is_cuda
             or not torch.is_grad_enabled()
             or not self.model.training
         ):
@@ -380,7 +371,7 @@ class GraphedJEPA:
         pad_batch(batch, g.sizes, out=g.inputs)
         self._unalias_grads(g)
         pred = _Replay.apply(g, *self.params)
-        return pred[: batch["tgt_idx"].numel()]
+        return pred[: batch.tgt_idx.numel()]
 
 
 class GraphedTargetFeatures:
@@ -417,13 +408,15 @@ class GraphedTargetFeatures:
     def _encode(
         self, tokens: torch.Tensor, coords: torch.Tensor, cu: torch.Tensor, n: int
     ) -> torch.Tensor:
-        packing = {"max_tokens": n, "cu_all": cu, "valid_idx": None}  # n_tokens is then unread
+        packing = TokenPacking(n, cu, None)  # n_tokens is then unread
         return self.target.forward_all(tokens, coords, None, packing)
 
-    def _capture(self, key: tuple, tokens: torch.Tensor, coords: torch.Tensor, packing: dict):
+    def _capture(
+        self, key: tuple, tokens: torch.Tensor, coords: torch.Tensor, packing: TokenPacking
+    ):
         n = tokens.shape[1]
         static_tokens, static_coords = tokens.clone(), coords.clone()
-        cu = packing["cu_all"].to(tokens.device)
+        cu = packing.cu_all.to(tokens.device)
         amp = _capture_autocast()
         try:
             side = torch.cuda.Stream(tokens.device)
@@ -443,15 +436,13 @@ class GraphedTargetFeatures:
         return self.graphs[key]
 
     @torch.no_grad()
-    def __call__(self, batch: dict[str, Any]) -> torch.Tensor:
-        tokens, coords = batch["tokens"], batch["coords"]
-        packing = batch.get("all_packing")
+    def __call__(self, batch: PackedBatch) -> torch.Tensor:
+        tokens, coords, packing = batch.tokens, batch.coords, batch.packing
         if (
             not self.enabled
             or self.failed is not None
             or not tokens.is_cuda
-            or packing is None
-            or packing["valid_idx"] is not None
+            or packing.valid_idx is not None
         ):
             return target_features(self.target, batch, self.norm)
         key = (
@@ -474,4 +465,4 @@ class GraphedTargetFeatures:
         static_coords.copy_(coords)
         graph.replay()
         h = normalize_targets(out, batch, self.norm)
-        return gather_tokens(h, batch["tgt_idx"], batch["cu_tgt"], unique_indices=False)
+        return gather_tokens(h, batch.tgt_idx, batch.cu_tgt, unique_indices=False)

@@ -20,11 +20,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.batch import PackedBatch, TokenBatch, TokenPacking, token_packing
 from engine.config import ModelConfig
 from engine.ops import gather_tokens, layer_norm, varlen_attention
 
@@ -152,50 +152,27 @@ class Encoder(nn.Module):
         tokens: torch.Tensor,
         coords: torch.Tensor,
         n_tokens: torch.Tensor | None,
-        packing: dict[str, Any] | None = None,
+        packing: TokenPacking | None = None,
     ) -> torch.Tensor:
         """Encode every token of every sample: [B, N, D] features (zeros at padding).
 
-        `packing` is `all_token_packing`'s output, built on the host by the collate; with it this
+        `packing` is built on the host with the batch (`engine.batch.token_packing`); with it this
         runs without a device-to-host sync (which would stall the GPU's launch queue). Without
         it, it is derived from `n_tokens` here (which is unread when `packing` is given).
         """
         x = self.embed(tokens, coords)
         b, n, d = x.shape
         if packing is None:
-            packing = all_token_packing(n_tokens.cpu().tolist(), n)
+            packing = token_packing(n_tokens.cpu().tolist(), n)
         flat = x.reshape(b * n, d)
-        valid = packing["valid_idx"]
+        valid = packing.valid_idx
         if valid is not None:
             valid = valid.to(x.device)
             flat = flat.index_select(0, valid)
-        h = self.encode(flat, packing["cu_all"].to(x.device), packing["max_tokens"])
+        h = self.encode(flat, packing.cu_all.to(x.device), packing.max_tokens)
         if valid is None:  # every sample fills the padded length: nothing to scatter back
             return h.view(b, n, d)
         return h.new_zeros(b * n, d).index_copy_(0, valid, h).view(b, n, d)
-
-
-def all_token_packing(lengths: list[int], padded_len: int) -> dict[str, Any]:
-    """Host-side packing of samples' valid tokens out of a [B, padded_len] layout.
-
-    max_tokens: the longest sample; cu_all [B+1] int32: cumulative lengths; valid_idx [T] int64:
-    flat indices of the valid positions in row-major [B * padded_len] order, or None when every
-    sample is full (the common case: images, fMRI grids), so the encoder reads the batch as is.
-    """
-    cu = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
-    full = all(k == padded_len for k in lengths)
-    valid = None
-    if not full:
-        valid = torch.from_numpy(
-            np.concatenate(
-                [b * padded_len + np.arange(k, dtype=np.int64) for b, k in enumerate(lengths)]
-            )
-        )
-    return {
-        "max_tokens": int(max(lengths)) if lengths else 0,
-        "cu_all": torch.from_numpy(cu),
-        "valid_idx": valid,
-    }
 
 
 class Predictor(nn.Module):
@@ -222,18 +199,18 @@ class Predictor(nn.Module):
         nn.init.trunc_normal_(self.mask_token, std=0.02)
 
     def forward(
-        self, context: torch.Tensor, positions: torch.Tensor, batch: dict[str, Any]
+        self, context: torch.Tensor, positions: torch.Tensor, batch: PackedBatch
     ) -> torch.Tensor:
         """context [Tc, D] features, positions [B, N, D] -> predictions [Tt, D] in tgt order."""
-        ctx_pos = gather_tokens(positions, batch["ctx_idx"], batch["cu_ctx"], unique_indices=True)
+        ctx_pos = gather_tokens(positions, batch.ctx_idx, batch.cu_ctx, unique_indices=True)
         # Target blocks may overlap, so a sample's target indices can repeat.
-        tgt_pos = gather_tokens(positions, batch["tgt_idx"], batch["cu_tgt"], unique_indices=False)
+        tgt_pos = gather_tokens(positions, batch.tgt_idx, batch.cu_tgt, unique_indices=False)
         z = self.embed(context) + self.pos_proj(ctx_pos)
         m = self.mask_token + self.pos_proj(tgt_pos)
-        x = torch.cat([z, m]).index_select(0, batch["pred_src"])
+        x = torch.cat([z, m]).index_select(0, batch.pred_src)
         for blk in self.blocks:
-            x = blk(x, batch["cu_pred"], batch["max_pred"])
-        x = self.norm(x.index_select(0, batch["pred_out"]))
+            x = blk(x, batch.cu_pred, batch.max_pred)
+        x = self.norm(x.index_select(0, batch.pred_out))
         return self.out(x)
 
 
@@ -251,19 +228,19 @@ class JEPA(nn.Module):
         self.predictor = Predictor(cfg, out_dim)
         self.cuda_graphs: Any = None
 
-    def forward(self, batch: dict[str, Any]) -> torch.Tensor:
+    def forward(self, batch: PackedBatch) -> torch.Tensor:
         if self.cuda_graphs is not None:
             return self.cuda_graphs(batch)
         return self.forward_eager(batch)
 
-    def forward_eager(self, batch: dict[str, Any]) -> torch.Tensor:
+    def forward_eager(self, batch: PackedBatch) -> torch.Tensor:
         enc = self.encoder
-        x = enc.embed(batch["tokens"], batch["coords"])
-        ctx = gather_tokens(x, batch["ctx_idx"], batch["cu_ctx"], unique_indices=True)
+        x = enc.embed(batch.tokens, batch.coords)
+        ctx = gather_tokens(x, batch.ctx_idx, batch.cu_ctx, unique_indices=True)
         # A batch padded to a fixed size (engine.graphs.pad_batch) runs its padding rows as
         # sequences of their own: "cu_ctx_seq" delimits the attention's sequences then.
-        ctx = enc.encode(ctx, batch.get("cu_ctx_seq", batch["cu_ctx"]), batch["max_ctx"])
-        positions = enc.embedder.position(batch["coords"]).to(ctx.dtype)
+        ctx = enc.encode(ctx, batch.context_seqs, batch.max_ctx)
+        positions = enc.embedder.position(batch.coords).to(ctx.dtype)
         return self.predictor(ctx, positions, batch)
 
 
@@ -279,7 +256,7 @@ def center_by_position(h: torch.Tensor, group: torch.Tensor, n_groups: int) -> t
     return (flat - (sums / counts[:, None]).index_select(0, group)).view(b, n, d)
 
 
-def normalize_targets(h: torch.Tensor, batch: dict[str, Any], norm: str) -> torch.Tensor:
+def normalize_targets(h: torch.Tensor, batch: TokenBatch, norm: str) -> torch.Tensor:
     """Target-encoder features [B, N, D] -> the regression targets, fp32 [B, N, D]. The one
     place the targets' normalisation lives (eager and CUDA-graph paths both call it).
 
@@ -289,35 +266,19 @@ def normalize_targets(h: torch.Tensor, batch: dict[str, Any], norm: str) -> torc
     """
     h = h.float()
     if norm == "position_centered":
-        h = center_by_position(h, batch["pos_group"], batch["n_pos_groups"])
+        h = center_by_position(h, batch.pos_group, batch.n_pos_groups)
     elif norm != "layer_norm":
         raise ValueError(f"target norm must be position_centered or layer_norm, got {norm!r}")
     return F.layer_norm(h, (h.shape[-1],))
 
 
-def encode_targets(target: Encoder, batch: dict[str, Any]) -> torch.Tensor:
+def encode_targets(target: Encoder, batch: TokenBatch) -> torch.Tensor:
     """Every token's target-encoder features, [B, N, D] (zeros at padding), before normalising."""
-    return target.forward_all(
-        batch["tokens"], batch["coords"], batch["n_tokens"], batch.get("all_packing")
-    )
+    return target.forward_all(batch.tokens, batch.coords, batch.n_tokens, batch.packing)
 
 
 @torch.no_grad()
-def target_features(
-    target: Encoder, batch: dict[str, Any], norm: str = "layer_norm"
-) -> torch.Tensor:
+def target_features(target: Encoder, batch: PackedBatch, norm: str = "layer_norm") -> torch.Tensor:
     """Normalised target-encoder features at the target tokens, [Tt, D] in tgt order (fp32)."""
     h = normalize_targets(encode_targets(target, batch), batch, norm)
-    return gather_tokens(h, batch["tgt_idx"], batch["cu_tgt"], unique_indices=False)
-
-
-def batch_to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    """Tensors of a collated batch (and of its nested dicts) moved to `device`; ints stay ints."""
-    return {
-        k: v.to(device, non_blocking=True)
-        if isinstance(v, torch.Tensor)
-        else batch_to(v, device)
-        if isinstance(v, dict)
-        else v
-        for k, v in batch.items()
-    }
+    return gather_tokens(h, batch.tgt_idx, batch.cu_tgt, unique_indices=False)

@@ -7,24 +7,23 @@ values, each token standardised over its values (MAE's normalised-pixel targets)
 `collapse_stats`: per-dimension standard deviation of target and predicted features across
 tokens; a collapsed encoder drives it towards 0.
 
-Imports torch and `engine.ops` (the token gather).
+Imports torch, `engine.batch` and `engine.ops` (the token gather).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 
+from engine.batch import PackedBatch
 from engine.ops import gather_tokens
 
 
-def mae_targets(batch: dict[str, Any], eps: float = 1e-6) -> torch.Tensor:
+def mae_targets(batch: PackedBatch, eps: float = 1e-6) -> torch.Tensor:
     """The target tokens [Tt, patch_dim] in tgt order, each standardised over its own values
     (MAE's `norm_pix_loss`, which the MAE paper found to give better features)."""
-    tokens = batch["tokens"].float()
-    t = gather_tokens(tokens, batch["tgt_idx"], batch["cu_tgt"], unique_indices=False)
+    tokens = batch.tokens.float()
+    t = gather_tokens(tokens, batch.tgt_idx, batch.cu_tgt, unique_indices=False)
     mean = t.mean(-1, keepdim=True)
     var = t.var(-1, keepdim=True, unbiased=False)
     return (t - mean) / (var + eps).sqrt()

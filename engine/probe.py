@@ -33,8 +33,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from engine.batch import pack_tokens
 from engine.config import Config
-from engine.data import pad_tokens
 from engine.export import load_encoder
 from engine.model import Encoder
 from modalities import Modality
@@ -55,14 +55,13 @@ def encode_records(
     """(coords [N_i, c], features [N_i, D] fp32) of every record, in storage order."""
     stats = ds.stats
     for lo in range(0, len(ds), batch_size):
-        samples = []
-        for i in range(lo, min(lo + batch_size, len(ds))):
-            t = modality.tokenize(ds[i], stats, cfg)
-            samples.append(argparse.Namespace(tokens=t["tokens"], coords=t["coords"]))
-        b = pad_tokens(samples)
-        h = encoder.forward_all(b["tokens"], b["coords"], b["n_tokens"], b["all_packing"]).float()
-        for j, sample in enumerate(samples):
-            yield np.asarray(sample.coords), h[j, : len(sample.tokens)]
+        toks = [
+            modality.tokenize(ds[i], stats, cfg) for i in range(lo, min(lo + batch_size, len(ds)))
+        ]
+        b = pack_tokens([t["tokens"] for t in toks], [t["coords"] for t in toks])
+        h = encoder.forward_all(b.tokens, b.coords, b.n_tokens, b.packing).float()
+        for j, t in enumerate(toks):
+            yield np.asarray(t["coords"]), h[j, : len(t["tokens"])]
 
 
 def token_features(

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from engine.batch import PackedBatch
 from engine.checkpoint import (
     CheckpointError,
     install_safe_loader,
@@ -34,7 +35,7 @@ from engine.diagnostics import attention_entropy, check, target_diagnostics
 from engine.graphs import GraphedJEPA, GraphedTargetFeatures
 from engine.launch import DistInfo
 from engine.metrics import MetricsLogger, plot_curves, truncate_metrics
-from engine.model import JEPA, Encoder, batch_to, encode_targets, set_fused_layernorm
+from engine.model import JEPA, Encoder, encode_targets, set_fused_layernorm
 from engine.objective import collapse_stats, jepa_loss, mae_targets
 from engine.ops import EMATarget
 from engine.schedules import cosine_ramp, warmup_cosine
@@ -188,8 +189,8 @@ class Trainer:
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
 
-    def _forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        batch = batch_to(batch, self.info.device)
+    def _forward(self, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        batch = batch.to(self.info.device)
         pred = self.engine(batch)
         autocast = (
             torch.autocast("cuda", dtype=torch.bfloat16)
@@ -205,14 +206,14 @@ class Trainer:
         self._last_batch = batch
         return loss, pred.detach(), tgt
 
-    def train_step(self, batches: Iterator[dict[str, Any]]) -> dict[str, float]:
+    def train_step(self, batches: Iterator[PackedBatch]) -> dict[str, float]:
         """grad_accum finite micro-batches, one optimizer step, one EMA update."""
         c = self.cfg
         sched = self._set_schedules(self.state.step)
         losses: list[torch.Tensor] = []
         while len(losses) < c.optim.grad_accum:
             batch = next(batches)
-            self.state.samples += len(batch["index"])
+            self.state.samples += batch.n_samples
             loss, pred, tgt = self._forward(batch)
             if self._any_rank_nonfinite(loss):
                 where = f"step {self.state.step + 1} (epoch {self.loader.epoch})"
@@ -246,15 +247,15 @@ class Trainer:
 
     @torch.no_grad()
     def diagnostics(
-        self, batch: dict[str, Any], tgt: torch.Tensor, target_std: float
+        self, batch: PackedBatch, tgt: torch.Tensor, target_std: float
     ) -> dict[str, Any]:
         """engine.diagnostics on this step's batch (an extra eager forward of the target), and
         a warning, once per kind, when a number trips its threshold (`target_std`: the step's,
         from `collapse_stats`)."""
         h = encode_targets(self.target, batch)
         out: dict[str, Any] = target_diagnostics(h, tgt, batch)
-        n0 = int(batch["n_tokens"][0])
-        ent = attention_entropy(self.target, batch["tokens"][0, :n0], batch["coords"][0, :n0])
+        n0 = int(batch.n_tokens[0])
+        ent = attention_entropy(self.target, batch.tokens[0, :n0], batch.coords[0, :n0])
         out.update({f"attn_entropy_{i}": v for i, v in enumerate(ent)})
         if self.info.rank == 0:
             record = {**out, "target_std": target_std}

@@ -39,7 +39,7 @@ def test_rank_batches_are_disjoint_and_equal(world):
 
 def _indices(loader, n):
     it = iter(loader)
-    return [next(it)["index"].tolist() for _ in range(n)]
+    return [next(it).index.tolist() for _ in range(n)]
 
 
 def test_loader_same_batches_for_any_worker_count_and_disjoint_ranks(grid_data):
@@ -77,9 +77,9 @@ def test_loader_resumes_mid_epoch_without_reading_skipped_samples(grid_data, mon
     it = iter(resumed)
     for want in batches[6:]:
         got = next(it)
-        for key in ("index", "tokens", "ctx_idx", "cu_ctx", "tgt_idx", "cu_blk", "pred_src"):
-            torch.testing.assert_close(got[key], want[key], rtol=0, atol=0)
-    assert read[:8] == batches[6]["index"].tolist(), "the first reads are the next unseen batch"
+        for key in ("index", "tokens", "ctx_idx", "cu_ctx", "tgt_idx", "cu_pred", "pred_src"):
+            torch.testing.assert_close(getattr(got, key), getattr(want, key), rtol=0, atol=0)
+    assert read[:8] == batches[6].index.tolist(), "the first reads are the next unseen batch"
     assert len(read) == 8 * len(batches[6:]), "only the records of the batches handed out"
 
 
@@ -100,7 +100,7 @@ def test_loader_opens_the_dataset_once_across_epochs(grid_data, monkeypatch):
 
     monkeypatch.setattr(ed, "ShardDataset", Counting)
     it = iter(loader)
-    seen = [next(it)["index"].tolist() for _ in range(20)]  # 8 batches per epoch: 3 epochs
+    seen = [next(it).index.tolist() for _ in range(20)]  # 8 batches per epoch: 3 epochs
     assert loader.state_dict() == {"epoch": 2, "batch": 4}
     assert opened == ["first_touch"], opened
     assert sorted(sum(seen[:8], [])) == list(range(64)) == sorted(sum(seen[8:16], []))

@@ -7,6 +7,8 @@ batch must give the unpadded batch's predictions, loss and gradients.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from conftest import TINY
@@ -40,13 +42,13 @@ def test_padding_sequences_fit_their_bound_at_every_count():
         size, prev = bucket_size(n, 1.04)
         for real in (prev + 1, size):
             for max_len in (1, 64, 150, 196):
-                batch = {
-                    "ctx_idx": torch.zeros(real, dtype=torch.int64),
-                    "tgt_idx": torch.zeros(7, dtype=torch.int64),
-                    "pred_src": torch.zeros(real, dtype=torch.int64),
-                    "max_ctx": max_len,
-                    "max_pred": max_len,
-                }
+                batch = SimpleNamespace(
+                    ctx_idx=torch.zeros(real, dtype=torch.int64),
+                    tgt_idx=torch.zeros(7, dtype=torch.int64),
+                    pred_src=torch.zeros(real, dtype=torch.int64),
+                    max_ctx=max_len,
+                    max_pred=max_len,
+                )
                 sizes = padded_sizes(batch, 1.04)
                 assert sizes["ctx"] == size and sizes["max_ctx"] % 64 == 0
                 bounds = _pad_bounds(real, size, sizes["ctx_seqs"], torch.device("cpu"))
@@ -77,19 +79,20 @@ def _loss_and_grads(model, batch, pred):
 def test_padded_batch_gives_the_unpadded_loss_and_gradients(setup, ratio):
     model, batch = setup
     sizes = padded_sizes(batch, ratio)
-    tc, tt, tp = (batch[k].numel() for k in ("ctx_idx", "tgt_idx", "pred_src"))
+    tc, tt, tp = (getattr(batch, k).numel() for k in ("ctx_idx", "tgt_idx", "pred_src"))
     assert sizes["ctx"] > tc and sizes["tgt"] > tt and sizes["pred"] > tp  # real padding
     # Stale numbers in the buffers (an earlier, larger batch of the same bucket) change nothing.
     out = pad_batch(batch, sizes)
     for key in ("ctx_idx", "tgt_idx", "pred_src", "pred_out"):
-        out[key].fill_(3)
-    padded = pad_batch(batch, sizes, out={k: v for k, v in out.items() if k[:4] != "max_"})
+        getattr(out, key).fill_(3)
+    padded = pad_batch(batch, sizes, out=out)
+    assert padded is out
     # Every padding sequence fits the attention bound, and the offsets end at the padded size.
     for cu_key, size, bound in (
         ("cu_ctx_seq", sizes["ctx"], sizes["max_ctx"]),
         ("cu_pred", sizes["pred"], sizes["max_pred"]),
     ):
-        cu = padded[cu_key]
+        cu = getattr(padded, cu_key)
         assert int(cu[-1]) == size and int((cu[1:] - cu[:-1]).max()) <= bound
     want_pred = model(batch)
     full = model(padded)
@@ -105,7 +108,7 @@ def test_padded_batch_gives_the_unpadded_loss_and_gradients(setup, ratio):
 def test_pad_batch_rejects_a_batch_larger_than_its_sizes(setup):
     _, batch = setup
     sizes = padded_sizes(batch, 1.04)
-    sizes["ctx"] = batch["ctx_idx"].numel() - 1
+    sizes["ctx"] = batch.ctx_idx.numel() - 1
     with pytest.raises(ValueError, match="does not fit"):
         pad_batch(batch, sizes)
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from engine.batch import token_packing
 from engine.config import ModelConfig
-from engine.model import Encoder, all_token_packing
+from engine.model import Encoder
 from modalities.grid import GridEmbedder
 
 
@@ -19,8 +20,8 @@ def test_forward_all_packing_matches_per_sample_encoding(lengths):
     tokens = torch.randn(len(lengths), nmax, 4)
     coords = torch.randint(0, 6, (len(lengths), nmax, 2))
     n = torch.tensor(lengths, dtype=torch.int32)
-    packing = all_token_packing(lengths, nmax)
-    assert (packing["valid_idx"] is None) == (min(lengths) == nmax)
+    packing = token_packing(lengths, nmax)
+    assert (packing.valid_idx is None) == (min(lengths) == nmax)
     with torch.no_grad():
         packed = enc.forward_all(tokens, coords, n, packing)
         derived = enc.forward_all(tokens, coords, n)

@@ -48,27 +48,30 @@ def test_collapse_monitor():
 
 
 def _select(batch, keep: list[int], blocks_per_sample: int):
-    """The same samples collated alone: re-run collate on the kept samples."""
-    from engine.data import Sample, collate
+    """The same samples packed alone: unpack the kept samples and pack them again."""
+    from engine.batch import Sample, pack
 
     samples = []
     for b in keep:
-        n = int(batch["n_tokens"][b])
-        ctx = batch["ctx_idx"][batch["cu_ctx"][b] : batch["cu_ctx"][b + 1]].numpy()
-        tgts = [
-            batch["tgt_idx"][batch["cu_blk"][s] : batch["cu_blk"][s + 1]].numpy()
-            for s in range(b * blocks_per_sample, (b + 1) * blocks_per_sample)
-        ]
+        n = int(batch.n_tokens[b])
+        ctx = batch.ctx_idx[batch.cu_ctx[b] : batch.cu_ctx[b + 1]].numpy()
+        # Each predictor sequence is the sample's context then one block's mask tokens.
+        seqs = range(b * blocks_per_sample, (b + 1) * blocks_per_sample)
+        ends = int(batch.cu_tgt[b]) + torch.cumsum(
+            torch.tensor([int(batch.cu_pred[s + 1] - batch.cu_pred[s]) - len(ctx) for s in seqs]), 0
+        )
+        starts = [int(batch.cu_tgt[b]), *ends[:-1].tolist()]
+        tgts = [batch.tgt_idx[lo:hi].numpy() for lo, hi in zip(starts, ends.tolist(), strict=True)]
         samples.append(
             Sample(
-                int(batch["index"][b]),
-                batch["tokens"][b, :n].numpy(),
-                batch["coords"][b, :n].numpy(),
+                int(batch.index[b]),
+                batch.tokens[b, :n].numpy(),
+                batch.coords[b, :n].numpy(),
                 ctx,
                 tgts,
             )
         )
-    return collate(samples)
+    return pack(samples)
 
 
 @pytest.mark.parametrize("which", ["pred", "target"])
@@ -88,7 +91,7 @@ def test_packed_samples_do_not_see_each_other(grid_data, which):
     k = cfg.mask.num_targets
     for b in (0, 5):
         alone = run(_select(batch, [b], k))
-        rows = slice(int(batch["cu_tgt"][b]), int(batch["cu_tgt"][b + 1]))
+        rows = slice(int(batch.cu_tgt[b]), int(batch.cu_tgt[b + 1]))
         torch.testing.assert_close(full[rows], alone, rtol=1e-5, atol=1e-5)
 
 

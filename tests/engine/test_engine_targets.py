@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from engine.batch import Sample, pack, position_groups
 from engine.config import ConfigError, load_config
-from engine.data import Sample, collate, position_groups
 from engine.diagnostics import (
     attention_entropy,
     check,
@@ -57,7 +57,7 @@ def _batch(samples_tokens, coords):
         )
         for i, t in enumerate(samples_tokens)
     ]
-    return collate(samples)
+    return pack(samples)
 
 
 def test_normalize_targets_modes_and_bad_mode():

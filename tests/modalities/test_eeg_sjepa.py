@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+from engine.batch import Sample, pack
 from engine.config import ModelConfig, load_config
-from engine.data import Sample, collate
 from engine.model import JEPA, Encoder
 from modalities.eeg import MODALITY, EegOptions
 from modalities.eeg.channels import resolve_channels
@@ -198,9 +198,9 @@ def test_one_jepa_step_with_the_engine_model():
         t = MODALITY.tokenize(record(n_sec=4, absent=absent, seed=i), {}, cfg)
         ctx, tgts = masker(np.random.default_rng(i), t["coords"])
         samples.append(Sample(i, t["tokens"], t["coords"], ctx, tgts))
-    batch = collate(samples)
+    batch = pack(samples)
     model = JEPA(MODALITY.embedder(cfg), cfg.model)
     pred = model(batch)
-    assert pred.shape == (len(batch["tgt_idx"]), 32)
+    assert pred.shape == (len(batch.tgt_idx), 32)
     pred.square().mean().backward()
     assert model.encoder.embedder.features.proj.weight.grad is not None

@@ -11,8 +11,8 @@ import pytest
 import torch
 import yaml
 
+from engine.batch import Sample, pack
 from engine.config import config_from_dict, load_config, save_config
-from engine.data import Sample, collate
 from engine.model import JEPA
 from modalities.fmri import MODALITY
 from modalities.fmri.jepa import (
@@ -301,6 +301,6 @@ def test_one_jepa_step_trains_the_gradient_projection():
         ctx, tgts = masker(np.random.default_rng(i), t["coords"])
         samples.append(Sample(i, t["tokens"], t["coords"], ctx, tgts))
     model = JEPA(MODALITY.embedder(cfg, stats), cfg.model)
-    pred = model(collate(samples))
+    pred = model(pack(samples))
     pred.square().mean().backward()
     assert model.encoder.embedder.gradient_proj.weight.grad.abs().sum() > 0
