@@ -25,7 +25,6 @@ import math
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -106,11 +105,10 @@ def load_tokens(data: str) -> tuple[np.ndarray, np.ndarray]:
     one token grid (the modality's tokenizer, its default options)."""
     ds = ShardDataset(data)
     modality = get_modality(ds.modality)
-    # what the grid tokenizers read of an engine config: 1 x 16 patches (Brain-JEPA's)
-    cfg = SimpleNamespace(model=SimpleNamespace(patch_len=16), modality={})
+    opts = modality.method_options({})  # the defaults: 1 x 16 patches (Brain-JEPA's)
     toks, coords = [], None
     for i in range(len(ds)):
-        t = modality.tokenize(ds[i], ds.stats, cfg)
+        t = modality.tokenize(ds[i], ds.stats, opts)
         if coords is None:
             coords = t["coords"][:, :2]
         elif not np.array_equal(coords, t["coords"][:, :2]):

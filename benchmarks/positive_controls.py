@@ -43,6 +43,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import minimal_jepa  # noqa: E402
 
 from engine.config import load_config  # noqa: E402
+from engine.data import build_embedder, method_options  # noqa: E402
 from engine.export import load_encoder  # noqa: E402
 from engine.model import Encoder  # noqa: E402
 from engine.probe import (  # noqa: E402
@@ -121,16 +122,16 @@ def supervised(data: Path, seed: int, steps: int, train_subjects: int = 160) -> 
     labels = np.array([ds[i][LABEL] for i in range(len(ds))])
     classes = sorted(set(labels))
     y = torch.as_tensor([classes.index(v) for v in labels])
-    tokens = torch.stack(
-        [torch.as_tensor(modality.tokenize(ds[i], ds.stats, cfg)["tokens"]) for i in range(len(ds))]
-    )
-    coords = torch.as_tensor(modality.tokenize(ds[0], ds.stats, cfg)["coords"])
+    opts = method_options(modality, cfg)
+    toks = [modality.tokenize(ds[i], ds.stats, opts)["tokens"] for i in range(len(ds))]
+    tokens = torch.stack([torch.as_tensor(t) for t in toks])
+    coords = torch.as_tensor(modality.tokenize(ds[0], ds.stats, opts)["coords"])
     rng = np.random.default_rng([seed, 0x535550])
     uniq = rng.permutation(np.unique(subjects))
     train_idx = np.flatnonzero(np.isin(subjects, uniq[:train_subjects]))
     test_idx = np.flatnonzero(~np.isin(subjects, uniq[:train_subjects]))
     torch.manual_seed(seed)
-    enc = Encoder(modality.embedder(cfg, ds.stats), cfg.model)
+    enc = Encoder(build_embedder(modality, cfg, ds.stats), cfg.model)
     head = torch.nn.Linear(2 * cfg.model.embed_dim, len(classes))
     params = [*enc.parameters(), *head.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=0.05)
@@ -207,8 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     labels = np.array([ds[i][LABEL] for i in range(len(ds))])
     subjects = np.array([ds[i]["subject"] for i in range(len(ds))])
     latents = [token_latents(ds[i]) for i in range(len(ds))]
-    raw = [modality.tokenize(ds[i], ds.stats, cfg)["tokens"] for i in range(len(ds))]
-    coords = modality.tokenize(ds[0], ds.stats, cfg)["coords"]
+    opts = method_options(modality, cfg)
+    raw = [modality.tokenize(ds[i], ds.stats, opts)["tokens"] for i in range(len(ds))]
+    coords = modality.tokenize(ds[0], ds.stats, opts)["coords"]
     params = json.loads((out / "raw" / "control.json").read_text())
     from modalities.fmri.control import FrequencyControl, parcellate_ellipsoid
 
@@ -270,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     probe_all("raw tokens", raw)
     for s in args.seeds:
         torch.manual_seed(s)
-        rnd = Encoder(modality.embedder(cfg, ds.stats), load_config(CONFIG).model).eval()
+        rnd = Encoder(build_embedder(modality, cfg, ds.stats), cfg.model).eval()
         probe_all(
             f"random-init-s{s}", lambda e=rnd: token_features(e, cfg, modality, ds), attentive=True
         )

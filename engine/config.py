@@ -2,19 +2,21 @@
 
 `load_config(yaml_path, overrides)` builds a `Config`, validates it once and raises `ConfigError`
 naming the bad key. `Config.to_dict()` is what the run directory's `config.yaml` holds.
-Imports only the standard library and yaml.
+Imports the standard library, yaml and `modalities.options` (the one typed-options parser, shared
+with the modalities' own options).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from modalities.options import OptionError, coerce
 
 OBJECTIVES = ("jepa", "mae")
 TARGET_NORMS = ("position_centered", "layer_norm")
@@ -48,7 +50,8 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    patch_len: int = 16  # frames per patch (Brain-JEPA: 1 ROI x 16 frames)
+    # The trunk only: patch geometry, tokenizer and masks belong to the modality (the
+    # `modality:` section, parsed into its `method_type`; docs/modalities.md).
     embed_dim: int = 192
     depth: int = 6
     num_heads: int = 3
@@ -62,16 +65,6 @@ class ModelConfig:
     # 768-value patches; on a 16-value fMRI patch it starts content 30x below position).
     # Both scale the residual projections of block i by 1/sqrt(2 i).
     init: str = "fan_in"
-
-
-@dataclass
-class MaskConfig:
-    # I-JEPA defaults
-    num_targets: int = 4
-    target_scale: list[float] = field(default_factory=lambda: [0.15, 0.2])
-    target_aspect: list[float] = field(default_factory=lambda: [0.75, 1.5])
-    context_scale: list[float] = field(default_factory=lambda: [0.85, 1.0])
-    min_context: float = 0.1  # fraction of a sample's tokens the context keeps at least
 
 
 @dataclass
@@ -146,24 +139,31 @@ class TrainConfig:
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    mask: MaskConfig = field(default_factory=MaskConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    # Modality-specific options (e.g. fMRI's `modality.pos=roi_index`), free-form here and
-    # validated by the modality's hooks, which name the bad key (`modality.obs_scale: ...`).
+    # The modality's method options (tokenizer, masks, embedder: fMRI's `modality.pos`,
+    # `modality.patch_len`; the grid's and EEG's `modality.masks`), free-form here: the engine
+    # never reads them. `engine.data.method_options` parses them into the modality's own
+    # `method_type`, which names the bad key (`modality.obs_scale: ...`).
     modality: dict[str, Any] = field(default_factory=dict)
+    # Keys of a run saved before the modality owned its options (`model.patch_len`, `mask.*`),
+    # as {dotted key: value}: read from that run's config.yaml so its checkpoints still load,
+    # handed to the modality's `legacy_options`, never written back.
+    legacy: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        del out["legacy"]
+        return out
 
 
 def resumable_keys() -> set[str]:
     """Dotted keys of the fields declared with `resumable`."""
     out = set()
     for section in dataclasses.fields(Config):
-        cls = section.default_factory
+        cls = section.default_factory  # type: ignore[misc]
         if dataclasses.is_dataclass(cls):
             out.update(
                 f"{section.name}.{f.name}"
@@ -177,63 +177,15 @@ def resumable_keys() -> set[str]:
 # building
 
 
-def _coerce(key: str, value: Any, tp: Any) -> Any:
-    """`value` as type `tp` (bool, int, float, str, list[float]); ConfigError naming `key`."""
-    origin = typing.get_origin(tp)
-    if origin in (list, tuple):
-        (item_tp,) = typing.get_args(tp)[:1]
-        if isinstance(value, str):
-            value = yaml.safe_load(value) if value.strip().startswith("[") else value.split(",")
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        return [_coerce(f"{key}[{i}]", v, item_tp) for i, v in enumerate(value)]
-    if origin in (typing.Union, types.UnionType):
-        raise ConfigError(f"{key}: union types are not supported in configs")
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
-            return True
-        if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
-            return False
-        raise ConfigError(f"{key}: expected true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value.replace("_", ""))
-            except ValueError:
-                pass
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
-    raise ConfigError(f"{key}: unsupported config type {tp}")
-
-
 def _plain(key: str, value: Any) -> Any:
-    """`value` if it is a YAML scalar or a list of them (so the saved config round-trips)."""
+    """`value` if it is a YAML scalar, or a list of scalars, lists and mappings (a list of mask
+    specs), so the saved config round-trips."""
     if isinstance(value, tuple):
         value = list(value)
     if isinstance(value, list):
         return [_plain(f"{key}[{i}]", v) for i, v in enumerate(value)]
+    if isinstance(value, dict) and key.endswith("]"):
+        return {str(k): _plain(f"{key}.{k}", v) for k, v in value.items()}
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     raise ConfigError(f"{key}: expected a number, string, boolean or list, got {value!r}")
@@ -248,8 +200,13 @@ def _set(cfg: Config, key: str, value: Any) -> None:
     if len(parts) != 2:
         raise ConfigError(f"{key}: keys look like section.name, e.g. optim.lr")
     section_name, name = parts
-    sections = _section_types(Config)
-    if section_name not in sections:
+    sections = {k: v for k, v in _section_types(Config).items() if k != "legacy"}
+    if section_name == "mask" or key == "model.patch_len":
+        raise ConfigError(
+            f"{key}: masks and patch geometry belong to the modality now; set them in the "
+            "`modality:` section (e.g. modality.patch_len, modality.masks; docs/modalities.md)"
+        )
+    if section_name not in sections or section_name == "legacy":
         raise ConfigError(f"{key}: unknown section {section_name!r}; known: {', '.join(sections)}")
     section = getattr(cfg, section_name)
     if isinstance(section, dict):
@@ -261,7 +218,10 @@ def _set(cfg: Config, key: str, value: Any) -> None:
         raise ConfigError(
             f"{key}: unknown key in section {section_name!r}; known: {', '.join(fields)}"
         )
-    setattr(section, name, _coerce(key, value, fields[name]))
+    try:
+        setattr(section, name, coerce(key, value, fields[name]))
+    except OptionError as e:
+        raise ConfigError(str(e)) from None
 
 
 def flatten(tree: Any, prefix: str = "") -> list[tuple[str, Any]]:
@@ -312,11 +272,20 @@ def load_config(
     return cfg
 
 
+#: keys a run saved before the modality owned its options may hold (read into `Config.legacy`)
+LEGACY_KEYS = ("model.patch_len", "mask.")
+
+
 def config_from_dict(tree: dict[str, Any]) -> Config:
-    """A `Config` from `Config.to_dict()` output (a saved run's config), validated."""
+    """A `Config` from `Config.to_dict()` output (a saved run's config), validated. A run saved
+    before the modality owned its options keeps `model.patch_len` and `mask.*`: those go to
+    `cfg.legacy` (the modality maps them, `Modality.legacy_options`)."""
     cfg = Config()
     for key, value in flatten(tree):
-        _set(cfg, key, value)
+        if key == LEGACY_KEYS[0] or key.startswith(LEGACY_KEYS[1]):
+            cfg.legacy[key] = value
+        else:
+            _set(cfg, key, value)
     validate(cfg)
     return cfg
 
@@ -326,26 +295,19 @@ def _check(ok: bool, key: str, why: str, value: Any) -> None:
         raise ConfigError(f"{key}: {why}, got {value!r}")
 
 
-def _check_range(cfg: Config, key: str, lo: float, hi: float) -> None:
-    v = getattr(getattr(cfg, key.split(".")[0]), key.split(".")[1])
-    _check(len(v) == 2 and lo <= v[0] <= v[1] <= hi, key, f"expected [min, max] in [{lo}, {hi}]", v)
-
-
 def validate(cfg: Config) -> None:
     """Raise ConfigError naming the first bad key."""
-    d, m, k, o, t = cfg.data, cfg.model, cfg.mask, cfg.optim, cfg.train
+    d, m, o, t = cfg.data, cfg.model, cfg.optim, cfg.train
     for key, v in (
         ("data.batch_size", d.batch_size),
         ("data.prefetch_factor", d.prefetch_factor),
         ("data.shuffle_buffer", d.shuffle_buffer),
-        ("model.patch_len", m.patch_len),
         ("model.embed_dim", m.embed_dim),
         ("model.depth", m.depth),
         ("model.num_heads", m.num_heads),
         ("model.pred_dim", m.pred_dim),
         ("model.pred_depth", m.pred_depth),
         ("model.pred_heads", m.pred_heads),
-        ("mask.num_targets", k.num_targets),
         ("optim.grad_accum", o.grad_accum),
         ("train.steps", t.steps),
         ("train.log_every", t.log_every),
@@ -379,10 +341,6 @@ def validate(cfg: Config) -> None:
         m.pred_heads,
     )
     _check(m.mlp_ratio > 0, "model.mlp_ratio", "must be > 0", m.mlp_ratio)
-    _check_range(cfg, "mask.target_scale", 1e-9, 1.0)
-    _check_range(cfg, "mask.context_scale", 1e-9, 1.0)
-    _check_range(cfg, "mask.target_aspect", 1e-9, float("inf"))
-    _check(0 <= k.min_context < 1, "mask.min_context", "must be in [0, 1)", k.min_context)
     _check(
         cfg.loss.kind in ("smooth_l1", "l1", "l2"), "loss.kind", "smooth_l1|l1|l2", cfg.loss.kind
     )

@@ -24,8 +24,8 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from engine.batch import PackedBatch, Sample, pack
-from engine.config import Config
-from modalities import Modality, get_modality
+from engine.config import Config, ConfigError
+from modalities import Modality, ModalityError, get_modality
 from pipelines.shards import ShardDataset
 
 
@@ -36,6 +36,21 @@ def resolve_modality(spec: str, manifest_modality: str) -> Modality:
         return get_modality(spec or manifest_modality)
     except KeyError as e:
         raise ValueError(f"data.modality: {e.args[0]}") from None
+
+
+def method_options(modality: Modality, cfg: Config) -> Any:
+    """The modality's method options (`Modality.method_type`) from the config's `modality:`
+    section (and, for a run saved before modality options, its `model.patch_len` / `mask.*`);
+    ConfigError naming the bad key. The modality's hooks receive this, never `cfg`."""
+    try:
+        return modality.method_options(cfg.modality, cfg.legacy)
+    except (ValueError, ModalityError) as e:
+        raise ConfigError(str(e)) from None
+
+
+def build_embedder(modality: Modality, cfg: Config, stats: dict[str, Any] | None = None) -> Any:
+    """The modality's embedder at the encoder's width (`model.embed_dim`)."""
+    return modality.embedder(method_options(modality, cfg), cfg.model.embed_dim, stats)
 
 
 def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
@@ -115,7 +130,8 @@ class MaskedBatches(IterableDataset):
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
         ds = ShardDataset(self.cfg.data.path, verify=self.cfg.data.verify)
         stats = ds.stats
-        masker = self.modality.masker(self.cfg)
+        opts = method_options(self.modality, self.cfg)
+        masker = self.modality.masker(opts)
         seed = self.cfg.train.seed
         cached = (self.epoch, self.batches(self.epoch))
         per_epoch = len(cached[1])
@@ -128,7 +144,7 @@ class MaskedBatches(IterableDataset):
                 cached = (epoch, self.batches(epoch))
             samples = []
             for idx in cached[1][j]:
-                t = self.modality.tokenize(ds[int(idx)], stats, self.cfg)
+                t = self.modality.tokenize(ds[int(idx)], stats, opts)
                 ctx, tgts = masker(sample_rng(seed, epoch, int(idx)), t["coords"])
                 samples.append(Sample(int(idx), t["tokens"], t["coords"], ctx, list(tgts)))
             yield pack(samples)

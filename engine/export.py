@@ -24,9 +24,10 @@ from safetensors.torch import load_file, save_file
 
 from engine.checkpoint import CheckpointError, latest_checkpoint, read_state
 from engine.config import Config, config_from_dict
-from engine.data import resolve_modality
+from engine.data import build_embedder, method_options, resolve_modality
 from engine.model import Encoder
 from modalities import Modality
+from modalities.options import options_to_dict
 
 EXPORT_FORMAT = "jepa-forge-encoder"
 EXPORT_VERSION = 1
@@ -67,7 +68,7 @@ def _build(
 ) -> Encoder:
     # stats None: a checkpoint from before they were saved; a modality that needs them (fMRI's
     # gradient positions) says so.
-    encoder = Encoder(modality.embedder(cfg, stats), cfg.model)
+    encoder = Encoder(build_embedder(modality, cfg, stats), cfg.model)
     encoder.load_state_dict(weights, strict=True)
     return encoder.eval().requires_grad_(False)
 
@@ -109,7 +110,12 @@ def export(run_dir: str | Path, out: str | Path, which: str = "target") -> Path:
         "encoder": which,
         "step": state["run"]["step"],
         "modality": state["modality"],
-        "config": cfg.to_dict(),
+        # the modality's options resolved (defaults filled in, an older run's model.patch_len /
+        # mask.* mapped), so the export reads back without knowing how they were written
+        "config": {
+            **cfg.to_dict(),
+            "modality": options_to_dict(method_options(modality, cfg)),
+        },
         "stats": state.get("stats"),
         "checkpoint": str(ckpt),
     }

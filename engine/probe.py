@@ -35,6 +35,7 @@ from torch import nn
 
 from engine.batch import pack_tokens
 from engine.config import Config
+from engine.data import build_embedder, method_options
 from engine.export import load_encoder
 from engine.model import Encoder
 from modalities import Modality
@@ -53,10 +54,10 @@ def encode_records(
     batch_size: int = 64,
 ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
     """(coords [N_i, c], features [N_i, D] fp32) of every record, in storage order."""
-    stats = ds.stats
+    stats, opts = ds.stats, method_options(modality, cfg)
     for lo in range(0, len(ds), batch_size):
         toks = [
-            modality.tokenize(ds[i], stats, cfg) for i in range(lo, min(lo + batch_size, len(ds)))
+            modality.tokenize(ds[i], stats, opts) for i in range(lo, min(lo + batch_size, len(ds)))
         ]
         b = pack_tokens([t["tokens"] for t in toks], [t["coords"] for t in toks])
         h = encoder.forward_all(b.tokens, b.coords, b.n_tokens, b.packing).float()
@@ -489,7 +490,9 @@ def main(argv: list[str] | None = None) -> int:
             encoders[args.encoder] = encoder
         if args.random_init or args.baseline:
             torch.manual_seed(args.seed)
-            encoders["random-init"] = Encoder(modality.embedder(cfg, ds.stats), cfg.model).eval()
+            encoders["random-init"] = Encoder(
+                build_embedder(modality, cfg, ds.stats), cfg.model
+            ).eval()
         results = {}
         for name, enc in encoders.items():
             results[name] = _probe_runs(args, enc, cfg, modality, ds, labels, groups, keep)

@@ -29,8 +29,14 @@ from engine.checkpoint import (
     read_state,
     save_checkpoint,
 )
-from engine.config import Config, flatten, kernel_notes, resumable_keys
-from engine.data import JEPALoader, resolve_modality, sample_rng
+from engine.config import LEGACY_KEYS, Config, flatten, kernel_notes, resumable_keys
+from engine.data import (
+    JEPALoader,
+    build_embedder,
+    method_options,
+    resolve_modality,
+    sample_rng,
+)
 from engine.diagnostics import attention_entropy, check, target_diagnostics
 from engine.graphs import GraphedJEPA, GraphedTargetFeatures
 from engine.launch import DistInfo
@@ -55,6 +61,15 @@ class RunState:
 
 def check_resumable(saved: dict[str, Any], cfg: Config, where: Path) -> None:
     """Raise CheckpointError naming the config keys that differ from the checkpoint's."""
+    legacy = sorted(
+        k for k, _ in flatten(saved) if k == LEGACY_KEYS[0] or k.startswith(LEGACY_KEYS[1])
+    )
+    if legacy:
+        raise CheckpointError(
+            f"{where}: this checkpoint predates modality options ({', '.join(legacy)} are "
+            "the modality's `modality:` keys now); it still loads for engine.probe and "
+            "engine.export, but an exact resume needs the version that wrote it"
+        )
     old, new = dict(flatten(saved)), dict(flatten(cfg.to_dict()))
     free = resumable_keys()
     bad = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in free)
@@ -105,7 +120,7 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
         self.mae = cfg.loss.objective == "mae"
         out_dim = patch_dim if self.mae else None  # MAE's predictor outputs patches
-        model = JEPA(self.modality.embedder(cfg, self.stats), cfg.model, out_dim)
+        model = JEPA(build_embedder(self.modality, cfg, self.stats), cfg.model, out_dim)
         model = model.to(info.device)
         set_fused_layernorm(model, cfg.train.fused_layernorm)
         # The module's forward hands batches to the graphs (eager on CPU), so DeepSpeed's engine
@@ -151,8 +166,9 @@ class Trainer:
         returns the token width (what MAE's predictor regresses)."""
         if len(ds) == 0:
             raise ValueError(f"{self.cfg.data.path}: the dataset has no records")
-        t = self.modality.tokenize(ds[0], ds.stats, self.cfg)
-        self.modality.masker(self.cfg)(sample_rng(0, 0, 0), t["coords"])
+        opts = method_options(self.modality, self.cfg)  # ConfigError names a bad modality.* key
+        t = self.modality.tokenize(ds[0], ds.stats, opts)
+        self.modality.masker(opts)(sample_rng(0, 0, 0), t["coords"])
         return int(t["tokens"].shape[1])
 
     def _resume(self, path: Path) -> None:

@@ -2,19 +2,24 @@
 
 A modality turns one source file into records (`read`), declares the Arrow schema of those
 records (`schema`), computes dataset statistics from the written shards (`fit_stats`), and writes
-realistic demo files in its real format (`demo`). The ingest framework (pipelines/) owns listing
-sources, parallelism, shard writing, quarantine and the manifest; the modality owns the science.
+realistic demo files in its real format (`demo`). For training it declares its method options
+(`method_type`: patch geometry, masks, embedder) and turns records into tokens (`tokenize`),
+draws masks (`masker`) and embeds tokens (`embedder`) from those options alone. The ingest
+framework (pipelines/) owns listing sources, parallelism, shard writing, quarantine and the
+manifest; the modality owns the science.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pyarrow as pa
+
+from modalities.options import parse_options
 
 
 class ModalityError(Exception):
@@ -72,10 +77,11 @@ class Modality:
         """Write `n` realistic raw files in this modality's format; return their paths."""
         raise NotImplementedError
 
-    def draw(self, ds: Any, index: int, rng: Any) -> Any:
+    def draw(self, ds: Any, index: int, rng: Any, opts: Any) -> Any:
         """One sample of dataset `ds` (a `pipelines.shards.ShardDataset`) with the context and
-        target masks this modality's masker draws for it: a `modalities.show.Drawing`
-        (`python -m modalities.show NAME`). Imports matplotlib inside."""
+        target masks this modality's masker, set up by the method options `opts` (a run's, or
+        the defaults), draws for it: a `modalities.show.Drawing` (`python -m modalities.show
+        NAME`). Imports matplotlib inside."""
         raise ModalityError(f"modality {self.name!r} has no drawer")
 
     def warm_up(self) -> None:
@@ -91,28 +97,56 @@ class Modality:
         lower = path.lower()
         return any(lower.endswith(ext) for ext in self.extensions)
 
-    # -- model side (used by the engine; see modalities/grid.py for generic grid pieces)
+    # -- model side (used by the engine; see modalities/grid.py for generic grid pieces). The
+    # hooks receive this modality's own method options (`method_type`, parsed from the run
+    # config's `modality:` section by `method_options`), never the engine's config.
 
-    def tokenize(self, record: dict[str, Any], stats: dict[str, Any], cfg: Any) -> dict[str, Any]:
+    #: a dataclass type of the method options: tokenizer (patch geometry), masks, embedder.
+    #: Fields with defaults; `__post_init__` raises ValueError("field: why") for bad values.
+    method_type: ClassVar[type | None] = None
+
+    def method_options(
+        self, section: Mapping[str, Any] | None = None, legacy: Mapping[str, Any] | None = None
+    ) -> Any:
+        """The run config's `modality:` section as `method_type` (defaults for what it omits);
+        `modalities.options.OptionError` names a bad key (`modality.patch_len: ...`). `legacy`:
+        the `model.patch_len` / `mask.*` keys of a run saved before modality options, mapped by
+        `legacy_options` (the section's own keys win)."""
+        if self.method_type is None:
+            raise ModalityError(f"modality {self.name!r} declares no method options")
+        if legacy:
+            section = {**self.legacy_options(legacy), **(section or {})}
+        return parse_options(self.method_type, section or {}, "modality")
+
+    def legacy_options(self, legacy: Mapping[str, Any]) -> dict[str, Any]:
+        """A run saved before the modality owned its options kept `model.patch_len` and `mask.*`
+        in the engine's config: map those ({dotted key: value}) to this modality's `modality:`
+        keys, so the run's checkpoints still load. Default: refuse with the reason."""
+        raise ModalityError(
+            f"this run's config predates modality options ({', '.join(sorted(legacy))}) and "
+            f"modality {self.name!r} cannot map them; retrain, or move them into `modality:`"
+        )
+
+    def tokenize(self, record: dict[str, Any], stats: dict[str, Any], opts: Any) -> dict[str, Any]:
         """Turn one record into tokens for the encoder.
 
         Returns at least ``tokens`` (float32 [N, patch_dim]) and ``coords`` (int [N, c], the
         token's position on this modality's grid, what the embedder and masker read). `stats` is
-        the dataset's statistics (stats.json); `cfg` is the engine's resolved config.
+        the dataset's statistics (stats.json); `opts` the method options.
         """
         raise NotImplementedError(f"{self.name} has no tokenizer")
 
-    def masker(self, cfg: Any) -> Any:
+    def masker(self, opts: Any) -> Any:
         """A callable ``(rng: np.random.Generator, coords) -> (context_idx, [target_idx, ...])``.
 
         Index arrays point into the sample's tokens; lengths vary per sample (never truncated).
         """
         raise NotImplementedError(f"{self.name} has no masker")
 
-    def embedder(self, cfg: Any, stats: dict[str, Any] | None = None) -> Any:
-        """An ``nn.Module``: ``forward(tokens [B, N, patch_dim], coords [B, N, c]) -> [B, N, D]``
-        (patch embedding plus positions) and ``position(coords) -> [B, N, D]`` (positions alone),
-        with ``D = cfg.model.embed_dim``. `stats` are the dataset statistics the encoder was
+    def embedder(self, opts: Any, dim: int, stats: dict[str, Any] | None = None) -> Any:
+        """An ``nn.Module``: ``forward(tokens [B, N, patch_dim], coords [B, N, c]) -> [B, N, dim]``
+        (patch embedding plus positions) and ``position(coords) -> [B, N, dim]`` (positions
+        alone); `dim` is the encoder's width. `stats` are the dataset statistics the encoder was
         trained with (the engine passes them at training time and restores them from the
         checkpoint or export at load time, so a trained encoder loads without its dataset)."""
         raise NotImplementedError(f"{self.name} has no embedder")

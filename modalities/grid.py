@@ -5,7 +5,10 @@
 - `sincos_2d`: fixed 2-D sin-cos positional embedding of (row, col) coords (I-JEPA's, computed
   from the coords, so any grid size works).
 - `GridEmbedder`: Linear patch embedding plus `sincos_2d` (the modality `embedder`).
-- `MultiBlockMasker`: I-JEPA's multi-block masking over the grid, per sample, variable lengths.
+- `MultiBlockMasker`: I-JEPA's multi-block masking over the grid, per sample, variable lengths;
+  its target blocks come from a list of `BlockSpec`s (V-JEPA's way: several groups of blocks,
+  each with its own count, scale and aspect).
+- `GridMethod`: the method options (patch length, mask specs, context block).
 - `GridPieces`: a mixin giving a `Modality` tokenize / masker / embedder from the above.
 
 Imports numpy and torch only (never `engine` or `pipelines`).
@@ -14,7 +17,8 @@ Imports numpy and torch only (never `engine` or `pipelines`).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -118,13 +122,62 @@ def _block_shape(
     return h, w
 
 
+def _check_pair(name: str, pair: tuple[float, float], hi: float = 1.0) -> None:
+    lo_, hi_ = pair
+    if not 0 < lo_ <= hi_ <= hi:
+        bound = "1" if hi == 1.0 else "max"
+        raise ValueError(f"{name}: expected [min, max] with 0 < min <= max <= {bound}, got {pair}")
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """One group of target blocks: `num` blocks, each covering U(scale) of the grid with a
+    log-uniform aspect (rows / cols) in `aspect`."""
+
+    num: int = 4
+    scale: tuple[float, float] = (0.15, 0.2)
+    aspect: tuple[float, float] = (0.75, 1.5)
+
+    def __post_init__(self) -> None:
+        if self.num < 1:
+            raise ValueError(f"num: must be >= 1, got {self.num}")
+        _check_pair("scale", self.scale)
+        _check_pair("aspect", self.aspect, hi=math.inf)
+
+
+@dataclass(frozen=True)
+class GridMethod:
+    """Method options of a grid modality (the run config's `modality:` section).
+
+    patch_len: time steps per 1 x patch_len token. masks: the target block groups (I-JEPA:
+    one group of 4 blocks of 15-20%). context_scale: the context block's share of the grid
+    (aspect 1), minus the targets. min_context: a draw is redone while the context keeps fewer
+    than this share of the tokens.
+    """
+
+    patch_len: int = 16
+    masks: tuple[BlockSpec, ...] = field(default_factory=lambda: (BlockSpec(),))
+    context_scale: tuple[float, float] = (0.85, 1.0)
+    min_context: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.patch_len < 1:
+            raise ValueError(f"patch_len: must be >= 1, got {self.patch_len}")
+        if not self.masks:
+            raise ValueError("masks: expected at least one block spec, got []")
+        _check_pair("context_scale", self.context_scale)
+        if not 0 <= self.min_context < 1:
+            raise ValueError(f"min_context: must be in [0, 1), got {self.min_context}")
+
+
 class MultiBlockMasker:
     """I-JEPA multi-block masking over a grid of tokens, one sample at a time.
 
-    `num_targets` target blocks (scale 0.15-0.2, aspect 0.75-1.5), a context block (scale
-    0.85-1.0, aspect 1) minus the union of the targets. Every sample draws its own blocks, so
-    lengths vary per sample; nothing is truncated. Draws again (up to `max_tries`) while the
-    context keeps fewer than `min_context` of the tokens (fraction, at least one token).
+    `num_targets` target blocks (scale 0.15-0.2, aspect 0.75-1.5), or the blocks of each
+    `BlockSpec` in `targets` in order, then a context block (scale 0.85-1.0, aspect 1) minus the
+    union of the targets. Every sample draws its own blocks, so lengths vary per sample; nothing
+    is truncated. Draws again (up to `max_tries`) while the context keeps fewer than
+    `min_context` of the tokens (fraction, at least one token).
     """
 
     def __init__(
@@ -136,26 +189,21 @@ class MultiBlockMasker:
         context_aspect: tuple[float, float] = (1.0, 1.0),
         min_context: float = 0.1,
         max_tries: int = 100,
+        targets: Sequence[BlockSpec] | None = None,
     ) -> None:
+        if targets is None:
+            if num_targets < 1:
+                raise ValueError(f"num_targets must be >= 1, got {num_targets}")
+            targets = [BlockSpec(num_targets, tuple(target_scale), tuple(target_aspect))]
+        self.specs = tuple(targets)
+        num_targets = sum(spec.num for spec in self.specs)
         if num_targets < 1:
             raise ValueError(f"num_targets must be >= 1, got {num_targets}")
-        for name, (lo, hi) in (
-            ("target_scale", target_scale),
-            ("context_scale", context_scale),
-        ):
-            if not 0 < lo <= hi <= 1:
-                raise ValueError(f"{name} must satisfy 0 < min <= max <= 1, got {(lo, hi)}")
-        for name, (lo, hi) in (
-            ("target_aspect", target_aspect),
-            ("context_aspect", context_aspect),
-        ):
-            if not 0 < lo <= hi:
-                raise ValueError(f"{name} must satisfy 0 < min <= max, got {(lo, hi)}")
+        _check_pair("context_scale", tuple(context_scale))
+        _check_pair("context_aspect", tuple(context_aspect), hi=math.inf)
         if not 0 <= min_context < 1:
             raise ValueError(f"min_context must be in [0, 1), got {min_context}")
         self.num_targets = num_targets
-        self.target_scale = tuple(target_scale)
-        self.target_aspect = tuple(target_aspect)
         self.context_scale = tuple(context_scale)
         self.context_aspect = tuple(context_aspect)
         self.min_context = min_context
@@ -183,8 +231,9 @@ class MultiBlockMasker:
         need = max(1, math.ceil(self.min_context * len(coords)))
         for _ in range(self.max_tries):
             targets = [
-                self._block(rng, rows, cols, self.target_scale, self.target_aspect)
-                for _ in range(self.num_targets)
+                self._block(rng, rows, cols, spec.scale, spec.aspect)
+                for spec in self.specs
+                for _ in range(spec.num)
             ]
             context = self._block(rng, rows, cols, self.context_scale, self.context_aspect)
             context &= ~np.logical_or.reduce(targets)
@@ -195,7 +244,7 @@ class MultiBlockMasker:
                 return ctx_idx, tgt_idx
         raise ValueError(
             f"could not draw a mask leaving {need} context tokens of {len(coords)} in "
-            f"{self.max_tries} tries; lower mask.min_context or the target scale"
+            f"{self.max_tries} tries; lower modality.min_context or the masks' scale"
         )
 
 
@@ -203,34 +252,43 @@ class GridPieces:
     """Mixin: `tokenize` / `masker` / `embedder` for a modality whose records hold one grid.
 
     Set `grid_column` (the record's [R, T] tensor column) and optionally the stats keys of
-    per-row robust scaling. Reads `cfg.model.patch_len`, `cfg.model.embed_dim` and the
-    `cfg.mask` section of the engine config.
+    per-row robust scaling. Method options: `GridMethod` (patch length, mask specs).
     """
 
     grid_column: ClassVar[str]
     row_center_stat: ClassVar[str | None] = None
     row_scale_stat: ClassVar[str | None] = None
+    method_type: ClassVar[type] = GridMethod
 
-    def tokenize(self, record: dict[str, Any], stats: dict[str, Any], cfg: Any) -> dict[str, Any]:
+    def tokenize(
+        self, record: dict[str, Any], stats: dict[str, Any], opts: GridMethod
+    ) -> dict[str, Any]:
         center = stats.get(self.row_center_stat) if self.row_center_stat else None
         scale = stats.get(self.row_scale_stat) if self.row_scale_stat else None
-        tokens, coords = grid_patches(record[self.grid_column], cfg.model.patch_len, center, scale)
+        tokens, coords = grid_patches(record[self.grid_column], opts.patch_len, center, scale)
         return {"tokens": tokens, "coords": coords}
 
-    def masker(self, cfg: Any) -> MultiBlockMasker:
-        m = cfg.mask
+    def masker(self, opts: GridMethod) -> MultiBlockMasker:
         return MultiBlockMasker(
-            num_targets=m.num_targets,
-            target_scale=_pair(m.target_scale),
-            target_aspect=_pair(m.target_aspect),
-            context_scale=_pair(m.context_scale),
-            min_context=m.min_context,
+            targets=opts.masks, context_scale=opts.context_scale, min_context=opts.min_context
         )
 
-    def embedder(self, cfg: Any, stats: dict[str, Any] | None = None) -> GridEmbedder:
-        return GridEmbedder(cfg.model.patch_len, cfg.model.embed_dim)
+    def embedder(
+        self, opts: GridMethod, dim: int, stats: dict[str, Any] | None = None
+    ) -> GridEmbedder:
+        return GridEmbedder(opts.patch_len, dim)
 
-
-def _pair(v: Sequence[float]) -> tuple[float, float]:
-    lo, hi = v
-    return float(lo), float(hi)
+    def legacy_options(self, legacy: Mapping[str, Any]) -> dict[str, Any]:
+        """`model.patch_len` and `mask.*` of a run saved before modality options, as they
+        were read: one group of mask.num_targets blocks."""
+        out: dict[str, Any] = {"patch_len": legacy.get("model.patch_len", 16)}
+        out["masks"] = [
+            {
+                "num": legacy.get("mask.num_targets", 4),
+                "scale": legacy.get("mask.target_scale", [0.15, 0.2]),
+                "aspect": legacy.get("mask.target_aspect", [0.75, 1.5]),
+            }
+        ]
+        out["context_scale"] = legacy.get("mask.context_scale", [0.85, 1.0])
+        out["min_context"] = legacy.get("mask.min_context", 0.1)
+        return out

@@ -1,13 +1,16 @@
-"""`python -m modalities.show MODALITY --data DIR [--index i] --out FILE.png [--seed S]`.
+"""`python -m modalities.show MODALITY --data DIR --out FILE.png [--index i] [--seed S]
+[--config RUN]`.
 
 Draws one sample of a dataset directory with the context and target masks its modality's masker
-draws for it, so a person can see what the model is asked to predict. The drawing is the
-modality's own `draw(ds, index, rng) -> Drawing` (`modalities.base.Modality.draw`), found through
-the one modality registry (`modalities.get_modality`, built-ins and installed plugins alike);
-the fMRI and EEG drawers live here.
+draws for it, so a person can see what the model is asked to predict: with the masks and patch
+geometry of a run (`--config RUN_DIR` or a config YAML: its `modality:` section), or the
+modality's defaults. The drawing is the modality's own `draw(ds, index, rng, opts) -> Drawing`
+(`modalities.base.Modality.draw`), found through the one modality registry
+(`modalities.get_modality`, built-ins and installed plugins alike); the fMRI and EEG drawers
+live here.
 
-Imports numpy, pyarrow (`pipelines.shards`) and, inside the drawers, matplotlib (Agg backend) and
-the modality's model pieces. Never imports `engine`.
+Imports numpy, yaml, pyarrow (`pipelines.shards`) and, inside the drawers, matplotlib (Agg
+backend) and the modality's model pieces. Never imports `engine`.
 """
 
 from __future__ import annotations
@@ -21,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
-from modalities import ModalityError, available, get_modality
+from modalities import Modality, ModalityError, available, get_modality
 from pipelines.shards import ShardDataset, ShardError
 
 
@@ -34,9 +38,33 @@ class Drawing:
     summary: str
 
 
-def drawer(name: str) -> Callable[[ShardDataset, int, np.random.Generator], Drawing]:
+def drawer(name: str) -> Callable[[ShardDataset, int, np.random.Generator, Any], Drawing]:
     """The drawing function of the modality registered as `name`."""
     return get_modality(name).draw
+
+
+def options_from_config(modality: Modality, path: str | Path | None) -> Any:
+    """The method options a run config file sets (its `modality:` section; a run directory
+    means its config.yaml), or the modality's defaults for None. A run saved before modality
+    options kept `model.patch_len` / `mask.*`: those are mapped as the engine maps them."""
+    if path is None:
+        return modality.method_options({})
+    path = Path(path)
+    if path.is_dir():
+        path = path / "config.yaml"
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ValueError(f"{path}: cannot read the config ({e})") from None
+    if not isinstance(tree, dict):
+        raise ValueError(f"{path}: expected a mapping of config sections")
+    legacy = {f"mask.{k}": v for k, v in (tree.get("mask") or {}).items()}
+    if "patch_len" in (tree.get("model") or {}):
+        legacy["model.patch_len"] = tree["model"]["patch_len"]
+    try:
+        return modality.method_options(tree.get("modality") or {}, legacy)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
 
 
 def _pyplot() -> Any:
@@ -63,10 +91,9 @@ _FMRI_ROLES = (
 )
 
 
-def draw_fmri(ds: ShardDataset, index: int, rng: np.random.Generator) -> Drawing:
-    """Robust-scaled BOLD (ROI x frame) next to the Brain-JEPA mask of the same sample.
-
-    Uses the paper's defaults (patches of 16 frames, `BrainJepaConfig()`). ROIs are grouped by
+def draw_fmri(ds: ShardDataset, index: int, rng: np.random.Generator, opts: Any) -> Drawing:
+    """Robust-scaled BOLD (ROI x frame) next to the Brain-JEPA mask of the same sample, drawn
+    with the method options `opts` (`BrainJepaConfig`: patch length, mask). ROIs are grouped by
     role (context ROIs, then Cross-ROI ROIs, then the rest; ROI order within a group) so the
     blocks read as blocks: the masker picks ROIs at random, and in atlas order they would be
     stripes.
@@ -74,16 +101,16 @@ def draw_fmri(ds: ShardDataset, index: int, rng: np.random.Generator) -> Drawing
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
 
-    from modalities.fmri.jepa import BrainJepaConfig, SpatiotemporalMasker, tokenize_record
+    from modalities.fmri.jepa import SpatiotemporalMasker, tokenize_record
 
     plt = _pyplot()
-    patch_len = 16
+    patch_len = opts.patch_len
     record = ds[index]
     bold = np.asarray(record["bold"], dtype=np.float32)
     n_rois, n_frames = bold.shape
     t = tokenize_record(record, ds.stats, patch_len)
     coords = t["coords"]
-    mask = SpatiotemporalMasker(BrainJepaConfig()).draw(rng, coords)
+    mask = SpatiotemporalMasker(opts).draw(rng, coords)
 
     n_patches = n_frames // patch_len
     role = np.full((n_rois, n_patches), 0, dtype=np.int64)
@@ -157,10 +184,10 @@ def draw_fmri(ds: ShardDataset, index: int, rng: np.random.Generator) -> Drawing
 # EEG: channels x time with S-JEPA's spatial target blocks, and the electrode layout
 
 
-def draw_eeg(ds: ShardDataset, index: int, rng: np.random.Generator) -> Drawing:
+def draw_eeg(ds: ShardDataset, index: int, rng: np.random.Generator, opts: Any) -> Drawing:
     """Traces of every channel with the target blocks shaded, beside a top view of the
-    electrodes (context, each block's channels, its centre electrode). Masks as
-    engine/configs/eeg_demo.yaml draws them: 2 blocks of 15-25% of the channels."""
+    electrodes (context, each block's channels, its centre electrode). Masks as the method
+    options `opts` (`SJepaMethod`: `modality.masks`) draw them."""
     from modalities.eeg.sjepa import CHANNEL, SECOND, SpatialBlockMasker, tokenize_record
 
     plt = _pyplot()
@@ -168,7 +195,7 @@ def draw_eeg(ds: ShardDataset, index: int, rng: np.random.Generator) -> Drawing:
     stats = ds.stats
     tokens = tokenize_record(record, stats)
     coords = tokens["coords"]
-    masker = SpatialBlockMasker(num_targets=2, channel_scale=(0.15, 0.25), min_context=0.3)
+    masker = SpatialBlockMasker.from_options(opts)
     context, targets, blocks = masker.draw(rng, coords)
     eeg = np.asarray(record["eeg"], dtype=np.float32)
     names = list(record["channels"])
@@ -265,6 +292,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--index", type=int, default=0, help="record index (default 0)")
     p.add_argument("--out", required=True, help="PNG file to write")
     p.add_argument("--seed", type=int, default=0, help="mask seed (default 0)")
+    p.add_argument(
+        "--config",
+        default=None,
+        help="a run directory or config YAML whose `modality:` section sets the masks and "
+        "patch geometry (default: the modality's defaults)",
+    )
     args = p.parse_args(argv)
     try:
         ds = ShardDataset(args.data)
@@ -273,7 +306,8 @@ def main(argv: list[str] | None = None) -> int:
         if not 0 <= args.index < len(ds):
             raise ValueError(f"--index {args.index} is outside the {len(ds)} records")
         rng = np.random.default_rng([args.seed, args.index])
-        drawing = drawer(args.modality)(ds, args.index, rng)
+        opts = options_from_config(get_modality(args.modality), args.config)
+        drawing = drawer(args.modality)(ds, args.index, rng, opts)
         out = Path(args.out)
         save_png(drawing.figure, out)
     except (ValueError, KeyError, ModalityError, ShardError, OSError) as e:

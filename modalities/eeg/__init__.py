@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from modalities.eeg.options import (
     LABEL_SOURCES,
     UNKNOWN_POLICIES,
     EegOptions,
+    SJepaMethod,
 )
 from modalities.eeg.reader import EXTENSIONS, is_recording, read_recording, record_schema
 from modalities.eeg.stats import fit_eeg_stats
@@ -60,12 +61,13 @@ class EegModality(Modality):
     name = "eeg"
     extensions = EXTENSIONS
     options_type = EegOptions
+    method_type = SJepaMethod
     demo_size = 16
 
-    def draw(self, ds, index, rng):
+    def draw(self, ds, index, rng, opts):
         from modalities.show import draw_eeg
 
-        return draw_eeg(ds, index, rng)
+        return draw_eeg(ds, index, rng, opts)
 
     def matches(self, path: str) -> bool:
         return is_recording(path)
@@ -220,20 +222,30 @@ class EegModality(Modality):
 
     # -- model side: S-JEPA (sjepa.py imports torch, so it is loaded here, not at module import)
 
-    def tokenize(self, record: dict[str, Any], stats: dict[str, Any], cfg: Any) -> dict[str, Any]:
+    def tokenize(self, record: dict[str, Any], stats: dict[str, Any], opts: Any) -> dict[str, Any]:
         from modalities.eeg.sjepa import tokenize_record
 
         return tokenize_record(record, stats)
 
-    def masker(self, cfg: Any) -> Any:
+    def masker(self, opts: SJepaMethod) -> Any:
         from modalities.eeg.sjepa import SpatialBlockMasker
 
-        return SpatialBlockMasker.from_config(cfg)
+        return SpatialBlockMasker.from_options(opts)
 
-    def embedder(self, cfg: Any, stats: dict[str, Any] | None = None) -> Any:
+    def embedder(self, opts: SJepaMethod, dim: int, stats: dict[str, Any] | None = None) -> Any:
         from modalities.eeg.sjepa import EegEmbedder
 
-        return EegEmbedder(cfg.model.embed_dim)
+        return EegEmbedder(dim)
+
+    def legacy_options(self, legacy: Mapping[str, Any]) -> dict[str, Any]:
+        """Runs saved before modality options: the S-JEPA masker read mask.num_targets blocks
+        of mask.target_scale of the channels each, and mask.min_context (`model.patch_len` was
+        never read: EEG tokens are 1 s of one channel)."""
+        spec = {
+            "num": legacy.get("mask.num_targets", 4),
+            "channel_scale": legacy.get("mask.target_scale", [0.15, 0.2]),
+        }
+        return {"masks": [spec], "min_context": legacy.get("mask.min_context", 0.1)}
 
 
 MODALITY = EegModality()

@@ -129,3 +129,58 @@ class EegOptions:
         if isinstance(self.channels, str):
             return CHANNEL_SETS[self.channels]
         return tuple(self.channels)
+
+
+# --------------------------------------------------------------------------------------------
+# S-JEPA's method options (the run config's `modality:` section)
+
+
+def _check_scale(name: str, pair: tuple[float, float]) -> None:
+    lo, hi = pair
+    if not 0 < lo <= hi <= 1:
+        raise ValueError(f"{name}: expected [min, max] with 0 < min <= max <= 1, got {[lo, hi]}")
+
+
+@dataclass(frozen=True)
+class SpatialSpec:
+    """One group of S-JEPA target blocks (`modality.masks[i]`).
+
+    num: blocks in the group. channel_scale: each block masks the round(U(channel_scale) *
+    channels) electrodes nearest a random centre electrode, or, with `radius` (metres: the
+    paper's sphere), every electrode within that distance of it. time_scale: the block spans a
+    contiguous run of round(U(time_scale) * seconds) seconds (1.0: the whole window, S-JEPA's).
+    """
+
+    num: int = 1
+    channel_scale: tuple[float, float] = (0.15, 0.3)
+    time_scale: tuple[float, float] = (1.0, 1.0)
+    radius: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.num < 1:
+            raise ValueError(f"num: must be >= 1, got {self.num}")
+        _check_scale("channel_scale", self.channel_scale)
+        _check_scale("time_scale", self.time_scale)
+        if self.radius is not None and not self.radius > 0:
+            raise ValueError(f"radius: must be positive metres, got {self.radius}")
+
+
+@dataclass(frozen=True)
+class SJepaMethod:
+    """S-JEPA's method options: the target block groups and the context's floor.
+
+    masks: the groups of spatial target blocks. min_context: a draw is redone (up to
+    `max_tries` times) while the context keeps fewer than this share of the tokens.
+    """
+
+    masks: tuple[SpatialSpec, ...] = (SpatialSpec(),)
+    min_context: float = 0.1
+    max_tries: int = 100
+
+    def __post_init__(self) -> None:
+        if not self.masks:
+            raise ValueError("masks: expected at least one block spec, got []")
+        if not 0 <= self.min_context < 1:
+            raise ValueError(f"min_context: must be in [0, 1), got {self.min_context}")
+        if self.max_tries < 1:
+            raise ValueError(f"max_tries: must be >= 1, got {self.max_tries}")

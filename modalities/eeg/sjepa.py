@@ -17,6 +17,7 @@ Imports numpy and torch (loaded lazily by the modality's hooks, never by Ray wor
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from modalities.eeg.options import SJepaMethod, SpatialSpec
 from modalities.grid import sincos_1d
 
 #: coords columns
@@ -179,20 +181,14 @@ class SpatialBlock:
     stop: int
 
 
-def _pair(name: str, v: Any, lo: float = 0.0, hi: float = 1.0) -> tuple[float, float]:
-    a, b = (float(x) for x in v)
-    if not lo < a <= b <= hi:
-        raise ValueError(f"{name} must satisfy {lo} < min <= max <= {hi}, got {(a, b)}")
-    return a, b
-
-
 class SpatialBlockMasker:
     """S-JEPA's spatial block masking, one sample at a time, variable lengths.
 
-    Each of `num_targets` blocks picks a random electrode with a known position and masks the
-    `round(U(channel_scale) * channels)` electrodes nearest to it (ties broken by channel index),
-    or with `radius` (metres) every electrode within that distance, over a contiguous run of
-    `round(U(time_scale) * seconds)` seconds. Channels without a position are never masked
+    Each block (`num` of each `SpatialSpec` in `specs`, or `num_targets` blocks of one spec
+    built from the other arguments) picks a random electrode with a known position and masks
+    the `round(U(channel_scale) * channels)` electrodes nearest to it (ties broken by channel
+    index), or with `radius` (metres) every electrode within that distance, over a contiguous
+    run of `round(U(time_scale) * seconds)` seconds. Channels without a position are never masked
     (they are infinitely far from every centre); if no channel has a position, channels are
     drawn at random. The context is every token in no block; draws again (up to `max_tries`)
     while it keeps fewer than `min_context` of the tokens.
@@ -206,30 +202,22 @@ class SpatialBlockMasker:
         radius: float | None = None,
         min_context: float = 0.1,
         max_tries: int = 100,
+        specs: Sequence[SpatialSpec] | None = None,
     ) -> None:
-        if num_targets < 1:
-            raise ValueError(f"num_targets must be >= 1, got {num_targets}")
-        if radius is not None and not radius > 0:
-            raise ValueError(f"radius must be positive metres, got {radius}")
+        if specs is None:
+            specs = [SpatialSpec(num_targets, tuple(channel_scale), tuple(time_scale), radius)]
+        if not specs:
+            raise ValueError("expected at least one block spec")
         if not 0 <= min_context < 1:
             raise ValueError(f"min_context must be in [0, 1), got {min_context}")
-        self.num_targets = int(num_targets)
-        self.channel_scale = _pair("channel_scale", channel_scale)
-        self.time_scale = _pair("time_scale", time_scale)
-        self.radius = radius
+        self.specs = tuple(specs)
         self.min_context = float(min_context)
         self.max_tries = int(max_tries)
 
     @classmethod
-    def from_config(cls, cfg: Any) -> SpatialBlockMasker:
-        """From the engine config: mask.num_targets blocks, mask.target_scale as the fraction
-        of channels per block, mask.min_context; each block spans the whole window."""
-        m = cfg.mask
-        return cls(
-            num_targets=m.num_targets,
-            channel_scale=tuple(m.target_scale),
-            min_context=m.min_context,
-        )
+    def from_options(cls, opts: SJepaMethod) -> SpatialBlockMasker:
+        """From the method options (`modality.masks`, `modality.min_context`)."""
+        return cls(min_context=opts.min_context, max_tries=opts.max_tries, specs=opts.masks)
 
     def block_size(self, n_channels: int, u: float) -> int:
         """Channels in a block drawn with scale `u` among `n_channels`."""
@@ -242,20 +230,20 @@ class SpatialBlockMasker:
         has = coords[first, HAS_POSITION] > 0
         n_sec = int(coords[:, SECOND].max()) + 1
         blocks = []
-        for _ in range(self.num_targets):
-            k = self.block_size(len(channels), rng.uniform(*self.channel_scale))
+        for spec in (s for s in self.specs for _ in range(s.num)):
+            k = self.block_size(len(channels), rng.uniform(*spec.channel_scale))
             if has.any():
                 centre = int(rng.choice(np.flatnonzero(has)))
                 dist = np.where(has, np.linalg.norm(pos - pos[centre], axis=1), np.inf)
-                if self.radius is not None:
-                    chosen = np.flatnonzero(dist <= self.radius)
+                if spec.radius is not None:
+                    chosen = np.flatnonzero(dist <= spec.radius)
                 else:
                     order = np.lexsort((channels, dist))  # nearest first, ties by channel index
                     chosen = order[: min(k, int(has.sum()))]
             else:
                 chosen = rng.choice(len(channels), size=k, replace=False)
                 centre = int(chosen[0])
-            length = int(min(n_sec, max(1, round(rng.uniform(*self.time_scale) * n_sec))))
+            length = int(min(n_sec, max(1, round(rng.uniform(*spec.time_scale) * n_sec))))
             start = int(rng.integers(0, n_sec - length + 1))
             blocks.append(
                 SpatialBlock(
@@ -294,5 +282,5 @@ class SpatialBlockMasker:
                 return context, targets, blocks
         raise ValueError(
             f"could not draw a spatial mask leaving {need} of {len(coords)} tokens as context in "
-            f"{self.max_tries} tries; lower mask.num_targets or mask.target_scale"
+            f"{self.max_tries} tries; lower the blocks of modality.masks (num, channel_scale)"
         )

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from modalities.fmri.demo import _NETWORK_NODES, generate_cohort, network_weight
 from modalities.fmri.options import (
     BUILTIN_PREFIX,
     DEFAULT_ATLAS_PATH,
+    BrainJepaConfig,
     FmriOptions,
 )
 from modalities.fmri.scan import (
@@ -88,12 +89,13 @@ class FmriModality(Modality):
     name = "fmri"
     extensions = (".nii", ".nii.gz")
     options_type = FmriOptions
+    method_type = BrainJepaConfig
     demo_size = 12
 
-    def draw(self, ds, index, rng):
+    def draw(self, ds, index, rng, opts):
         from modalities.show import draw_fmri
 
-        return draw_fmri(ds, index, rng)
+        return draw_fmri(ds, index, rng, opts)
 
     def add_cli_options(self, parser: argparse.ArgumentParser) -> None:
         g = parser.add_argument_group("fMRI options")
@@ -249,22 +251,27 @@ class FmriModality(Modality):
     # -- model side: Brain-JEPA (jepa.py). Imported on first use so Ray ingest workers, which
     # only read scans, never import torch.
 
-    def tokenize(self, record: dict[str, Any], stats: dict[str, Any], cfg: Any) -> dict[str, Any]:
+    def tokenize(self, record: dict[str, Any], stats: dict[str, Any], opts: Any) -> dict[str, Any]:
         from modalities.fmri.jepa import tokenize_record
 
-        return tokenize_record(record, stats, cfg.model.patch_len)
+        return tokenize_record(record, stats, opts.patch_len)
 
-    def masker(self, cfg: Any) -> Any:
-        from modalities.fmri.jepa import BrainJepaConfig, SpatiotemporalMasker
+    def masker(self, opts: Any) -> Any:
+        from modalities.fmri.jepa import SpatiotemporalMasker
 
-        return SpatiotemporalMasker(BrainJepaConfig.from_config(cfg))
+        return SpatiotemporalMasker(opts)
 
-    def embedder(self, cfg: Any, stats: dict[str, Any] | None = None) -> Any:
+    def embedder(self, opts: Any, dim: int, stats: dict[str, Any] | None = None) -> Any:
         """Brain-JEPA's embedder; gradient positions from `stats` (the engine passes the training
         dataset's, saved in checkpoints and exports)."""
         from modalities.fmri.jepa import build_embedder
 
-        return build_embedder(cfg, stats)
+        return build_embedder(opts, dim, stats)
+
+    def legacy_options(self, legacy: Mapping[str, Any]) -> dict[str, Any]:
+        """Runs saved before modality options: `model.patch_len` was the patch length; the fMRI
+        masker never read `mask.*` (Brain-JEPA's own options were in `modality:` already)."""
+        return {"patch_len": legacy.get("model.patch_len", 16)}
 
     def warm_up(self) -> None:
         import nibabel  # noqa: F401

@@ -1,7 +1,7 @@
 """Brain-JEPA (Dong et al., NeurIPS 2024) for fMRI: tokens, gradient positions, masking.
 
-- `BrainJepaConfig`: the method's options, parsed once from the engine config's free-form
-  `modality` section (errors name the key, e.g. `modality.obs_scale`).
+- `BrainJepaConfig`: the method's options (the fMRI modality's `method_type`), parsed from the
+  run config's `modality:` section (errors name the key, e.g. `modality.obs_scale`).
 - `tokenize_record`: a record's `bold` [ROIs, frames], robust-scaled per ROI with the dataset's
   median / IQR, cut into 1 ROI x `patch_len` frame patches; coords (roi, time patch). ROIs the
   record lists as missing (rows of zeros) get no tokens.
@@ -20,108 +20,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from modalities.fmri.options import POSITIONS, BrainJepaConfig
 from modalities.grid import grid_patches, sincos_1d
-
-POSITIONS = ("gradient", "roi_index")
-
-# --------------------------------------------------------------------------------------------
-# Options
-
-
-@dataclass(frozen=True)
-class BrainJepaConfig:
-    """Brain-JEPA's options; defaults are the paper's (official config `ukb_vitb_ep300.yaml`).
-
-    pos: "gradient" (the paper's brain-gradient positioning) or "roi_index" (the ablation:
-        fixed sin-cos of the ROI index, the official code's `add_w="origin"`).
-    obs_scale: the observation block keeps U(lo, hi) of the ROIs and, independently, of the
-        time patches (0.84-1).
-    cross_roi_scale: Cross-ROI target, share of all ROIs (0.45-0.6).
-    cross_roi_patches: Cross-ROI target, time patches inside the observation span (2-5 of 10,
-        the official 0.2-0.6 of the patches, floored).
-    cross_time_rois: Cross-Time / Double-Cross, share of the context ROIs (Cross-Time) and of the
-        other ROIs (Double-Cross) on each side (0.15-0.3).
-    max_cross_time_patches: each side (early, late) masks U{0..this} edge patches (3: the official
-        0.0-0.4 of 10 patches, floored).
-    min_context: a draw is redone while the context keeps fewer than this share of the tokens.
-    max_tries: redraws before giving up with an error.
-    """
-
-    pos: str = "gradient"
-    obs_scale: tuple[float, float] = (0.84, 1.0)
-    cross_roi_scale: tuple[float, float] = (0.45, 0.6)
-    cross_roi_patches: tuple[int, int] = (2, 5)
-    cross_time_rois: tuple[float, float] = (0.15, 0.3)
-    max_cross_time_patches: int = 3
-    min_context: float = 0.05
-    max_tries: int = 100
-
-    def __post_init__(self) -> None:
-        if self.pos not in POSITIONS:
-            _bad("pos", f"expected one of {', '.join(POSITIONS)}", self.pos)
-        for name in ("obs_scale", "cross_roi_scale", "cross_time_rois"):
-            lo, hi = getattr(self, name)
-            if not 0 < lo <= hi <= 1:
-                _bad(name, "expected [min, max] with 0 < min <= max <= 1", [lo, hi])
-        lo, hi = self.cross_roi_patches
-        if not 1 <= lo <= hi:
-            _bad("cross_roi_patches", "expected [min, max] with 1 <= min <= max", [lo, hi])
-        if self.max_cross_time_patches < 0:
-            _bad("max_cross_time_patches", "must be >= 0", self.max_cross_time_patches)
-        if not 0 <= self.min_context < 1:
-            _bad("min_context", "must be in [0, 1)", self.min_context)
-        if self.max_tries < 1:
-            _bad("max_tries", "must be >= 1", self.max_tries)
-
-    @classmethod
-    def from_options(cls, options: Mapping[str, Any]) -> BrainJepaConfig:
-        """Parse the `modality` section ({key: YAML value}); ValueError names `modality.KEY`."""
-        known = {f.name: f for f in fields(cls)}
-        values: dict[str, Any] = {}
-        for key, value in options.items():
-            if key not in known:
-                _bad(key, f"unknown fMRI option; known: {', '.join(known)}", value)
-            default = known[key].default
-            if isinstance(default, tuple):
-                values[key] = _pair(key, value, type(default[0]))
-            else:
-                values[key] = _scalar(key, value, type(default))
-        return cls(**values)
-
-    @classmethod
-    def from_config(cls, cfg: Any) -> BrainJepaConfig:
-        """From an engine config (anything with a `modality` mapping; absent -> defaults)."""
-        return cls.from_options(getattr(cfg, "modality", None) or {})
-
-
-def _bad(key: str, why: str, value: Any) -> None:
-    raise ValueError(f"modality.{key}: {why}, got {value!r}")
-
-
-def _scalar(key: str, value: Any, tp: type) -> Any:
-    if tp is str:
-        if not isinstance(value, str):
-            _bad(key, "expected a string", value)
-        return value
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        _bad(key, f"expected {'an integer' if tp is int else 'a number'}", value)
-    if tp is int and not float(value).is_integer():
-        _bad(key, "expected an integer", value)
-    return tp(value)
-
-
-def _pair(key: str, value: Any, tp: type) -> tuple[Any, Any]:
-    if not isinstance(value, (list, tuple)) or len(value) != 2:
-        _bad(key, "expected [min, max]", value)
-    return _scalar(key, value[0], tp), _scalar(key, value[1], tp)
-
 
 # --------------------------------------------------------------------------------------------
 # Tokens
@@ -219,10 +126,11 @@ class BrainJepaEmbedder(nn.Module):
         return self.proj(tokens) + self.position(coords)
 
 
-def build_embedder(cfg: Any, stats: Mapping[str, Any] | None = None) -> BrainJepaEmbedder:
-    """The embedder for an engine config; `stats`: the dataset statistics (gradient positions
-    read their 'gradients')."""
-    opts = BrainJepaConfig.from_config(cfg)
+def build_embedder(
+    opts: BrainJepaConfig, dim: int, stats: Mapping[str, Any] | None = None
+) -> BrainJepaEmbedder:
+    """The embedder of width `dim`; `stats`: the dataset statistics (gradient positions read
+    their 'gradients')."""
     gradients = None
     if opts.pos == "gradient":
         if stats is None:
@@ -238,7 +146,7 @@ def build_embedder(cfg: Any, stats: Mapping[str, Any] | None = None) -> BrainJep
                 "re-run the fMRI ingest, or use modality.pos=roi_index)"
             )
         gradients = np.asarray(stats["gradients"], dtype=np.float32)
-    return BrainJepaEmbedder(cfg.model.patch_len, cfg.model.embed_dim, gradients, opts.pos)
+    return BrainJepaEmbedder(opts.patch_len, dim, gradients, opts.pos)
 
 
 # --------------------------------------------------------------------------------------------

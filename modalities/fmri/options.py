@@ -1,9 +1,12 @@
-"""fMRI options and the paper/format constants they default to."""
+"""fMRI options (ingest: `FmriOptions`; method: `BrainJepaConfig`) and the paper/format constants
+they default to. Imports numpy and the standard library only (Ray ingest workers never import
+torch)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -113,3 +116,63 @@ class FmriOptions:
             problems.append(f"gradient_dims must be a positive integer, got {self.gradient_dims!r}")
         if problems:
             raise ValueError("invalid fMRI options: " + "; ".join(problems))
+
+
+# --------------------------------------------------------------------------------------------
+# Brain-JEPA's method options (the run config's `modality:` section)
+
+POSITIONS = ("gradient", "roi_index")
+
+
+@dataclass(frozen=True)
+class BrainJepaConfig:
+    """Brain-JEPA's options; defaults are the paper's (official config `ukb_vitb_ep300.yaml`).
+
+    patch_len: frames per token (1 ROI x 16 frames: 160 frames give 10 time patches).
+    pos: "gradient" (the paper's brain-gradient positioning) or "roi_index" (the ablation:
+        fixed sin-cos of the ROI index, the official code's `add_w="origin"`).
+    obs_scale: the observation block keeps U(lo, hi) of the ROIs and, independently, of the
+        time patches (0.84-1).
+    cross_roi_scale: Cross-ROI target, share of all ROIs (0.45-0.6).
+    cross_roi_patches: Cross-ROI target, time patches inside the observation span (2-5 of 10,
+        the official 0.2-0.6 of the patches, floored).
+    cross_time_rois: Cross-Time / Double-Cross, share of the context ROIs (Cross-Time) and of the
+        other ROIs (Double-Cross) on each side (0.15-0.3).
+    max_cross_time_patches: each side (early, late) masks U{0..this} edge patches (3: the official
+        0.0-0.4 of 10 patches, floored).
+    min_context: a draw is redone while the context keeps fewer than this share of the tokens.
+    max_tries: redraws before giving up with an error.
+    """
+
+    patch_len: int = 16
+    pos: str = "gradient"
+    obs_scale: tuple[float, float] = (0.84, 1.0)
+    cross_roi_scale: tuple[float, float] = (0.45, 0.6)
+    cross_roi_patches: tuple[int, int] = (2, 5)
+    cross_time_rois: tuple[float, float] = (0.15, 0.3)
+    max_cross_time_patches: int = 3
+    min_context: float = 0.05
+    max_tries: int = 100
+
+    def __post_init__(self) -> None:
+        if self.patch_len < 1:
+            _bad("patch_len", "must be >= 1", self.patch_len)
+        if self.pos not in POSITIONS:
+            _bad("pos", f"expected one of {', '.join(POSITIONS)}", self.pos)
+        for name in ("obs_scale", "cross_roi_scale", "cross_time_rois"):
+            lo, hi = getattr(self, name)
+            if not 0 < lo <= hi <= 1:
+                _bad(name, "expected [min, max] with 0 < min <= max <= 1", [lo, hi])
+        lo, hi = self.cross_roi_patches
+        if not 1 <= lo <= hi:
+            _bad("cross_roi_patches", "expected [min, max] with 1 <= min <= max", [lo, hi])
+        if self.max_cross_time_patches < 0:
+            _bad("max_cross_time_patches", "must be >= 0", self.max_cross_time_patches)
+        if not 0 <= self.min_context < 1:
+            _bad("min_context", "must be in [0, 1)", self.min_context)
+        if self.max_tries < 1:
+            _bad("max_tries", "must be >= 1", self.max_tries)
+
+
+def _bad(key: str, why: str, value: Any) -> None:
+    raise ValueError(f"{key}: {why}, got {value!r}")

@@ -17,10 +17,10 @@ def test_defaults_validate_and_round_trip(tmp_path):
 def test_yaml_then_overrides_then_values(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("optim:\n  lr: 0.5\n  betas: [0.8, 0.9]\nmodel:\n  depth: 3\n")
-    cfg = load_config(f, ["optim.lr=2e-4", "mask.target_scale=[0.1, 0.3]"], {"model.depth": 5})
+    cfg = load_config(f, ["optim.lr=2e-4", "modality.patch_len=8"], {"model.depth": 5})
     assert cfg.optim.lr == 2e-4
     assert cfg.optim.betas == [0.8, 0.9]
-    assert cfg.mask.target_scale == [0.1, 0.3]
+    assert cfg.modality == {"patch_len": 8}  # free-form here: the modality parses it
     assert cfg.model.depth == 5
 
 
@@ -34,7 +34,8 @@ def test_yaml_then_overrides_then_values(tmp_path):
         ("model.depth=0", "model.depth"),
         ("train.progress=maybe", "train.progress"),
         ("loss.kind=huber", "loss.kind"),
-        ("mask.target_scale=[0.3, 0.1]", "mask.target_scale"),
+        ("mask.target_scale=[0.1, 0.3]", "mask.target_scale"),  # the modality's now
+        ("model.patch_len=16", "model.patch_len"),
         ("model.num_heads=5", "model.num_heads"),
         ("optim.betas=[0.9]", "optim.betas"),
         ("train.nonfinite=ignore", "train.nonfinite"),
@@ -88,3 +89,37 @@ def test_resume_check_names_the_changed_keys_and_allows_resumable_ones(tmp_path)
     changed = load_config(None, ["model.embed_dim=64", "model.num_heads=4", "train.steps=5"])
     with pytest.raises(CheckpointError, match=r"model.embed_dim: 192 -> 64.*model.num_heads"):
         check_resumable(saved, changed, tmp_path)
+
+
+def test_masks_and_patch_geometry_are_the_modalitys_and_say_where_they_went():
+    with pytest.raises(ConfigError, match=r"^mask\.num_targets: .*`modality:` section"):
+        load_config(overrides=["mask.num_targets=2"])
+
+
+def test_a_run_saved_before_modality_options_loads_with_its_old_keys_mapped():
+    """A config.yaml written before the modality owned masks and patch geometry: its
+    `model.patch_len` and `mask.*` go to `cfg.legacy`, which the modality maps (and a resume of
+    such a checkpoint is refused with the reason, tests/engine/test_engine_train.py)."""
+    from grid_testing import MODALITY as GRID
+
+    from engine.data import method_options
+    from modalities.eeg import MODALITY as EEG
+    from modalities.fmri import MODALITY as FMRI
+    from modalities.grid import BlockSpec
+
+    old = Config().to_dict()
+    old["model"]["patch_len"] = 8
+    old["mask"] = {
+        "num_targets": 3, "target_scale": [0.1, 0.2], "target_aspect": [0.75, 1.5],
+        "context_scale": [0.85, 1.0], "min_context": 0.2,
+    }  # fmt: skip
+    cfg = config_from_dict(old)
+    assert cfg.legacy["model.patch_len"] == 8 and cfg.legacy["mask.num_targets"] == 3
+    assert "mask" not in cfg.to_dict() and "legacy" not in cfg.to_dict()
+    grid = method_options(GRID, cfg)
+    assert grid.patch_len == 8 and grid.masks == (BlockSpec(3, (0.1, 0.2), (0.75, 1.5)),)
+    assert grid.min_context == 0.2
+    fmri = method_options(FMRI, cfg)
+    assert fmri.patch_len == 8 and fmri.min_context == 0.05  # fMRI never read mask.*
+    eeg = method_options(EEG, cfg)
+    assert eeg.masks[0].num == 3 and eeg.masks[0].channel_scale == (0.1, 0.2)

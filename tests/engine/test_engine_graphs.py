@@ -14,7 +14,7 @@ import torch
 from conftest import TINY
 
 from engine.config import load_config
-from engine.data import JEPALoader, resolve_modality
+from engine.data import JEPALoader, build_embedder, resolve_modality
 from engine.graphs import GraphedJEPA, _pad_bounds, bucket_size, pad_batch, padded_sizes
 from engine.model import JEPA, target_features
 from engine.objective import jepa_loss
@@ -63,7 +63,7 @@ def setup(grid_data):
     modality = resolve_modality(cfg.data.modality, "grid")
     batch = next(iter(JEPALoader(cfg, modality)))
     torch.manual_seed(0)
-    model = JEPA(modality.embedder(cfg), cfg.model)
+    model = JEPA(build_embedder(modality, cfg), cfg.model)
     return model, batch
 
 

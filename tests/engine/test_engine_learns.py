@@ -26,6 +26,7 @@ import torch
 from conftest import run_cli
 from grid_testing import MODALITY_SPEC, grid_schema
 
+from engine.data import build_embedder
 from engine.export import load_encoder
 from engine.model import Encoder
 from engine.probe import token_features, token_probe
@@ -47,7 +48,7 @@ LEARN = [
     "model.pred_dim=32",
     "model.pred_depth=1",
     "model.pred_heads=4",
-    "mask.num_targets=2",
+    "modality.masks=[{num: 2}]",
     "optim.lr=2e-3",
     "ema.start=0.99",
     "train.diag_every=100",
@@ -94,7 +95,7 @@ def test_pretraining_learns_the_token_latent_random_init_lacks(control, tmp_path
     ds = ShardDataset(data)
     target, cfg, modality = load_encoder(run)
     torch.manual_seed(0)  # train.seed 0: the weights the run started from
-    random_init = Encoder(modality.embedder(cfg, ds.stats), cfg.model).eval()
+    random_init = Encoder(build_embedder(modality, cfg, ds.stats), cfg.model).eval()
     ids = [ds[i]["id"] for i in range(len(ds))]
     y = [latents[k].reshape(-1) for k in ids]  # ROI-major, the grid tokenizer's order
     r2 = {

@@ -14,7 +14,7 @@ from modalities.grid import GridEmbedder
 @pytest.mark.parametrize("lengths", [[5, 9, 1], [9, 9, 9]])
 def test_forward_all_packing_matches_per_sample_encoding(lengths):
     torch.manual_seed(0)
-    cfg = ModelConfig(patch_len=4, embed_dim=16, depth=2, num_heads=2)
+    cfg = ModelConfig(embed_dim=16, depth=2, num_heads=2)
     enc = Encoder(GridEmbedder(4, 16), cfg).eval()
     nmax = max(lengths)
     tokens = torch.randn(len(lengths), nmax, 4)
@@ -49,7 +49,7 @@ def test_layernorm_module_is_nn_layernorm_on_cpu_and_switchable():
     for fused in (True, False):
         ours.fused = fused
         assert torch.equal(ours(x), ref(x))
-    cfg = ModelConfig(patch_len=4, embed_dim=16, depth=2, num_heads=2)
+    cfg = ModelConfig(embed_dim=16, depth=2, num_heads=2)
     enc = Encoder(GridEmbedder(4, 16), cfg)
     norms = [m for m in enc.modules() if isinstance(m, LayerNorm)]
     assert len(norms) == 2 * cfg.depth + 1 and all(m.fused for m in norms)

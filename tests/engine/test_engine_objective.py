@@ -7,7 +7,7 @@ import torch
 from conftest import TINY
 
 from engine.config import load_config
-from engine.data import JEPALoader, resolve_modality
+from engine.data import JEPALoader, build_embedder, method_options, resolve_modality
 from engine.graphs import GraphedTargetFeatures
 from engine.model import JEPA, target_features
 from engine.objective import collapse_stats, jepa_loss
@@ -82,13 +82,13 @@ def test_packed_samples_do_not_see_each_other(grid_data, which):
     modality = resolve_modality(cfg.data.modality, "grid")
     batch = next(iter(JEPALoader(cfg, modality)))
     torch.manual_seed(0)
-    model = JEPA(modality.embedder(cfg), cfg.model)
+    model = JEPA(build_embedder(modality, cfg), cfg.model)
     target = copy.deepcopy(model.encoder)
     run = (
         (lambda b: model(b).detach()) if which == "pred" else (lambda b: target_features(target, b))
     )
     full = run(batch)
-    k = cfg.mask.num_targets
+    k = sum(spec.num for spec in method_options(modality, cfg).masks)
     for b in (0, 5):
         alone = run(_select(batch, [b], k))
         rows = slice(int(batch.cu_tgt[b]), int(batch.cu_tgt[b + 1]))
@@ -103,7 +103,7 @@ def test_graphed_target_features_fall_back_to_the_eager_numbers_off_cuda(grid_da
     modality = resolve_modality(cfg.data.modality, "grid")
     batch = next(iter(JEPALoader(cfg, modality)))
     torch.manual_seed(0)
-    target = JEPA(modality.embedder(cfg), cfg.model).encoder.requires_grad_(False)
+    target = JEPA(build_embedder(modality, cfg), cfg.model).encoder.requires_grad_(False)
     want = target_features(target, batch)
     for enabled in (True, False):
         graphed = GraphedTargetFeatures(target, enabled=enabled)

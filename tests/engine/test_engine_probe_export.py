@@ -9,6 +9,7 @@ from conftest import run_cli
 from safetensors.torch import load_file
 
 from engine.checkpoint import latest_checkpoint
+from engine.data import method_options
 from engine.export import load_encoder
 from engine.probe import extract_features, linear_probe
 from pipelines.shards import ShardDataset
@@ -137,7 +138,7 @@ def test_pooling_options_agree_with_the_token_features(trained_run, grid_data):
     assert mean.shape == (len(ds), d) and meanstd.shape == (len(ds), 2 * d)
     np.testing.assert_allclose(meanstd[:, :d], mean, rtol=1e-5, atol=1e-6)
     # by hand for one record: all its token features, grouped by the first coordinate (the row)
-    t = modality.tokenize(ds[5], ds.stats, cfg)
+    t = modality.tokenize(ds[5], ds.stats, method_options(modality, cfg))
     coords = torch.as_tensor(t["coords"])
     with torch.no_grad():
         h = encoder.forward_all(

@@ -8,14 +8,20 @@ import pytest
 import torch
 
 from engine.batch import Sample, pack
-from engine.config import ModelConfig, load_config
+from engine.config import ConfigError, ModelConfig, load_config
+from engine.data import build_embedder, method_options
 from engine.model import JEPA, Encoder
 from modalities.eeg import MODALITY, EegOptions
 from modalities.eeg.channels import resolve_channels
+from modalities.eeg.options import SpatialSpec
 from modalities.eeg.sjepa import (
+    CHANNEL,
     HAS_POSITION,
+    UM_PER_M,
     EegEmbedder,
     SpatialBlockMasker,
+    X,
+    Z,
     tokenize_record,
     xyz_sincos,
 )
@@ -133,10 +139,25 @@ def test_masker_without_positions_draws_channels_at_random():
     assert len(seen) > 10
 
 
-def test_masker_from_engine_config_and_refusals():
-    cfg = load_config(values={"mask.num_targets": 3, "mask.target_scale": [0.1, 0.2]})
-    masker = MODALITY.masker(cfg)
-    assert masker.num_targets == 3 and masker.channel_scale == (0.1, 0.2)
+def test_masker_from_the_modality_options_and_refusals():
+    cfg = load_config(
+        overrides=["modality.masks=[{num: 3, channel_scale: [0.1, 0.2]}, {radius: 0.05}]"]
+    )
+    masker = MODALITY.masker(method_options(MODALITY, cfg))
+    assert masker.specs == (
+        SpatialSpec(3, (0.1, 0.2)),
+        SpatialSpec(1, (0.15, 0.3), (1.0, 1.0), 0.05),
+    )
+    coords = tokenize_record(record(), {})["coords"]
+    _, targets, blocks = masker.draw(np.random.default_rng(0), coords)
+    assert len(targets) == 4
+    # the sphere block: every electrode within 5 cm of its centre, and none further
+    chans = np.unique(coords[:, CHANNEL])
+    pos = {int(c): coords[coords[:, CHANNEL] == c][0, X : Z + 1] / UM_PER_M for c in chans}
+    near = [c for c in chans if np.linalg.norm(pos[c] - pos[blocks[3].centre]) <= 0.05]
+    assert sorted(blocks[3].channels.tolist()) == sorted(near)
+    with pytest.raises(ConfigError, match=r"^modality\.masks\[0\]\.radius: must be positive"):
+        method_options(MODALITY, load_config(overrides=["modality.masks=[{radius: -1}]"]))
     with pytest.raises(ValueError, match="could not draw"):
         SpatialBlockMasker(channel_scale=(1.0, 1.0), min_context=0.5, max_tries=3)(
             np.random.default_rng(0), tokenize_record(record(), {})["coords"]
@@ -190,16 +211,17 @@ def test_one_jepa_step_with_the_engine_model():
     cfg = load_config(
         values={"model.embed_dim": 32, "model.num_heads": 2, "model.depth": 1,
                 "model.pred_dim": 16, "model.pred_heads": 2, "model.pred_depth": 1,
-                "mask.num_targets": 2}
+                "modality.masks": [{"num": 2}]}
     )  # fmt: skip
-    masker = MODALITY.masker(cfg)
+    opts = method_options(MODALITY, cfg)
+    masker = MODALITY.masker(opts)
     samples = []
     for i, absent in enumerate([(), (4, 5)]):
-        t = MODALITY.tokenize(record(n_sec=4, absent=absent, seed=i), {}, cfg)
+        t = MODALITY.tokenize(record(n_sec=4, absent=absent, seed=i), {}, opts)
         ctx, tgts = masker(np.random.default_rng(i), t["coords"])
         samples.append(Sample(i, t["tokens"], t["coords"], ctx, tgts))
     batch = pack(samples)
-    model = JEPA(MODALITY.embedder(cfg), cfg.model)
+    model = JEPA(build_embedder(MODALITY, cfg), cfg.model)
     pred = model(batch)
     assert pred.shape == (len(batch.tgt_idx), 32)
     pred.square().mean().backward()

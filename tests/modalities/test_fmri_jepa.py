@@ -12,7 +12,8 @@ import torch
 import yaml
 
 from engine.batch import Sample, pack
-from engine.config import config_from_dict, load_config, save_config
+from engine.config import ConfigError, config_from_dict, load_config, save_config
+from engine.data import build_embedder, method_options
 from engine.model import JEPA
 from modalities.fmri import MODALITY
 from modalities.fmri.jepa import (
@@ -161,10 +162,10 @@ def test_options_through_the_engine_config_round_trip(tmp_path):
     save_config(cfg, tmp_path / "config.yaml")
     again = config_from_dict(yaml.safe_load((tmp_path / "config.yaml").read_text()))
     assert again == cfg
-    opts = BrainJepaConfig.from_config(again)
+    opts = method_options(MODALITY, again)
     assert opts.pos == "roi_index" and opts.obs_scale == (0.9, 1.0)
     assert opts.cross_roi_patches == (3, 4) and opts.max_cross_time_patches == 2
-    assert BrainJepaConfig.from_config(load_config()) == BrainJepaConfig()  # empty section
+    assert method_options(MODALITY, load_config()) == BrainJepaConfig()  # empty section
 
 
 @pytest.mark.parametrize(
@@ -177,13 +178,14 @@ def test_options_through_the_engine_config_round_trip(tmp_path):
         ("modality.max_cross_time_patches=-1", "modality.max_cross_time_patches"),
         ("modality.min_context=1.5", "modality.min_context"),
         ("modality.obs_scael=[0.9, 1]", "modality.obs_scael"),
+        ("modality.patch_len=0", "modality.patch_len"),
     ],
 )
 def test_bad_option_names_the_key(override, named):
     cfg = load_config(overrides=[override])  # free-form in the engine, checked by the modality
-    with pytest.raises(ValueError) as e:
-        MODALITY.masker(cfg)
-    assert str(e.value).startswith(named + ":")
+    with pytest.raises(ConfigError) as e:
+        method_options(MODALITY, cfg)
+    assert str(e.value).startswith((named + ":", named + "["))  # [i]: the item of a pair
 
 
 def test_engine_config_refuses_nested_or_odd_modality_values():
@@ -274,16 +276,16 @@ def test_roi_index_ablation_and_forward():
 
 def test_embedder_hook_takes_the_dataset_statistics_it_is_given():
     stats = stats_for(8)
-    cfg = load_config(values={"model.embed_dim": 16, "model.num_heads": 4})
-    emb = MODALITY.embedder(cfg, stats)
+    opts = BrainJepaConfig()
+    emb = MODALITY.embedder(opts, 16, stats)
     np.testing.assert_allclose(emb.gradients.numpy(), np.asarray(stats["gradients"]), rtol=1e-6)
     with pytest.raises(ValueError, match="no 'gradients'.*modality.pos=roi_index"):
-        MODALITY.embedder(cfg, {"roi_median": [0.0] * 8})
+        MODALITY.embedder(opts, 16, {"roi_median": [0.0] * 8})
     # no statistics (a checkpoint older than stored statistics): a clear error, no dataset read
     with pytest.raises(ValueError, match="needs the dataset statistics.*modality.pos=roi_index"):
-        MODALITY.embedder(cfg)
+        MODALITY.embedder(opts, 16)
     # roi_index needs no statistics at all
-    MODALITY.embedder(load_config(overrides=["modality.pos=roi_index"]))
+    MODALITY.embedder(BrainJepaConfig(pos="roi_index"), 16)
 
 
 def test_one_jepa_step_trains_the_gradient_projection():
@@ -293,14 +295,15 @@ def test_one_jepa_step_trains_the_gradient_projection():
         + ["model.pred_depth=1", "model.pred_heads=2"]
     )
     rng = np.random.default_rng(0)
-    masker = MODALITY.masker(cfg)
+    opts = method_options(MODALITY, cfg)
+    masker = MODALITY.masker(opts)
     samples = []
     for i in range(2):
         rec = {"bold": rng.normal(size=(12, 96)).astype(np.float32), "missing_rois": [i]}
-        t = MODALITY.tokenize(rec, stats, cfg)
+        t = MODALITY.tokenize(rec, stats, opts)
         ctx, tgts = masker(np.random.default_rng(i), t["coords"])
         samples.append(Sample(i, t["tokens"], t["coords"], ctx, tgts))
-    model = JEPA(MODALITY.embedder(cfg, stats), cfg.model)
+    model = JEPA(build_embedder(MODALITY, cfg, stats), cfg.model)
     pred = model(pack(samples))
     pred.square().mean().backward()
     assert model.encoder.embedder.gradient_proj.weight.grad.abs().sum() > 0

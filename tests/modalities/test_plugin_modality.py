@@ -76,7 +76,7 @@ class ToyModality(GridPieces, Modality):
             paths.append(str(path))
         return paths
 
-    def draw(self, ds, index, rng):
+    def draw(self, ds, index, rng, opts):
         import matplotlib
 
         matplotlib.use("Agg")
@@ -131,9 +131,9 @@ def test_a_plugin_modality_ingests_trains_probes_and_draws(site, tmp_path):
     assert manifest["modality"] == "toy" and manifest["totals"]["records"] == 12
 
     tiny = [
-        "data.batch_size=4", "data.num_workers=0", "model.patch_len=8", "model.embed_dim=32",
+        "data.batch_size=4", "data.num_workers=0", "modality.patch_len=8", "model.embed_dim=32",
         "model.depth=1", "model.num_heads=2", "model.pred_dim=16", "model.pred_depth=1",
-        "model.pred_heads=2", "mask.num_targets=2", "train.progress=false",
+        "model.pred_heads=2", "modality.masks=[{num: 2}]", "train.progress=false",
     ]  # fmt: skip
     run(["engine.train", "--data", str(data), "--out", str(runs), "--steps", "3", *tiny],
         site, tmp_path)  # fmt: skip

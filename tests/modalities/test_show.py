@@ -65,6 +65,30 @@ def test_the_seed_changes_the_mask(fmri_dataset, tmp_path, capsys):
     assert summaries[0] == summaries[1] != summaries[2]
 
 
+def test_the_run_config_sets_what_is_drawn(fmri_dataset, tmp_path, capsys):
+    """`--config` (a run directory or config YAML) draws with that run's modality options:
+    32-frame patches give half the tokens of the default 16; a bad option is refused."""
+    out = str(tmp_path / "c.png")
+
+    def total(summary: str) -> int:
+        return int(summary.rsplit(" of ", 1)[1].split()[0])
+
+    main(["fmri", "--data", str(fmri_dataset), "--out", out])
+    default = total(capsys.readouterr().out)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("model:\n  depth: 2\nmodality:\n  patch_len: 32\n")
+    assert main(["fmri", "--data", str(fmri_dataset), "--out", out, "--config", str(run)]) == 0
+    assert total(capsys.readouterr().out) * 2 == default == 39 * 10
+    # a run saved before modality options: its model.patch_len is read as the engine reads it
+    (run / "config.yaml").write_text("model:\n  patch_len: 32\nmask:\n  num_targets: 4\n")
+    assert main(["fmri", "--data", str(fmri_dataset), "--out", out, "--config", str(run)]) == 0
+    assert total(capsys.readouterr().out) * 2 == default
+    (run / "config.yaml").write_text("modality:\n  patch_len: 0\n")
+    assert main(["fmri", "--data", str(fmri_dataset), "--out", out, "--config", str(run)]) == 1
+    assert "config.yaml: modality.patch_len: must be >= 1" in capsys.readouterr().err
+
+
 def test_refusals_exit_1_with_the_reason(fmri_dataset, tmp_path, capsys):
     out = str(tmp_path / "x.png")
     assert main(["fmri", "--data", str(fmri_dataset), "--index", "3", "--out", out]) == 1
