@@ -1,4 +1,8 @@
+"""engine.config: defaults, YAML, overrides, validation; the modality section and older runs."""
+
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import yaml
@@ -98,11 +102,13 @@ def test_masks_and_patch_geometry_are_the_modalitys_and_say_where_they_went():
 
 def test_a_run_saved_before_modality_options_loads_with_its_old_keys_mapped():
     """A config.yaml written before the modality owned masks and patch geometry: its
-    `model.patch_len` and `mask.*` go to `cfg.legacy`, which the modality maps (and a resume of
-    such a checkpoint is refused with the reason, tests/engine/test_engine_train.py)."""
+    `model.patch_len` and `mask.*` go to `cfg.legacy`, which the modality maps; an exact resume
+    of such a checkpoint is refused with the reason."""
     from grid_testing import MODALITY as GRID
 
+    from engine.checkpoint import CheckpointError
     from engine.data import method_options
+    from engine.trainer import check_resumable
     from modalities.eeg import MODALITY as EEG
     from modalities.fmri import MODALITY as FMRI
     from modalities.grid import BlockSpec
@@ -123,3 +129,6 @@ def test_a_run_saved_before_modality_options_loads_with_its_old_keys_mapped():
     assert fmri.patch_len == 8 and fmri.min_context == 0.05  # fMRI never read mask.*
     eeg = method_options(EEG, cfg)
     assert eeg.masks[0].num == 3 and eeg.masks[0].channel_scale == (0.1, 0.2)
+    with pytest.raises(CheckpointError, match=r"predates modality options \(mask\.context_scale"):
+        check_resumable(old, load_config(), Path("ckpt"))
+    check_resumable(Config().to_dict(), load_config(), Path("ckpt"))  # today's: resumes
