@@ -14,7 +14,6 @@ DEEPSPEED := $(shell grep -o '"deepspeed[^"]*"' pyproject.toml)
 .PHONY: demo test lint bench clean-demo
 
 $(STAMP): pyproject.toml Makefile
-	@bash scripts/ensure_system_deps.sh
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
 	$(PY) -m pip install --quiet "$(TORCH)"

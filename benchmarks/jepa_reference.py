@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kernels.gather import apply_masks_baseline
+from kernels.bench.baselines import apply_masks_baseline
 
 Mask = tuple[np.ndarray, list[np.ndarray]]  # (context idx, [target idx per block]) of one sample
 

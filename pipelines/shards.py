@@ -1,8 +1,9 @@
 """Shard format v1: writer, reader and manifest of a jepa-forge dataset directory.
 
 This module is the floor every package may stand on: it imports only the standard library,
-numpy and pyarrow (no Ray, nothing else of ours), so the engine and the picture tools can read
-shards. The format is specified in docs/FORMAT.md; in short::
+numpy, pyarrow and its two helpers (`pipelines.atomic`: atomic files and hashes;
+`pipelines.arrow_records`: records <-> Arrow), never Ray or anything else of ours, so the engine
+and the picture tools can read shards. The format is specified in docs/FORMAT.md; in short::
 
     DATASET/
       index.json            manifest, committed last (atomic rename)
@@ -17,10 +18,7 @@ sees a half-written shard and a killed writer leaves either the old state or the
 from __future__ import annotations
 
 import bisect
-import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,6 +26,21 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+
+# The floor's API is this module: the helpers are re-exported under their names here.
+from pipelines.arrow_records import is_tensor_type as is_tensor_type
+from pipelines.arrow_records import records_to_table as records_to_table
+from pipelines.arrow_records import row_sizes as row_sizes
+from pipelines.arrow_records import row_to_record as row_to_record
+from pipelines.arrow_records import schema_to_json as schema_to_json
+from pipelines.arrow_records import tensor_column_to_numpy as tensor_column_to_numpy
+from pipelines.atomic import atomic_target as atomic_target
+from pipelines.atomic import atomic_write_bytes as atomic_write_bytes
+from pipelines.atomic import atomic_write_json as atomic_write_json
+from pipelines.atomic import atomic_write_text as atomic_write_text
+from pipelines.atomic import fsync_dir as fsync_dir
+from pipelines.atomic import json_dumps as json_dumps
+from pipelines.atomic import sha256_file as sha256_file
 
 FORMAT_NAME = "jepa-forge-shards"
 FORMAT_VERSION = 1
@@ -46,62 +59,6 @@ class ShardError(Exception):
     """A dataset directory or one of its shards is missing, corrupt or malformed."""
 
 
-# --------------------------------------------------------------------------------------------
-# atomic files
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # some filesystems/platforms cannot open directories
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write `data` to `path` via a temp file in the same directory, fsync, rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """`atomic_write_bytes` for UTF-8 text."""
-    atomic_write_bytes(path, text.encode())
-
-
-def json_dumps(obj: Any) -> str:
-    """Canonical JSON (sorted keys, fixed indent) so equal content gives equal bytes."""
-    return json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n"
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_bytes(path, json_dumps(obj).encode())
-
-
-def sha256_file(path: str | Path, chunk: int = 8 * 1024 * 1024) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def remove_stale_temp_files(root: str | Path) -> int:
     """Delete temp files a killed writer left behind (they are never referenced)."""
     n = 0
@@ -112,107 +69,6 @@ def remove_stale_temp_files(root: str | Path) -> int:
                 p.unlink(missing_ok=True)
                 n += 1
     return n
-
-
-# --------------------------------------------------------------------------------------------
-# records <-> Arrow
-
-
-def is_tensor_type(t: pa.DataType) -> bool:
-    return isinstance(t, pa.FixedShapeTensorType)
-
-
-def row_sizes(table: pa.Table) -> np.ndarray:
-    """Bytes each row occupies in Arrow buffers (data + offsets), exact for flat columns.
-
-    Used to cut shards at deterministic rows; nested columns fall back to their average.
-    """
-    import pyarrow.compute as pc
-
-    sizes = np.zeros(table.num_rows, dtype=np.int64)
-    for col in table.columns:
-        t = col.type
-        storage = t.storage_type if isinstance(t, pa.ExtensionType) else t
-        if isinstance(storage, pa.FixedSizeListType) and pa.types.is_primitive(storage.value_type):
-            sizes += storage.list_size * storage.value_type.bit_width // 8
-        elif pa.types.is_primitive(storage) and storage.bit_width >= 8:
-            sizes += storage.bit_width // 8
-        elif pa.types.is_string(storage) or pa.types.is_binary(storage):
-            sizes += 4 + pc.binary_length(col).fill_null(0).to_numpy(zero_copy_only=False)
-        elif pa.types.is_large_string(storage) or pa.types.is_large_binary(storage):
-            sizes += 8 + pc.binary_length(col).fill_null(0).to_numpy(zero_copy_only=False)
-        else:
-            sizes += max(1, col.nbytes // max(1, len(col)))
-    return sizes
-
-
-def records_to_table(records: Sequence[Mapping[str, Any]], schema: pa.Schema) -> pa.Table:
-    """Build a table from record dicts; numpy arrays go into fixed-shape tensor columns.
-
-    Raises ValueError naming the field when a record lacks it or a tensor has the wrong shape.
-    """
-    columns = []
-    for field in schema:
-        try:
-            values = [r[field.name] for r in records]
-        except KeyError:
-            raise ValueError(f"record lacks field {field.name!r}") from None
-        if is_tensor_type(field.type):
-            shape = tuple(field.type.shape)
-            dtype = field.type.value_type.to_pandas_dtype()
-            if values:
-                arrs = []
-                for v in values:
-                    a = np.asarray(v, dtype=dtype)
-                    if a.shape != shape:
-                        raise ValueError(
-                            f"field {field.name!r}: tensor of shape {a.shape}, schema says {shape}"
-                        )
-                    arrs.append(a)
-                stacked = np.ascontiguousarray(np.stack(arrs))
-            else:
-                stacked = np.empty((0, *shape), dtype=dtype)
-            storage = pa.FixedSizeListArray.from_arrays(
-                pa.array(stacked.reshape(-1), type=field.type.value_type), int(np.prod(shape))
-            )
-            columns.append(pa.ExtensionArray.from_storage(field.type, storage))
-        else:
-            columns.append(pa.array(values, type=field.type))
-    return pa.Table.from_arrays(columns, schema=schema)
-
-
-def tensor_column_to_numpy(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """A fixed-shape tensor column as one numpy array [rows, *shape] (zero-copy when possible)."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
-    if not is_tensor_type(column.type):
-        raise TypeError(f"not a fixed-shape tensor column: {column.type}")
-    return column.to_numpy_ndarray()
-
-
-def row_to_record(batch: pa.RecordBatch | pa.Table, row: int) -> dict[str, Any]:
-    """One row as a dict: tensor columns become numpy arrays, others Python values."""
-    out: dict[str, Any] = {}
-    for name, col in zip(batch.schema.names, batch.columns, strict=True):
-        if is_tensor_type(col.type):
-            cell = col.slice(row, 1)
-            out[name] = tensor_column_to_numpy(cell)[0]
-        else:
-            out[name] = col[row].as_py()
-    return out
-
-
-def schema_to_json(schema: pa.Schema) -> dict[str, Any]:
-    """A readable description of a schema for the manifest (the shards carry the exact one)."""
-    fields = []
-    for f in schema:
-        d: dict[str, Any] = {"name": f.name, "type": str(f.type), "nullable": f.nullable}
-        if is_tensor_type(f.type):
-            d["type"] = "arrow.fixed_shape_tensor"
-            d["value_type"] = str(f.type.value_type)
-            d["shape"] = list(f.type.shape)
-        fields.append(d)
-    return {"fields": fields}
 
 
 # --------------------------------------------------------------------------------------------
@@ -333,23 +189,14 @@ def write_shard(
     row_bytes = max(1, -(-int(row_sizes(table).sum()) // max(1, table.num_rows)))
     batch_rows = max(1, batch_bytes // row_bytes)
     options = pa.ipc.IpcWriteOptions(compression=compression)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    os.close(fd)
-    try:
-        with pa.OSFile(tmp, "wb") as sink:
+    with atomic_target(final) as tmp:
+        with pa.OSFile(str(tmp), "wb") as sink:
             with pa.ipc.new_file(sink, table.schema, options=options) as writer:
                 for batch in table.to_batches(max_chunksize=batch_rows):
                     writer.write_batch(batch)
         # The bytes are final now; hash them before the rename so the manifest never points
         # at content it did not see.
         digest = sha256_file(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(final.parent)
     return ShardInfo(
         file=rel,
         rows=table.num_rows,

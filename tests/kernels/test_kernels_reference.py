@@ -10,7 +10,7 @@ import torch
 import kernels
 from kernels import _dispatch
 from kernels.attention import varlen_attention_reference
-from kernels.gather import apply_masks_baseline, index_select_baseline
+from kernels.bench.baselines import apply_masks_baseline, index_select_baseline
 
 KERNELS_DIR = Path(kernels.__file__).parent
 
