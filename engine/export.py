@@ -8,7 +8,8 @@ training config, the modality and which encoder it is. Load it back without Deep
     # or, with nothing of ours: safetensors.torch.load_file("OUT/encoder.safetensors")
 
 `load_encoder` also accepts a run directory (its latest complete checkpoint) or a checkpoint
-directory. Imports torch, safetensors and engine (never DeepSpeed).
+directory. Imports torch, safetensors and engine; DeepSpeed only to read the context encoder out
+of a ZeRO checkpoint (its own consolidation, `deepspeed.utils.zero_to_fp32`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from engine.checkpoint import CheckpointError, latest_checkpoint, read_state
+from engine.checkpoint import DS_TAG, CheckpointError, latest_checkpoint, read_state
 from engine.config import Config, config_from_dict
 from engine.data import build_embedder, method_options, resolve_modality
 from engine.model import Encoder
@@ -42,18 +43,28 @@ def _checkpoint_dir(path: Path) -> Path:
     return ckpt
 
 
-def _checkpoint_weights(ckpt: Path, which: str) -> dict[str, torch.Tensor]:
+def _checkpoint_weights(ckpt: Path, which: str, zero_stage: int) -> dict[str, torch.Tensor]:
+    """The encoder's fp32 weights in checkpoint `ckpt`. target: the EMA target we save
+    ourselves. context: the trained encoder inside DeepSpeed's checkpoint; under ZeRO (stage >=
+    1) through DeepSpeed's own consolidation (`deepspeed.utils.zero_to_fp32`: the fp32 master
+    weights merged from every rank's optimizer partition, so a bf16 run exports its fp32
+    masters, not the bf16 module copy), at stage 0 from the module states it writes."""
     if which == "target":
         return load_file(str(ckpt / "target.safetensors"))
-    if which == "context":
+    if which != "context":
+        raise ValueError(f"encoder must be 'target' or 'context', got {which!r}")
+    prefix = "encoder."
+    if zero_stage >= 1:
+        # DeepSpeed's reader (imported here only: loading a target or an export never needs
+        # DeepSpeed); it unpickles the checkpoint's files, which this run wrote.
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        states = get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag=DS_TAG)
+    else:
         states = torch.load(
-            ckpt / "ds" / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True
-        )
-        prefix = "encoder."
-        return {
-            k[len(prefix) :]: v.float() for k, v in states["module"].items() if k.startswith(prefix)
-        }
-    raise ValueError(f"encoder must be 'target' or 'context', got {which!r}")
+            ckpt / DS_TAG / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True
+        )["module"]
+    return {k[len(prefix) :]: v.float() for k, v in states.items() if k.startswith(prefix)}
 
 
 def _modality(cfg: Config, modality_name: str) -> Modality:
@@ -91,7 +102,7 @@ def load_encoder(path: str | Path, which: str = "target") -> tuple[Encoder, Conf
     state = read_state(ckpt)
     cfg = config_from_dict(state["config"])
     modality = _modality(cfg, state["modality"])
-    weights = _checkpoint_weights(ckpt, which)
+    weights = _checkpoint_weights(ckpt, which, cfg.train.zero_stage)
     return _build(cfg, modality, weights, state.get("stats")), cfg, modality
 
 

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
+from conftest import run_cli, train_args
 from safetensors.torch import load_file
 
 from engine.checkpoint import latest_checkpoint
@@ -27,6 +27,34 @@ def test_linear_probe_scores_separable_and_random_labels():
     assert rand["mean"] < 0.75
     reg = linear_probe(x, 3.0 * x[:, 0] + 0.01 * rng.standard_normal(120), folds=4)
     assert reg["metric"] == "r2" and reg["mean"] > 0.99
+
+
+def _module_states(ckpt) -> dict:
+    states = torch.load(ckpt / "ds" / "mp_rank_00_model_states.pt", weights_only=True)["module"]
+    return {k[len("encoder.") :]: v for k, v in states.items() if k.startswith("encoder.")}
+
+
+def test_context_encoder_export_through_deepspeeds_consolidation(trained_run, grid_data, tmp_path):
+    """The trained (context) encoder under ZeRO-2 comes out of DeepSpeed's own fp32
+    consolidation (zero_to_fp32); on this fp32 CPU run it equals the module weights DeepSpeed
+    saved, and at stage 0 (no ZeRO partitions to merge) the module states are read directly."""
+    ckpt = latest_checkpoint(trained_run)
+    enc, cfg, _ = load_encoder(trained_run, "context")
+    assert cfg.train.zero_stage == 2
+    want = _module_states(ckpt)
+    got = enc.state_dict()
+    assert got.keys() == want.keys()
+    assert all(torch.equal(got[k], want[k].float()) for k in want)
+    # and it is the trained encoder, not the EMA target
+    target = load_file(ckpt / "target.safetensors")
+    assert any(not torch.equal(got[k], target[k]) for k in target)
+
+    run0 = tmp_path / "stage0"
+    run_cli(train_args(grid_data, run0, 2, 2, "train.zero_stage=0"))
+    enc0, cfg0, _ = load_encoder(run0, "context")
+    assert cfg0.train.zero_stage == 0
+    want0 = _module_states(latest_checkpoint(run0))
+    assert all(torch.equal(enc0.state_dict()[k], v.float()) for k, v in want0.items())
 
 
 def test_export_round_trip_and_probe_cli(trained_run, grid_data, tmp_path):
