@@ -108,7 +108,7 @@ def draw_fmri(ds: ShardDataset, index: int, rng: np.random.Generator, opts: Any)
     record = ds[index]
     bold = np.asarray(record["bold"], dtype=np.float32)
     n_rois, n_frames = bold.shape
-    t = tokenize_record(record, ds.stats, patch_len)
+    t = tokenize_record(record, ds.stats, patch_len, opts.scaling)
     coords = t["coords"]
     mask = SpatiotemporalMasker(opts).draw(rng, coords)
 

@@ -254,7 +254,7 @@ class FmriModality(Modality):
     def tokenize(self, record: dict[str, Any], stats: dict[str, Any], opts: Any) -> dict[str, Any]:
         from modalities.fmri.jepa import tokenize_record
 
-        return tokenize_record(record, stats, opts.patch_len)
+        return tokenize_record(record, stats, opts.patch_len, opts.scaling)
 
     def masker(self, opts: Any) -> Any:
         from modalities.fmri.jepa import SpatiotemporalMasker

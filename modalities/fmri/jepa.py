@@ -50,18 +50,24 @@ def _stat(stats: Mapping[str, Any], key: str, n_rois: int) -> np.ndarray:
 
 
 def tokenize_record(
-    record: Mapping[str, Any], stats: Mapping[str, Any], patch_len: int
+    record: Mapping[str, Any],
+    stats: Mapping[str, Any],
+    patch_len: int,
+    scaling: str = "per_value",
 ) -> dict[str, np.ndarray]:
     """tokens float32 [N, patch_len] and coords int64 [N, 2] = (roi, time patch), ROI-major.
 
     Each ROI is scaled as (x - median) / IQR with the dataset's statistics (Brain-JEPA's robust
-    scaling). Missing ROIs (`missing_rois`, written as zeros) are left out: a zero row is no
+    scaling): `scaling` per_value reads roi_median / roi_iqr (over all the ROI's values),
+    subject_mean roi_median_subject / roi_iqr_subject (across subjects of its time-mean, the
+    official code's). Missing ROIs (`missing_rois`, written as zeros) are left out: a zero row is no
     signal, and predicting it would teach the model the ingest's placeholder.
     """
     bold = np.asarray(record["bold"], dtype=np.float32)
     n_rois = bold.shape[0]
-    median = _stat(stats, "roi_median", n_rois)
-    iqr = _stat(stats, "roi_iqr", n_rois)
+    suffix = {"per_value": "", "subject_mean": "_subject"}[scaling]
+    median = _stat(stats, f"roi_median{suffix}", n_rois)
+    iqr = _stat(stats, f"roi_iqr{suffix}", n_rois)
     if "gradients" in stats:
         _stat(stats, "gradients", n_rois)  # the embedder indexes them by these ROI coords
     tokens, coords = grid_patches(bold, patch_len, median, iqr)

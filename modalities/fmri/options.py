@@ -122,6 +122,9 @@ class FmriOptions:
 # Brain-JEPA's method options (the run config's `modality:` section)
 
 POSITIONS = ("gradient", "roi_index")
+#: robust scaling of each ROI: per_value (median / IQR over all its values in the dataset) or
+#: subject_mean (median / IQR across subjects of its time-mean: the official code's)
+SCALINGS = ("per_value", "subject_mean")
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,8 @@ class BrainJepaConfig:
     """Brain-JEPA's options; defaults are the paper's (official config `ukb_vitb_ep300.yaml`).
 
     patch_len: frames per token (1 ROI x 16 frames: 160 frames give 10 time patches).
+    scaling: "per_value" ((x - median) / IQR of all the ROI's values in the dataset) or
+        "subject_mean" (median / IQR across subjects of the ROI's time-mean: the official code).
     pos: "gradient" (the paper's brain-gradient positioning) or "roi_index" (the ablation:
         fixed sin-cos of the ROI index, the official code's `add_w="origin"`).
     obs_scale: the observation block keeps U(lo, hi) of the ROIs and, independently, of the
@@ -145,6 +150,7 @@ class BrainJepaConfig:
     """
 
     patch_len: int = 16
+    scaling: str = "per_value"
     pos: str = "gradient"
     obs_scale: tuple[float, float] = (0.84, 1.0)
     cross_roi_scale: tuple[float, float] = (0.45, 0.6)
@@ -157,6 +163,8 @@ class BrainJepaConfig:
     def __post_init__(self) -> None:
         if self.patch_len < 1:
             _bad("patch_len", "must be >= 1", self.patch_len)
+        if self.scaling not in SCALINGS:
+            _bad("scaling", f"expected one of {', '.join(SCALINGS)}", self.scaling)
         if self.pos not in POSITIONS:
             _bad("pos", f"expected one of {', '.join(POSITIONS)}", self.pos)
         for name in ("obs_scale", "cross_roi_scale", "cross_time_rois"):

@@ -125,6 +125,27 @@ def connectivity_gradients(
     return gradients, lambdas
 
 
+def _subject_mean_scaling(
+    group_sum: dict[str, np.ndarray], group_n: dict[str, np.ndarray], n_rois: int
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Per ROI: median and IQR across subjects of each subject's time-mean of the ROI (Brain-JEPA's
+    official `_compute_normalization_params`). An IQR that is not above 1e-6 x (1 + |median|) (no
+    spread of the means: one subject, or scans z-scored at ingest, whose means are all 0) is set
+    to 1, so the scaling only centres that ROI; returns how many ROIs were floored."""
+    if not group_sum:
+        return np.zeros(n_rois), np.ones(n_rois), n_rois
+    sums = np.stack([group_sum[g] for g in sorted(group_sum)])
+    counts = np.stack([group_n[g] for g in sorted(group_n)])
+    means = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+    seen = np.isfinite(means).any(axis=0)
+    q = np.zeros((3, n_rois))
+    if seen.any():
+        q[:, seen] = np.nanpercentile(means[:, seen], [25, 50, 75], axis=0)
+    median, iqr = q[1], q[2] - q[0]
+    ok = iqr > 1e-6 * (1.0 + np.abs(median))
+    return median, np.where(ok, iqr, 1.0), int((~ok).sum())
+
+
 def fit_fmri_stats(
     batches: Iterable[pa.RecordBatch],
     gradient_dims: int = DEFAULT_GRADIENT_DIMS,
@@ -137,6 +158,10 @@ def fit_fmri_stats(
     roi_windows: np.ndarray | None = None
     n_windows = 0
     shape: tuple[int, int] | None = None
+    # Brain-JEPA's official scaling: per ROI, the median and IQR across subjects of the ROI's
+    # time-mean. Each subject's time-mean is the mean over its windows (NaN where absent).
+    group_sum: dict[str, np.ndarray] = {}
+    group_n: dict[str, np.ndarray] = {}
     for batch in batches:
         if batch.num_rows == 0:
             continue
@@ -151,6 +176,20 @@ def fit_fmri_stats(
         if "missing_rois" in batch.schema.names:
             for i, missing in enumerate(batch.column("missing_rois").to_pylist()):
                 present[i, missing] = False
+        key = "subject" if "subject" in batch.schema.names else "source"
+        groups = (
+            batch.column(key).to_pylist()
+            if key in batch.schema.names
+            else [str(n_windows + i) for i in range(batch.num_rows)]
+        )
+        means = bold.mean(axis=2, dtype=np.float64)
+        for i, g in enumerate(groups):
+            g = str(g)
+            if g not in group_sum:
+                group_sum[g] = np.zeros(shape[0])
+                group_n[g] = np.zeros(shape[0], dtype=np.int64)
+            group_sum[g] += np.where(present[i], means[i], 0.0)
+            group_n[g] += present[i]
         for lo in range(0, batch.num_rows, 32):  # chunks keep the [b, R, R] temporaries small
             x = bold[lo : lo + 32].astype(np.float64)
             p = present[lo : lo + 32]
@@ -177,6 +216,8 @@ def fit_fmri_stats(
     # An ROI with no spread (or never seen) gets IQR 1, so robust scaling leaves it unchanged.
     iqr = np.where(iqr > 0, iqr, 1.0)
 
+    subj_median, subj_iqr, floored = _subject_mean_scaling(group_sum, group_n, n_rois)
+
     mean_z = np.where(pair_count > 0, z_sum / np.maximum(pair_count, 1), 0.0)
     fc = np.tanh(mean_z)
     np.fill_diagonal(fc, np.where(roi_windows > 0, 1.0, 0.0))
@@ -188,6 +229,10 @@ def fit_fmri_stats(
         "roi_median": [float(v) for v in median],
         "roi_iqr": [float(v) for v in iqr],
         "roi_windows": [int(v) for v in roi_windows],
+        "roi_median_subject": [float(v) for v in subj_median],
+        "roi_iqr_subject": [float(v) for v in subj_iqr],
+        "roi_iqr_subject_floored": int(floored),
+        "scaling_groups": len(group_sum),
         "robust_sample_stride": sample.stride,
         "gradient_dims": int(gradients.shape[1]),
         "gradients": [[float(v) for v in row] for row in gradients],

@@ -179,6 +179,7 @@ def test_options_through_the_engine_config_round_trip(tmp_path):
         ("modality.min_context=1.5", "modality.min_context"),
         ("modality.obs_scael=[0.9, 1]", "modality.obs_scael"),
         ("modality.patch_len=0", "modality.patch_len"),
+        ("modality.scaling=zscore", "modality.scaling"),
     ],
 )
 def test_bad_option_names_the_key(override, named):
@@ -214,6 +215,13 @@ def test_tokens_are_robust_scaled_patches_that_round_trip():
     np.testing.assert_allclose(back.reshape(6, 48), bold, rtol=1e-5, atol=1e-5)
     # the scaled values are not the raw ones (the scaling happened)
     assert not np.allclose(tokens.reshape(6, 48), bold)
+    # the official form reads the subject-mean statistics, chosen by modality.scaling
+    subj = {**stats, "roi_median_subject": [1.0] * 6, "roi_iqr_subject": [4.0] * 6}
+    opts = method_options(MODALITY, load_config(overrides=["modality.scaling=subject_mean"]))
+    got = MODALITY.tokenize({"bold": bold, "missing_rois": []}, subj, opts)["tokens"]
+    np.testing.assert_allclose(got.reshape(6, 48), (bold - 1.0) / 4.0, rtol=1e-6)
+    with pytest.raises(ValueError, match="no 'roi_median_subject'.*re-run the fMRI ingest"):
+        MODALITY.tokenize({"bold": bold, "missing_rois": []}, stats, opts)
 
 
 def test_missing_rois_get_no_tokens_and_bad_stats_are_refused():

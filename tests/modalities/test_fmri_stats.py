@@ -110,6 +110,34 @@ def test_robust_scaling_equals_numpy_on_small_data():
     json.dumps(stats)
 
 
+def test_subject_mean_scaling_is_the_official_form():
+    """Brain-JEPA's official robust scaling: per ROI, median and IQR across subjects of each
+    subject's time-mean (its windows averaged); missing ROIs stay out; no spread -> IQR 1."""
+    rng = np.random.default_rng(4)
+    records = network_records(n_windows=12, missing=lambda w: [3] if w == 0 else [])
+    for w, r in enumerate(records):
+        r["subject"] = f"s{w % 4}"
+        r["bold"] = r["bold"] + rng.normal(0, 5, (12, 1)).astype(np.float32)  # baselines
+    stats = fit_fmri_stats(network_batches(records, [5, 7]))
+    means = {}
+    for r in records:
+        m = r["bold"].astype(np.float64).mean(axis=1)
+        m[r["missing_rois"]] = np.nan
+        means.setdefault(r["subject"], []).append(m)
+    per_subject = np.stack([np.nanmean(np.stack(v), axis=0) for _, v in sorted(means.items())])
+    q25, q50, q75 = np.percentile(per_subject, [25, 50, 75], axis=0)
+    np.testing.assert_allclose(stats["roi_median_subject"], q50, rtol=1e-6)
+    np.testing.assert_allclose(stats["roi_iqr_subject"], q75 - q25, rtol=1e-6)
+    assert stats["scaling_groups"] == 4 and stats["roi_iqr_subject_floored"] == 0
+    # scans z-scored at ingest: every time-mean is 0, nothing to scale by -> IQR 1, centred only
+    for r in records:
+        b = r["bold"].astype(np.float64)
+        z = (b - b.mean(1, keepdims=True)) / np.maximum(b.std(1, keepdims=True), 1e-12)
+        r["bold"] = z.astype(np.float32)
+    flat = fit_fmri_stats(network_batches(records, [12]))
+    assert flat["roi_iqr_subject"] == [1.0] * 12 and flat["roi_iqr_subject_floored"] == 12
+
+
 def test_stats_are_deterministic_and_independent_of_batching():
     records = network_records(n_windows=8)
     one = fit_fmri_stats(network_batches(records, [8]), gradient_dims=3)
