@@ -188,12 +188,18 @@ def draw_eeg(ds: ShardDataset, index: int, rng: np.random.Generator, opts: Any) 
     """Traces of every channel with the target blocks shaded, beside a top view of the
     electrodes (context, each block's channels, its centre electrode). Masks as the method
     options `opts` (`SJepaMethod`: `modality.masks`) draw them."""
-    from modalities.eeg.sjepa import CHANNEL, SECOND, SpatialBlockMasker, tokenize_record
+    from modalities.eeg.sjepa import (
+        CHANNEL,
+        SECOND,
+        SpatialBlockMasker,
+        token_overlap,
+        tokenize_record,
+    )
 
     plt = _pyplot()
     record = ds[index]
     stats = ds.stats
-    tokens = tokenize_record(record, stats)
+    tokens = tokenize_record(record, stats, token_overlap(opts, record["sfreq"]))
     coords = tokens["coords"]
     masker = SpatialBlockMasker.from_options(opts)
     context, targets, blocks = masker.draw(rng, coords)

@@ -223,9 +223,9 @@ class EegModality(Modality):
     # -- model side: S-JEPA (sjepa.py imports torch, so it is loaded here, not at module import)
 
     def tokenize(self, record: dict[str, Any], stats: dict[str, Any], opts: Any) -> dict[str, Any]:
-        from modalities.eeg.sjepa import tokenize_record
+        from modalities.eeg.sjepa import token_overlap, tokenize_record
 
-        return tokenize_record(record, stats)
+        return tokenize_record(record, stats, token_overlap(opts, record["sfreq"]))
 
     def masker(self, opts: SJepaMethod) -> Any:
         from modalities.eeg.sjepa import SpatialBlockMasker
@@ -235,7 +235,7 @@ class EegModality(Modality):
     def embedder(self, opts: SJepaMethod, dim: int, stats: dict[str, Any] | None = None) -> Any:
         from modalities.eeg.sjepa import EegEmbedder
 
-        return EegEmbedder(dim)
+        return EegEmbedder(dim, features=opts.features)
 
     def legacy_options(self, legacy: Mapping[str, Any]) -> dict[str, Any]:
         """Runs saved before modality options: the S-JEPA masker read mask.num_targets blocks

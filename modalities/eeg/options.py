@@ -141,6 +141,21 @@ def _check_scale(name: str, pair: tuple[float, float]) -> None:
         raise ValueError(f"{name}: expected [min, max] with 0 < min <= max <= 1, got {[lo, hi]}")
 
 
+#: the feature encoders of `SJepaMethod.features`
+FEATURE_ENCODERS = ("segment", "continuous")
+#: S-JEPA's continuous conv stack (braindecode's SignalJEPA default): (channels, kernel, stride)
+SJEPA_CONV_LAYERS = ((8, 32, 8), (16, 2, 2), (32, 2, 2), (64, 2, 2), (64, 2, 2))
+
+
+def conv_span(layers: tuple[tuple[int, int, int], ...]) -> tuple[int, int]:
+    """(receptive field, stride) in input samples of a stack of unpadded 1-D convolutions."""
+    field, stride = 1, 1
+    for _, kernel, step in layers:
+        field += (kernel - 1) * stride
+        stride *= step
+    return field, stride
+
+
 @dataclass(frozen=True)
 class SpatialSpec:
     """One group of S-JEPA target blocks (`modality.masks[i]`).
@@ -171,9 +186,17 @@ class SJepaMethod:
 
     masks: the groups of spatial target blocks. min_context: a draw is redone (up to
     `max_tries` times) while the context keeps fewer than this share of the tokens.
+    features: the per-channel feature encoder. "segment": a small conv stack over each 1-s
+    segment alone (128 samples). "continuous": S-JEPA's (braindecode's SignalJEPA) conv stack
+    over the continuous signal, 5 layers (8x32/8, 16x2/2, 32x2/2, 64x2/2, 64x2/2 channels x
+    kernel / stride): receptive field 152 samples (1.1875 s at 128 Hz), stride 128 (1 s). It is
+    computed per token, each token holding its second plus the next 24 samples, which equals the
+    stack run along the whole channel (no padding: a window of S seconds gives S - 1 tokens per
+    channel, as braindecode's does). Needs 128 Hz records (the ingest's default).
     """
 
     masks: tuple[SpatialSpec, ...] = (SpatialSpec(),)
+    features: str = "segment"
     min_context: float = 0.1
     max_tries: int = 100
 
@@ -184,3 +207,7 @@ class SJepaMethod:
             raise ValueError(f"min_context: must be in [0, 1), got {self.min_context}")
         if self.max_tries < 1:
             raise ValueError(f"max_tries: must be >= 1, got {self.max_tries}")
+        if self.features not in FEATURE_ENCODERS:
+            raise ValueError(
+                f"features: expected one of {', '.join(FEATURE_ENCODERS)}, got {self.features!r}"
+            )

@@ -23,9 +23,16 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from modalities.eeg.options import SJepaMethod, SpatialSpec
+from modalities.eeg.options import (
+    FEATURE_ENCODERS,
+    SJEPA_CONV_LAYERS,
+    SJepaMethod,
+    SpatialSpec,
+    conv_span,
+)
 from modalities.grid import sincos_1d
 
 #: coords columns
@@ -34,11 +41,29 @@ CHANNEL, SECOND, X, Y, Z, HAS_POSITION = range(6)
 UM_PER_M = 1e6
 
 
-def tokenize_record(record: dict[str, Any], stats: dict[str, Any]) -> dict[str, np.ndarray]:
-    """tokens float32 [C_present * S, sfreq] and coords int64 [C_present * S, 6] of one record.
+def token_overlap(opts: SJepaMethod, sfreq: float) -> int:
+    """Samples past its second each token holds for the feature encoder `opts.features`."""
+    if opts.features == "segment":
+        return 0
+    field, stride = conv_span(SJEPA_CONV_LAYERS)
+    if round(float(sfreq)) != stride:
+        raise ValueError(
+            f"modality.features=continuous is S-JEPA's conv stack for {stride} Hz records (stride "
+            f"1 s); these are {sfreq:g} Hz (ingest with --sfreq {stride})"
+        )
+    return field - stride
+
+
+def tokenize_record(
+    record: dict[str, Any], stats: dict[str, Any], overlap: int = 0
+) -> dict[str, np.ndarray]:
+    """tokens float32 [C_present * S, sfreq + overlap] and coords int64 [C_present * S, 6].
 
     Channels absent from the recording (mask 0) give no tokens. With `channel_median` /
-    `channel_iqr` in `stats`, each channel is scaled as (x - median) / IQR.
+    `channel_iqr` in `stats`, each channel is scaled as (x - median) / IQR. `overlap` > 0: each
+    token is its second plus the next `overlap` samples (what a conv stack whose receptive field
+    is sfreq + overlap sees at that second), and only the S = (samples - sfreq - overlap) //
+    sfreq + 1 seconds that have those samples give tokens.
     """
     eeg = np.asarray(record["eeg"], dtype=np.float32)
     mask = np.asarray(record["channel_mask"]).astype(bool)
@@ -62,8 +87,15 @@ def tokenize_record(record: dict[str, Any], stats: dict[str, Any]) -> dict[str, 
         med = np.asarray(stats["channel_median"], dtype=np.float32)[present, None]
         iqr = np.asarray(stats["channel_iqr"], dtype=np.float32)[present, None]
         x = (x - med) / np.where(iqr > 0, iqr, 1.0)
-    n_sec = n_samples // seg
-    tokens = np.ascontiguousarray(x.reshape(present.size * n_sec, seg), dtype=np.float32)
+    if overlap:
+        n_sec = (n_samples - seg - overlap) // seg + 1
+        if n_sec < 1:
+            raise ValueError(f"EEG window of {n_samples} samples is shorter than one token")
+        view = np.lib.stride_tricks.sliding_window_view(x, seg + overlap, axis=1)[:, ::seg]
+        tokens = np.ascontiguousarray(view[:, :n_sec].reshape(-1, seg + overlap), np.float32)
+    else:
+        n_sec = n_samples // seg
+        tokens = np.ascontiguousarray(x.reshape(present.size * n_sec, seg), dtype=np.float32)
     pos = positions[present]
     has = np.isfinite(pos).all(axis=1)
     pos_um = np.where(has[:, None], np.round(np.nan_to_num(pos) * UM_PER_M), 0).astype(np.int64)
@@ -127,15 +159,67 @@ class ChannelConvEncoder(nn.Module):
         return self.proj(x).reshape(*lead, -1)
 
 
-class EegEmbedder(nn.Module):
-    """S-JEPA embedding: conv features + channel embedding (from xyz) + time encoding."""
+class ContinuousConvEncoder(nn.Module):
+    """S-JEPA's feature encoder (braindecode's SignalJEPA `_ConvFeatureEncoder` layout):
+    unpadded strided 1-D convolutions along one channel, (channels, kernel, stride) per layer
+    (`SJEPA_CONV_LAYERS`: receptive field 152 samples, stride 128 at 128 Hz), each followed by a
+    LayerNorm over its channels and GELU, then a linear map to the model width.
 
-    def __init__(self, dim: int, widths: tuple[int, ...] = (32, 64, 128)) -> None:
+    The norms act per time step, so nothing mixes time beyond the receptive field: run on a
+    token holding one receptive field (`tokenize_record(..., overlap=24)`) the stack gives
+    exactly its output at that second when run along the whole channel (`along_channel`).
+    """
+
+    def __init__(self, dim: int, layers=SJEPA_CONV_LAYERS) -> None:
+        super().__init__()
+        self.layers = tuple(layers)
+        self.field, self.stride = conv_span(self.layers)
+        self.convs = nn.ModuleList()
+        self.norms = nn.ModuleList()
+        c_in = 1
+        for width, kernel, step in self.layers:
+            self.convs.append(nn.Conv1d(c_in, width, kernel, stride=step))
+            self.norms.append(nn.LayerNorm(width))
+            c_in = width
+        self.proj = nn.Linear(c_in, dim)
+
+    def along_channel(self, signal: torch.Tensor) -> torch.Tensor:
+        """[..., T] continuous signals -> [..., T_out, dim] features (T_out = (T - field) //
+        stride + 1)."""
+        lead = signal.shape[:-1]
+        x = signal.reshape(-1, 1, signal.shape[-1])
+        for conv, norm in zip(self.convs, self.norms, strict=True):
+            x = F.gelu(norm(conv(x).transpose(1, 2)).transpose(1, 2))
+        return self.proj(x.transpose(1, 2)).reshape(*lead, -1, self.proj.out_features)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        if tokens.shape[-1] != self.field:
+            raise ValueError(
+                f"the continuous feature encoder takes tokens of {self.field} samples (one "
+                f"receptive field), got {tokens.shape[-1]}: tokenize with overlap "
+                f"{self.field - self.stride}"
+            )
+        return self.along_channel(tokens).squeeze(-2)
+
+
+class EegEmbedder(nn.Module):
+    """S-JEPA embedding: conv features + channel embedding (from xyz) + time encoding.
+
+    features: "segment" (`ChannelConvEncoder` on each 1-s segment) or "continuous"
+    (`ContinuousConvEncoder`, S-JEPA's stack over the continuous signal)."""
+
+    def __init__(
+        self, dim: int, widths: tuple[int, ...] = (32, 64, 128), features: str = "segment"
+    ) -> None:
         super().__init__()
         if dim % 2:
             raise ValueError(f"embedding width must be even, got {dim}")
+        if features not in FEATURE_ENCODERS:
+            raise ValueError(f"features must be one of {FEATURE_ENCODERS}, got {features!r}")
         self.dim = dim
-        self.features = ChannelConvEncoder(dim, widths)
+        self.features = (
+            ChannelConvEncoder(dim, widths) if features == "segment" else ContinuousConvEncoder(dim)
+        )
         self.channel_proj = nn.Linear(dim, dim)
         # Channels with no known position share one learned embedding.
         self.unknown_channel = nn.Parameter(torch.randn(dim) * 0.02)

@@ -13,15 +13,18 @@ from engine.data import build_embedder, method_options
 from engine.model import JEPA, Encoder
 from modalities.eeg import MODALITY, EegOptions
 from modalities.eeg.channels import resolve_channels
-from modalities.eeg.options import SpatialSpec
+from modalities.eeg.options import SJEPA_CONV_LAYERS, SJepaMethod, SpatialSpec, conv_span
 from modalities.eeg.sjepa import (
     CHANNEL,
     HAS_POSITION,
+    SECOND,
     UM_PER_M,
+    ContinuousConvEncoder,
     EegEmbedder,
     SpatialBlockMasker,
     X,
     Z,
+    token_overlap,
     tokenize_record,
     xyz_sincos,
 )
@@ -226,3 +229,52 @@ def test_one_jepa_step_with_the_engine_model():
     assert pred.shape == (len(batch.tgt_idx), 32)
     pred.square().mean().backward()
     assert model.encoder.embedder.features.proj.weight.grad is not None
+
+
+# --------------------------------------------------------------------------------------------
+# S-JEPA's continuous feature encoder
+
+
+def test_continuous_encoder_per_token_equals_the_stack_along_the_channel():
+    """S-JEPA's conv stack (receptive field 1.1875 s, stride 1 s at 128 Hz) run on tokens that
+    hold one receptive field each equals the stack run along the whole continuous channel."""
+    assert conv_span(SJEPA_CONV_LAYERS) == (152, 128)
+    rec = record(n_sec=6, absent=(2,))
+    opts = SJepaMethod(features="continuous")
+    assert token_overlap(opts, 128.0) == 24 and token_overlap(SJepaMethod(), 128.0) == 0
+    out = MODALITY.tokenize(rec, {}, opts)
+    tokens, coords = out["tokens"], out["coords"]
+    assert tokens.shape == (18 * 5, 152)  # 6 s -> 5 tokens per channel (no padding)
+    assert sorted(set(coords[:, SECOND].tolist())) == [0, 1, 2, 3, 4]
+    i = np.flatnonzero((coords[:, CHANNEL] == 7) & (coords[:, SECOND] == 3))[0]
+    np.testing.assert_array_equal(tokens[i], rec["eeg"][7, 3 * 128 : 3 * 128 + 152])
+    torch.manual_seed(0)
+    enc = ContinuousConvEncoder(32)
+    per_token = enc(torch.from_numpy(tokens))  # [N, 32]
+    along = enc.along_channel(torch.from_numpy(rec["eeg"]))  # [19, 5, 32]
+    want = along[coords[:, CHANNEL], coords[:, SECOND]]
+    torch.testing.assert_close(per_token, want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="takes tokens of 152 samples"):
+        enc(torch.zeros(3, 128))
+    with pytest.raises(ValueError, match="for 128 Hz records.*256 Hz"):
+        token_overlap(opts, 256.0)
+
+
+def test_one_jepa_step_with_the_continuous_encoder():
+    cfg = load_config(
+        overrides=["model.embed_dim=32", "model.num_heads=2", "model.depth=1"]
+        + ["model.pred_dim=16", "model.pred_heads=2", "model.pred_depth=1"]
+        + ["modality.features=continuous", "modality.masks=[{num: 2}]"]
+    )
+    opts = method_options(MODALITY, cfg)
+    masker = MODALITY.masker(opts)
+    samples = []
+    for i in range(2):
+        t = MODALITY.tokenize(record(n_sec=4, seed=i), {}, opts)
+        ctx, tgts = masker(np.random.default_rng(i), t["coords"])
+        samples.append(Sample(i, t["tokens"], t["coords"], ctx, tgts))
+    model = JEPA(build_embedder(MODALITY, cfg), cfg.model)
+    assert isinstance(model.encoder.embedder.features, ContinuousConvEncoder)
+    pred = model(pack(samples))
+    pred.square().mean().backward()
+    assert model.encoder.embedder.features.convs[0].weight.grad.abs().sum() > 0
