@@ -38,7 +38,8 @@ def _stat(stats: Mapping[str, Any], key: str, n_rois: int) -> np.ndarray:
     if key not in stats:
         raise ValueError(
             f"the dataset statistics have no {key!r}: Brain-JEPA scales each ROI with the "
-            "dataset's median / IQR and positions it by its gradients (re-run the fMRI ingest)"
+            "dataset's median / IQR and positions it by its gradients (re-run the fMRI ingest "
+            "with --overwrite: a dataset ingested before this statistic existed lacks it)"
         )
     value = np.asarray(stats[key], dtype=np.float32)
     if len(value) != n_rois:
