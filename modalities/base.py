@@ -145,8 +145,10 @@ class Modality:
 
     def embedder(self, opts: Any, dim: int, stats: dict[str, Any] | None = None) -> Any:
         """An ``nn.Module``: ``forward(tokens [B, N, patch_dim], coords [B, N, c]) -> [B, N, dim]``
-        (patch embedding plus positions) and ``position(coords) -> [B, N, dim]`` (positions
-        alone); `dim` is the encoder's width. `stats` are the dataset statistics the encoder was
-        trained with (the engine passes them at training time and restores them from the
-        checkpoint or export at load time, so a trained encoder loads without its dataset)."""
+        (patch embedding plus positions), ``position(coords) -> [B, N, dim]`` (positions
+        alone) and, for `engine.finetune`'s local heads, ``local(tokens) -> [..., dim]`` (the
+        patch embedding alone: S-JEPA's local encoder); `dim` is the encoder's width. `stats`
+        are the dataset statistics the encoder was trained with (the engine passes them at
+        training time and restores them from the checkpoint or export at load time, so a
+        trained encoder loads without its dataset)."""
         raise NotImplementedError(f"{self.name} has no embedder")

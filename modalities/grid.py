@@ -93,8 +93,12 @@ class GridEmbedder(nn.Module):
         """Positional embedding [B, N, dim] of coords [B, N, 2] (no parameters)."""
         return sincos_2d(coords, self.dim).to(self.proj.weight.dtype)
 
+    def local(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The patch embedding alone [..., dim] (no positions)."""
+        return self.proj(tokens)
+
     def forward(self, tokens: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
-        return self.proj(tokens) + self.position(coords)
+        return self.local(tokens) + self.position(coords)
 
 
 def _block_shape(

@@ -246,9 +246,12 @@ class EegEmbedder(nn.Module):
         time = sincos_1d(coords[..., SECOND], self.dim).to(self.channel_proj.weight.dtype)
         return self.channel_embedding(coords) + time
 
+    def local(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The per-channel conv features alone [..., dim] (S-JEPA's local encoder)."""
+        return self.features(tokens.to(self.channel_proj.weight.dtype))
+
     def forward(self, tokens: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
-        feats = self.features(tokens.to(self.channel_proj.weight.dtype))
-        return feats + self.position(coords)
+        return self.local(tokens) + self.position(coords)
 
 
 # --------------------------------------------------------------------------------------------

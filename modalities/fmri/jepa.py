@@ -129,8 +129,12 @@ class BrainJepaEmbedder(nn.Module):
             roi = sincos_1d(coords[..., 0], half)
         return torch.cat([time.to(roi.dtype), roi], dim=-1).to(self.proj.weight.dtype)
 
+    def local(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The patch embedding alone [..., dim] (no positions)."""
+        return self.proj(tokens)
+
     def forward(self, tokens: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
-        return self.proj(tokens) + self.position(coords)
+        return self.local(tokens) + self.position(coords)
 
 
 def build_embedder(

@@ -1,0 +1,322 @@
+"""`python -m engine.finetune --checkpoint RUN --data DIR --label COL --head HEAD`: supervised
+fine-tuning of a pretrained encoder with one of S-JEPA's three downstream architectures, beside
+the same architecture from random init, over grouped folds.
+
+The heads (Guetschel et al. 2024, braindecode's SignalJEPA_Contextual / _PostLocal / _PreLocal)
+read a record's tokens as a grid of rows (EEG channels, fMRI ROIs: `coords[:, 0]`) by time
+(seconds, time patches: `coords[:, 1]`), with zeros where a row has no token (an absent channel,
+a missing ROI):
+
+- contextual: the whole pretrained encoder (local features, positions, transformer) on the
+  record's tokens; its features scattered to the grid [R, T, D]; a spatial filter (a learned
+  linear map from the R rows to K virtual rows); flattened; a linear layer.
+- post-local: the pretrained local encoder alone (`embedder.local`: the per-token features
+  before positions and transformer) on each token; the spatial filter; flattened; linear.
+- pre-local: the spatial filter first, on the raw token grid (mixing rows before slicing into
+  tokens equals mixing the tokens of one time step: both are linear), then the pretrained local
+  encoder on each virtual row's tokens; flattened; linear.
+
+`--tune full` (default, the paper's best) trains every weight; `--tune head` keeps the
+pretrained parts frozen. Splits as `engine.probe` (stratified k-fold, grouped by subject when the
+dataset has one); every fold trains the pretrained and the random-init model from the same seed.
+Random init is the architecture's weights drawn with `--seed`: the weights a run trained with
+`train.seed` = SEED started from (so a run barely trained gives both the same numbers). Results
+print as one line per encoder and go to finetune-LABEL-HEAD-TUNE-ENCODER.json next to the
+checkpoint.
+
+Imports torch, numpy, sklearn (splits) and the engine's model, export and probe helpers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.batch import pack_tokens
+from engine.checkpoint import latest_checkpoint
+from engine.config import Config
+from engine.data import build_embedder, method_options
+from engine.export import load_encoder
+from engine.model import Encoder
+from engine.probe import _classify, _column, probe_splits
+from modalities import Modality
+from pipelines.shards import ShardDataset, ShardError
+
+HEADS = ("contextual", "post-local", "pre-local")
+TUNES = ("full", "head")
+
+
+@dataclass
+class TokenGrids:
+    """Every record's tokens, and where each sits on the rows x times grid."""
+
+    tokens: list[np.ndarray]  # [N_i, P]
+    coords: list[np.ndarray]  # [N_i, c]
+    rows: int
+    times: int
+
+    @classmethod
+    def of(cls, modality: Modality, cfg: Config, ds: ShardDataset) -> TokenGrids:
+        opts = method_options(modality, cfg)
+        toks = [modality.tokenize(ds[i], ds.stats, opts) for i in range(len(ds))]
+        tokens = [np.asarray(t["tokens"], np.float32) for t in toks]
+        coords = [np.asarray(t["coords"], np.int64) for t in toks]
+        rows = 1 + max(int(c[:, 0].max()) for c in coords)
+        times = 1 + max(int(c[:, 1].max()) for c in coords)
+        return cls(tokens, coords, rows, times)
+
+    def grid(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """tokens [B, R, T, P] (zeros where no token) and the batch-local flat positions of the
+        records' tokens in [B * R * T] (row-major), concatenated in record order."""
+        p = self.tokens[0].shape[1]
+        out = torch.zeros(len(idx), self.rows, self.times, p)
+        where = []
+        for j, i in enumerate(idx):
+            c = self.coords[i]
+            flat = (j * self.rows + c[:, 0]) * self.times + c[:, 1]
+            where.append(torch.from_numpy(flat))
+        where_t = torch.cat(where)
+        out.view(-1, p)[where_t] = torch.from_numpy(np.concatenate([self.tokens[i] for i in idx]))
+        return out, where_t
+
+
+class FinetuneModel(nn.Module):
+    """An encoder with one of S-JEPA's downstream heads (module docstring)."""
+
+    def __init__(
+        self, encoder: Encoder, head: str, rows: int, times: int, n_out: int, filters: int = 4
+    ) -> None:
+        super().__init__()
+        if head not in HEADS:
+            raise ValueError(f"--head must be one of {', '.join(HEADS)}, got {head!r}")
+        if head != "contextual" and not hasattr(encoder.embedder, "local"):
+            raise ValueError(
+                f"the {head} head needs the embedder's local encoder (`local(tokens)`), which "
+                f"{type(encoder.embedder).__name__} does not have"
+            )
+        self.encoder, self.head, self.rows, self.times = encoder, head, rows, times
+        self.spatial = nn.Linear(rows, filters, bias=False)  # R rows -> K virtual rows
+        dim = encoder.norm.normalized_shape[0]
+        self.out = nn.Linear(filters * times * dim, n_out)
+
+    def pretrained(self) -> list[nn.Parameter]:
+        """The parameters that came from pretraining (what `--tune head` freezes)."""
+        if self.head == "contextual":
+            return list(self.encoder.parameters())
+        return list(self.encoder.embedder.parameters())
+
+    def _spatial(self, x: torch.Tensor) -> torch.Tensor:  # [B, R, T, ...] -> [B, K, T, ...]
+        return torch.einsum("brt...,kr->bkt...", x, self.spatial.weight)
+
+    def forward(self, grids: TokenGrids, idx: np.ndarray) -> torch.Tensor:
+        tokens, where = grids.grid(idx)
+        b = len(idx)
+        if self.head == "pre-local":
+            feats = self.encoder.embedder.local(self._spatial(tokens))
+        elif self.head == "post-local":
+            present = torch.zeros(b * self.rows * self.times, 1)
+            present[where] = 1.0
+            local = self.encoder.embedder.local(tokens)
+            feats = self._spatial(local * present.view(b, self.rows, self.times, 1))
+        else:
+            batch = pack_tokens([grids.tokens[i] for i in idx], [grids.coords[i] for i in idx])
+            h = self.encoder.forward_all(batch.tokens, batch.coords, batch.n_tokens, batch.packing)
+            valid = torch.cat([h[j, : len(grids.tokens[i])] for j, i in enumerate(idx)])
+            grid = h.new_zeros(b * self.rows * self.times, h.shape[-1])
+            grid[where] = valid
+            feats = self._spatial(grid.view(b, self.rows, self.times, -1))
+        return self.out(feats.flatten(1))
+
+
+def _score(pred: torch.Tensor, y: torch.Tensor, classify: bool) -> float:
+    if classify:
+        return float((pred.argmax(1) == y).float().mean())
+    resid = ((pred.squeeze(1) - y) ** 2).sum()
+    total = ((y - y.mean()) ** 2).sum()
+    return float(1 - resid / total) if total > 0 else 0.0
+
+
+def finetune_fold(
+    encoder: Encoder,
+    grids: TokenGrids,
+    y: torch.Tensor,
+    train: np.ndarray,
+    test: np.ndarray,
+    args: argparse.Namespace,
+    classify: bool,
+    n_out: int,
+) -> float:
+    """Train a fresh head (and, with --tune full, the encoder) on `train`; the test score."""
+    torch.manual_seed(args.seed)
+    enc = copy.deepcopy(encoder).requires_grad_(True).train()
+    model = FinetuneModel(enc, args.head, grids.rows, grids.times, n_out, args.filters)
+    if args.tune == "head":
+        for p in model.pretrained():
+            p.requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
+    rng = np.random.default_rng([args.seed, 0x46544E])
+    for _ in range(args.epochs):
+        order = rng.permutation(train)
+        for lo in range(0, len(order), args.batch_size):
+            idx = order[lo : lo + args.batch_size]
+            pred = model(grids, idx)
+            target = y[idx]
+            loss = F.cross_entropy(pred, target) if classify else F.mse_loss(pred[:, 0], target)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    model.eval()
+    with torch.no_grad():
+        pred = torch.cat(
+            [
+                model(grids, test[lo : lo + args.batch_size])
+                for lo in range(0, len(test), args.batch_size)
+            ]
+        )
+    return _score(pred, y[test], classify)
+
+
+def _default_json(checkpoint: str, args: argparse.Namespace) -> Path:
+    path = Path(checkpoint)
+    if not (path / "state.json").is_file() and not (path / "config.json").is_file():
+        path = latest_checkpoint(path) or path
+    return path / f"finetune-{args.label}-{args.head}-{args.tune}-{args.encoder}.json"
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Fine-tune the pretrained and the random-init encoder on every fold; the results."""
+    encoder, cfg, modality = load_encoder(args.checkpoint, args.encoder)
+    ds = ShardDataset(args.data)
+    if ds.modality != modality.name:
+        raise ValueError(
+            f"{args.data} holds {ds.modality!r} records, but the checkpoint's encoder was "
+            f"trained on {modality.name!r}"
+        )
+    labels = _column(ds, args.data, args.label)
+    keep = np.asarray([v is not None for v in labels])
+    if not keep.any():
+        raise ValueError(f"{args.data}: the label column {args.label!r} holds no values")
+    y_raw = np.asarray(labels[keep].tolist())
+    classify = _classify(y_raw, args.task)
+    if not classify and float(np.std(y_raw.astype(np.float64))) == 0:
+        raise ValueError(f"the label column {args.label!r} is constant; nothing to fine-tune")
+    group_col = args.group_by
+    if group_col == "auto":
+        group_col = "subject" if "subject" in ds.schema.names else "none"
+    groups = None if group_col == "none" else _column(ds, args.data, group_col)[keep]
+    if classify:
+        classes = sorted(set(y_raw.tolist()), key=str)
+        y = torch.tensor([classes.index(v) for v in y_raw.tolist()])
+        n_out = len(classes)
+    else:
+        y = torch.tensor(y_raw.astype(np.float32))
+        n_out = 1
+    grids = TokenGrids.of(modality, cfg, ds)
+    kept = np.flatnonzero(keep)
+    grids = TokenGrids(
+        [grids.tokens[i] for i in kept], [grids.coords[i] for i in kept], grids.rows, grids.times
+    )
+    splits = probe_splits(y_raw, classify, args.folds, args.seed, groups)
+    torch.manual_seed(args.seed)
+    random_init = Encoder(build_embedder(modality, cfg, ds.stats), cfg.model)
+    results: dict[str, Any] = {}
+    for name, enc in (("pretrained", encoder), ("random-init", random_init)):
+        scores = []
+        for k, (train, test) in enumerate(splits):
+            scores.append(finetune_fold(enc, grids, y, train, test, args, classify, n_out))
+            if not args.quiet:
+                print(f"  {name} fold {k + 1}/{len(splits)}: {scores[-1]:.4f}", file=sys.stderr)
+        arr = np.asarray(scores)
+        results[name] = {
+            "metric": "accuracy" if classify else "r2",
+            "mean": float(arr.mean()),
+            "std": float(arr.std()),
+            "scores": [float(s) for s in arr],
+        }
+    return {
+        "checkpoint": str(args.checkpoint),
+        "data": str(args.data),
+        "label": args.label,
+        "head": args.head,
+        "tune": args.tune,
+        "encoder": args.encoder,
+        "folds": len(splits),
+        "group_by": group_col,
+        "records": int(keep.sum()),
+        "grid": [grids.rows, grids.times],
+        "epochs": args.epochs,
+        "seed": args.seed,
+        "results": results,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m engine.finetune",
+        description="Fine-tune a pretrained encoder with one of S-JEPA's downstream heads, "
+        "beside the same model from random init (grouped k-fold CV).",
+    )
+    p.add_argument("--checkpoint", required=True, help="run directory, checkpoint or export")
+    p.add_argument("--data", required=True, help="dataset directory")
+    p.add_argument("--label", required=True, help="column holding the label")
+    p.add_argument("--head", choices=HEADS, required=True)
+    p.add_argument("--tune", choices=TUNES, default="full", help="full (default) or head only")
+    p.add_argument(
+        "--encoder",
+        choices=("target", "context"),
+        default="target",
+        help="which pretrained encoder to start from (default the EMA target)",
+    )
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--task", choices=("auto", "classification", "regression"), default="auto")
+    p.add_argument(
+        "--group-by",
+        default="auto",
+        metavar="COLUMN",
+        help="keep each value of COLUMN within one fold (default `subject` when present)",
+    )
+    p.add_argument("--filters", type=int, default=4, help="virtual rows of the spatial filter")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no per-fold lines")
+    p.add_argument("--json", metavar="FILE", help="results file (default next to the checkpoint)")
+    args = p.parse_args(argv)
+    for name in ("folds", "filters", "epochs", "batch_size"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    try:
+        record = run(args)
+        out = Path(args.json) if args.json else _default_json(args.checkpoint, args)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp")
+        tmp.write_text(json.dumps(record, indent=2))
+        tmp.replace(out)
+    except (ValueError, ShardError, OSError, RuntimeError) as e:
+        print(f"engine.finetune: error: {e}", file=sys.stderr)
+        return 1
+    for name, res in record["results"].items():
+        print(
+            f"finetune {args.label} ({args.head}, tune {args.tune}): {res['metric']} "
+            f"{res['mean']:.4f} +- {res['std']:.4f} ({record['folds']}-fold CV, grouped by "
+            f"{record['group_by']}, {record['records']} records, {name})"
+        )
+    print(f"results written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""engine.finetune: S-JEPA's three downstream heads on a trained run, beside random init; the
+pre-local head's premise; one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+from grid_testing import grid_records, grid_schema
+
+from engine.checkpoint import latest_checkpoint
+from engine.finetune import HEADS, main
+from modalities.grid import grid_patches
+from pipelines.shards import write_dataset
+
+pytestmark = pytest.mark.slow
+
+
+def test_mixing_rows_before_tokenizing_equals_mixing_tokens_of_one_time():
+    """The pre-local head applies its spatial filter to the token grid: the same as mixing the
+    raw rows first and cutting the mixed rows into tokens (both linear, tokens are slices)."""
+    rng = np.random.default_rng(0)
+    raw = rng.normal(size=(6, 64)).astype(np.float32)
+    w = rng.normal(size=(3, 6)).astype(np.float32)
+    mixed_then_cut, _ = grid_patches(w @ raw, 16)
+    tokens, coords = grid_patches(raw, 16)
+    grid = np.zeros((6, 4, 16), np.float32)
+    grid[coords[:, 0], coords[:, 1]] = tokens
+    cut_then_mixed = np.einsum("rtp,kr->ktp", grid, w).reshape(-1, 16)
+    np.testing.assert_allclose(cut_then_mixed, mixed_then_cut, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_each_head_fine_tunes_beside_random_init(trained_run, grid_data, head, tmp_path, capsys):
+    out = tmp_path / f"{head}.json"
+    rc = main(
+        ["--checkpoint", str(trained_run), "--data", str(grid_data), "--label", "label"]
+        + ["--head", head, "--folds", "2", "--epochs", "2", "--json", str(out), "--quiet"]
+    )
+    assert rc == 0, capsys.readouterr().err
+    rec = json.loads(out.read_text())
+    assert rec["head"] == head and rec["folds"] == 2 and rec["grid"] == [8, 4]
+    assert rec["group_by"] == "subject" and rec["records"] == 64
+    for name in ("pretrained", "random-init"):
+        res = rec["results"][name]
+        assert res["metric"] == "accuracy" and len(res["scores"]) == 2
+        assert all(0.0 <= s <= 1.0 for s in res["scores"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"finetune label ({head}, tune full): accuracy ")
+    assert lines[0].endswith("pretrained)") and lines[1].endswith("random-init)")
+
+
+def test_frozen_head_tuning_leaves_the_encoder_alone_and_json_lands_by_the_checkpoint(
+    trained_run, grid_data, capsys
+):
+    rc = main(
+        ["--checkpoint", str(trained_run), "--data", str(grid_data), "--label", "label"]
+        + ["--head", "post-local", "--tune", "head", "--folds", "2", "--epochs", "1", "--quiet"]
+    )
+    assert rc == 0, capsys.readouterr().err
+    path = latest_checkpoint(trained_run) / "finetune-label-post-local-head-target.json"
+    assert json.loads(path.read_text())["tune"] == "head"
+    from engine.export import load_encoder
+    from engine.finetune import FinetuneModel
+
+    enc, _, _ = load_encoder(trained_run)
+    model = FinetuneModel(enc, "post-local", 8, 4, 2)
+    assert {id(p) for p in model.pretrained()} == {id(p) for p in enc.embedder.parameters()}
+    assert torch.is_tensor(model.spatial.weight) and model.out.in_features == 4 * 4 * 32
+
+
+def _other_modality(root):
+    schema = pa.schema([("id", pa.string()), ("x", pa.float32())])
+    write_dataset(root, "eeg", schema, [{"id": "a", "x": 1.0}])
+    return root
+
+
+def _constant_label(root):
+    records = [dict(r, label=1) for r in grid_records(16, 8, 64, 0)]
+    write_dataset(root, "grid", grid_schema(8, 64), records, stats={})
+    return root
+
+
+@pytest.mark.parametrize(
+    ("case", "reason"),
+    [
+        (
+            "other modality",
+            "holds 'eeg' records, but the checkpoint's encoder was trained on 'grid'",
+        ),
+        ("missing label", "no column 'nope'"),
+        ("constant label", "single class"),
+        ("not a run", "checkpoint"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_1(trained_run, grid_data, tmp_path, capsys, case, reason):
+    data, ckpt, label = str(grid_data), str(trained_run), "label"
+    if case == "other modality":
+        data = str(_other_modality(tmp_path / "eeg"))
+    elif case == "missing label":
+        label = "nope"
+    elif case == "constant label":
+        data = str(_constant_label(tmp_path / "const"))
+    else:
+        (tmp_path / "empty").mkdir()
+        ckpt = str(tmp_path / "empty")
+    rc = main(["--checkpoint", ckpt, "--data", data, "--label", label, "--head", "contextual"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1
+    assert err[0].startswith("engine.finetune: error: ") and reason in err[0]
