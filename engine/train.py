@@ -57,8 +57,13 @@ def resolve_resume(arg: str | None, run_dir: Path) -> Path | None:
     return path
 
 
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The CLI's arguments; `section.key=value` overrides may sit before and after the flags."""
+    return build_parser().parse_intermixed_args(argv)
+
+
 def run(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     values: dict[str, object] = {"data.path": args.data}
     if args.steps is not None:
         values["train.steps"] = args.steps

@@ -132,3 +132,12 @@ def test_a_run_saved_before_modality_options_loads_with_its_old_keys_mapped():
     with pytest.raises(CheckpointError, match=r"predates modality options \(mask\.context_scale"):
         check_resumable(old, load_config(), Path("ckpt"))
     check_resumable(Config().to_dict(), load_config(), Path("ckpt"))  # today's: resumes
+
+
+def test_train_cli_takes_overrides_before_and_after_the_flags():
+    """`engine.train ... train.seed=1 --steps 5 train.progress=false`: overrides may sit on
+    both sides of the flags (argparse's plain parse refused the second group)."""
+    from engine.train import parse_args
+
+    args = parse_args(["--data", "d", "train.seed=1", "--steps", "5", "train.progress=false"])
+    assert args.overrides == ["train.seed=1", "train.progress=false"] and args.steps == 5
