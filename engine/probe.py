@@ -561,7 +561,7 @@ def _describe(args, res: dict[str, Any], name: str, group_col: str) -> str:
     first = res["runs"][0]
     grouping = "" if first["groups"] is None else f", grouped by {group_col} ({first['groups']})"
     if args.labels:
-        unit = group_col if first["groups"] else "records"
+        unit = f"{group_col}s" if first["groups"] else "records"
         split = f"{first['folds']} draws of {args.labels} labelled {unit}"
     else:
         split = f"{first['folds']}-fold CV"
