@@ -243,7 +243,9 @@ class FmriModality(Modality):
             }
 
     def fit_stats(self, batches: Iterable[pa.RecordBatch], opts: FmriOptions) -> dict[str, Any]:
-        return fit_fmri_stats(batches, gradient_dims=opts.gradient_dims)
+        return fit_fmri_stats(
+            batches, gradient_dims=opts.gradient_dims, standardized=opts.standardize
+        )
 
     def demo(self, out_dir: str | Path, n: int, seed: int) -> list[str]:
         return generate_cohort(out_dir, n, seed)

@@ -66,6 +66,21 @@ def tokenize_record(
     """
     bold = np.asarray(record["bold"], dtype=np.float32)
     n_rois = bold.shape[0]
+    if scaling == "subject_mean" and stats.get("standardized"):
+        raise ValueError(
+            "modality.scaling=subject_mean needs series that were not z-scored at ingest: on "
+            "scans standardised per ROI (--standardize, the ingest's default) every subject's "
+            "time-mean is windowing residue near 0, and dividing by its spread across subjects "
+            "inflates the tokens by a factor that depends on scan length (x3-70 measured); "
+            "ingest with --no-standardize --no-detrend, or use modality.scaling=per_value"
+        )
+    if scaling == "subject_mean" and stats.get("roi_iqr_subject_floored") == n_rois:
+        raise ValueError(
+            "modality.scaling=subject_mean: no ROI's time-mean varies across this dataset's "
+            "subjects (detrended or standardised at ingest, or one subject), so it would leave "
+            "the series unscaled; ingest with --no-standardize --no-detrend, or use "
+            "modality.scaling=per_value"
+        )
     suffix = {"per_value": "", "subject_mean": "_subject"}[scaling]
     median = _stat(stats, f"roi_median{suffix}", n_rois)
     iqr = _stat(stats, f"roi_iqr{suffix}", n_rois)

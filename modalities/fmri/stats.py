@@ -150,8 +150,11 @@ def fit_fmri_stats(
     batches: Iterable[pa.RecordBatch],
     gradient_dims: int = DEFAULT_GRADIENT_DIMS,
     max_sample_values: int = ROBUST_SAMPLE_VALUES,
+    standardized: bool | None = None,
 ) -> dict[str, Any]:
-    """Per-ROI robust scaling and brain gradients from written fMRI records (see docs/fmri.md)."""
+    """Per-ROI robust scaling and brain gradients from written fMRI records (see docs/fmri.md).
+    `standardized`: whether the ingest z-scored each ROI per scan (recorded in the statistics:
+    the subject-mean scaling means nothing then, and the tokenizer refuses it)."""
     sample: _SystematicSample | None = None
     z_sum: np.ndarray | None = None
     pair_count: np.ndarray | None = None
@@ -232,6 +235,7 @@ def fit_fmri_stats(
         "roi_median_subject": [float(v) for v in subj_median],
         "roi_iqr_subject": [float(v) for v in subj_iqr],
         "roi_iqr_subject_floored": int(floored),
+        "standardized": standardized,
         "scaling_groups": len(group_sum),
         "robust_sample_stride": sample.stride,
         "gradient_dims": int(gradients.shape[1]),

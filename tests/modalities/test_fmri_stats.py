@@ -134,8 +134,17 @@ def test_subject_mean_scaling_is_the_official_form():
         b = r["bold"].astype(np.float64)
         z = (b - b.mean(1, keepdims=True)) / np.maximum(b.std(1, keepdims=True), 1e-12)
         r["bold"] = z.astype(np.float32)
-    flat = fit_fmri_stats(network_batches(records, [12]))
+    flat = fit_fmri_stats(network_batches(records, [12]), standardized=True)
     assert flat["roi_iqr_subject"] == [1.0] * 12 and flat["roi_iqr_subject_floored"] == 12
+    # ... and on standardised scans the tokenizer refuses the subject-mean form outright
+    from modalities.fmri.jepa import tokenize_record
+
+    rec = {"bold": records[1]["bold"][:, :32], "missing_rois": []}
+    with pytest.raises(ValueError, match="subject_mean needs series that were not z-scored"):
+        tokenize_record(rec, flat, 16, "subject_mean")
+    with pytest.raises(ValueError, match="no ROI's time-mean varies"):
+        tokenize_record(rec, {**flat, "standardized": False}, 16, "subject_mean")
+    assert tokenize_record(rec, flat, 16, "per_value")["tokens"].shape == (24, 16)
 
 
 def test_stats_are_deterministic_and_independent_of_batching():
