@@ -15,11 +15,13 @@ Imports torch, safetensors, deepspeed (lazily: only the functions that touch the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -91,15 +93,20 @@ def restore_rng(state: dict[str, Any]) -> None:
 # DeepSpeed's loader, without unpickling arbitrary objects
 
 
-def install_safe_loader(engine: Any) -> None:
-    """Make `engine.load_checkpoint` read files with `torch.load(weights_only=True)`."""
-    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+def _deepspeed_globals() -> list[Any]:
+    """The only non-tensor objects DeepSpeed (0.19) writes into ZeRO-0/1/2 checkpoints."""
     from deepspeed.runtime.fp16.loss_scaler import LossScaler
     from deepspeed.runtime.zero.config import ZeroStageEnum
     from deepspeed.utils.tensor_fragment import fragment_address
 
-    # The only non-tensor objects DeepSpeed (0.19) writes into ZeRO-0/1/2 checkpoints.
-    allowed = [LossScaler, ZeroStageEnum, fragment_address]
+    return [LossScaler, ZeroStageEnum, fragment_address]
+
+
+def install_safe_loader(engine: Any) -> None:
+    """Make `engine.load_checkpoint` read files with `torch.load(weights_only=True)`."""
+    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+
+    allowed = _deepspeed_globals()
 
     class WeightsOnlyCheckpointEngine(TorchCheckpointEngine):
         def load(self, path: str, map_location: Any = None) -> Any:
@@ -107,6 +114,26 @@ def install_safe_loader(engine: Any) -> None:
                 return torch.load(path, map_location=map_location, weights_only=True)
 
     engine.checkpoint_engine = WeightsOnlyCheckpointEngine(engine._config)
+
+
+@contextlib.contextmanager
+def weights_only_loads() -> Iterator[None]:
+    """Within the block, every `torch.load` reads with `weights_only=True` (DeepSpeed's own
+    objects allowed), whatever its caller asked: DeepSpeed's `zero_to_fp32` consolidation asks
+    for full unpickling, which would run code from a crafted checkpoint."""
+    original = torch.load
+    allowed = _deepspeed_globals()
+
+    def safe_load(*args: Any, **kwargs: Any) -> Any:
+        kwargs["weights_only"] = True
+        with torch.serialization.safe_globals(allowed):
+            return original(*args, **kwargs)
+
+    torch.load = safe_load
+    try:
+        yield
+    finally:
+        torch.load = original
 
 
 # ----------------------------------------------------------------------------------------------

@@ -15,7 +15,9 @@ of a ZeRO checkpoint (its own consolidation, `deepspeed.utils.zero_to_fp32`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import pickle
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,13 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from engine.checkpoint import DS_TAG, CheckpointError, latest_checkpoint, read_state
+from engine.checkpoint import (
+    DS_TAG,
+    CheckpointError,
+    latest_checkpoint,
+    read_state,
+    weights_only_loads,
+)
 from engine.config import Config, config_from_dict
 from engine.data import build_embedder, method_options, resolve_modality
 from engine.model import Encoder
@@ -56,10 +64,18 @@ def _checkpoint_weights(ckpt: Path, which: str, zero_stage: int) -> dict[str, to
     prefix = "encoder."
     if zero_stage >= 1:
         # DeepSpeed's reader (imported here only: loading a target or an export never needs
-        # DeepSpeed); it unpickles the checkpoint's files, which this run wrote.
+        # DeepSpeed). It asks torch.load to unpickle; `weights_only_loads` holds it to tensors
+        # and DeepSpeed's own types, and its progress prints go to stderr, not into our output.
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-        states = get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag=DS_TAG)
+        try:
+            with weights_only_loads(), contextlib.redirect_stdout(sys.stderr):
+                states = get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag=DS_TAG)
+        except pickle.UnpicklingError as e:
+            raise CheckpointError(
+                f"{ckpt / DS_TAG}: holds objects other than tensors and DeepSpeed's own, which "
+                f"are not unpickled ({str(e).splitlines()[0]})"
+            ) from None
     else:
         states = torch.load(
             ckpt / DS_TAG / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True

@@ -191,3 +191,35 @@ def test_probe_cli_repeats_over_fold_seeds(trained_run, grid_data):
     assert "std over 3 split seeds" in out.stdout and "meanstd-pooled target features" in out.stdout
     bad = run_cli([*args, "--label", "label", "--repeats", "0"], check=False)
     assert bad.returncode != 0 and "--repeats must be at least 1" in bad.stderr
+
+
+class _Payload:
+    """Unpickling this runs code (it touches a file): what a crafted checkpoint would do."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_context_export_does_not_unpickle_arbitrary_objects(trained_run, tmp_path):
+    """DeepSpeed's consolidation asks torch.load to unpickle; the export holds it to tensors and
+    DeepSpeed's own types, so a checkpoint carrying any other object is refused, not run."""
+    import shutil
+
+    from engine.checkpoint import CHECKPOINTS
+
+    run = tmp_path / "run"
+    ckpt = latest_checkpoint(trained_run)
+    shutil.copytree(ckpt, run / CHECKPOINTS / ckpt.name)
+    marker = tmp_path / "ran"
+    optim = next((run / CHECKPOINTS / ckpt.name / "ds").glob("*optim_states.pt"))
+    state = torch.load(optim, weights_only=False)
+    state["payload"] = _Payload(str(marker))
+    torch.save(state, optim)
+    from engine.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError, match="objects other than tensors"):
+        load_encoder(run, "context")
+    assert not marker.exists()
