@@ -75,19 +75,24 @@ class TokenGrids:
         times = 1 + max(int(c[:, 1].max()) for c in coords)
         return cls(tokens, coords, rows, times)
 
+    def where(self, idx: np.ndarray) -> torch.Tensor:
+        """The batch-local flat positions in [B * R * T] (row-major) of the records' tokens,
+        concatenated in record order."""
+        return torch.cat(
+            [
+                torch.from_numpy((j * self.rows + self.coords[i][:, 0]) * self.times)
+                + torch.from_numpy(self.coords[i][:, 1])
+                for j, i in enumerate(idx)
+            ]
+        )
+
     def grid(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """tokens [B, R, T, P] (zeros where no token) and the batch-local flat positions of the
-        records' tokens in [B * R * T] (row-major), concatenated in record order."""
+        """tokens [B, R, T, P] (zeros where no token) and `where(idx)`."""
         p = self.tokens[0].shape[1]
         out = torch.zeros(len(idx), self.rows, self.times, p)
-        where = []
-        for j, i in enumerate(idx):
-            c = self.coords[i]
-            flat = (j * self.rows + c[:, 0]) * self.times + c[:, 1]
-            where.append(torch.from_numpy(flat))
-        where_t = torch.cat(where)
-        out.view(-1, p)[where_t] = torch.from_numpy(np.concatenate([self.tokens[i] for i in idx]))
-        return out, where_t
+        where = self.where(idx)
+        out.view(-1, p)[where] = torch.from_numpy(np.concatenate([self.tokens[i] for i in idx]))
+        return out, where
 
 
 class FinetuneModel(nn.Module):
@@ -119,16 +124,22 @@ class FinetuneModel(nn.Module):
         return torch.einsum("brt...,kr->bkt...", x, self.spatial.weight)
 
     def forward(self, grids: TokenGrids, idx: np.ndarray) -> torch.Tensor:
-        tokens, where = grids.grid(idx)
         b = len(idx)
-        if self.head == "pre-local":
-            feats = self.encoder.embedder.local(self._spatial(tokens))
-        elif self.head == "post-local":
+        if self.head != "contextual":
+            tokens, where = grids.grid(idx)
             present = torch.zeros(b * self.rows * self.times, 1)
             present[where] = 1.0
+            present = present.view(b, self.rows, self.times, 1)
+        if self.head == "pre-local":
+            # An empty cell's local feature is the encoder's response to zeros, not nothing:
+            # keep only the times where the record has a token (a virtual row mixes every row).
+            at_time = present.amax(dim=1, keepdim=True)  # [B, 1, T, 1]
+            feats = self.encoder.embedder.local(self._spatial(tokens)) * at_time
+        elif self.head == "post-local":
             local = self.encoder.embedder.local(tokens)
-            feats = self._spatial(local * present.view(b, self.rows, self.times, 1))
+            feats = self._spatial(local * present)
         else:
+            where = grids.where(idx)
             batch = pack_tokens([grids.tokens[i] for i in idx], [grids.coords[i] for i in idx])
             h = self.encoder.forward_all(batch.tokens, batch.coords, batch.n_tokens, batch.packing)
             valid = torch.cat([h[j, : len(grids.tokens[i])] for j, i in enumerate(idx)])
@@ -158,6 +169,9 @@ def finetune_fold(
 ) -> float:
     """Train a fresh head (and, with --tune full, the encoder) on `train`; the test score."""
     torch.manual_seed(args.seed)
+    if not classify:  # regress standardised targets (the train split's mean / std)
+        mu, sd = y[train].mean(), y[train].std().clamp_min(1e-12)
+        y = (y - mu) / sd
     enc = copy.deepcopy(encoder).requires_grad_(True).train()
     model = FinetuneModel(enc, args.head, grids.rows, grids.times, n_out, args.filters)
     if args.tune == "head":

@@ -12,7 +12,7 @@ import copy
 import logging
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -45,6 +45,7 @@ from engine.model import JEPA, Encoder, encode_targets, set_fused_layernorm
 from engine.objective import collapse_stats, jepa_loss, mae_targets
 from engine.ops import EMATarget
 from engine.schedules import cosine_ramp, warmup_cosine
+from modalities.options import options_to_dict
 from pipelines.shards import ShardDataset
 
 
@@ -59,8 +60,13 @@ class RunState:
     samples: int = 0  # samples consumed by this rank (skipped ones included)
 
 
-def check_resumable(saved: dict[str, Any], cfg: Config, where: Path) -> None:
-    """Raise CheckpointError naming the config keys that differ from the checkpoint's."""
+def check_resumable(
+    saved: dict[str, Any], cfg: Config, where: Path, resolve: Callable[[Any], Any] | None = None
+) -> None:
+    """Raise CheckpointError naming the config keys that differ from the checkpoint's.
+    `resolve`: maps a `modality:` section to the modality's parsed options (as plain values),
+    so the same options spelled differently (a default left out or written, `[a, b]` or
+    `a,b`) still resume."""
     legacy = sorted(
         k for k, _ in flatten(saved) if k == LEGACY_KEYS[0] or k.startswith(LEGACY_KEYS[1])
     )
@@ -70,7 +76,11 @@ def check_resumable(saved: dict[str, Any], cfg: Config, where: Path) -> None:
             "the modality's `modality:` keys now); it still loads for engine.probe and "
             "engine.export, but an exact resume needs the version that wrote it"
         )
-    old, new = dict(flatten(saved)), dict(flatten(cfg.to_dict()))
+    saved, current = dict(saved), cfg.to_dict()
+    if resolve is not None:
+        saved["modality"] = resolve(saved.get("modality") or {})
+        current["modality"] = resolve(current["modality"])
+    old, new = dict(flatten(saved)), dict(flatten(current))
     free = resumable_keys()
     bad = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in free)
     if bad:
@@ -173,7 +183,12 @@ class Trainer:
 
     def _resume(self, path: Path) -> None:
         saved = read_state(path)
-        check_resumable(saved["config"], self.cfg, path)
+        check_resumable(
+            saved["config"],
+            self.cfg,
+            path,
+            lambda section: options_to_dict(self.modality.method_options(section)),
+        )
         state = load_checkpoint(path, self.engine, self.target, self.info.rank, self.info.world)
         self.state = RunState(**state["run"])
         self.ema.step = int(state["ema_step"])

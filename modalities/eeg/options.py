@@ -195,7 +195,9 @@ class SJepaMethod:
     channel, as braindecode's does). Needs 128 Hz records (the ingest's default).
     """
 
-    masks: tuple[SpatialSpec, ...] = (SpatialSpec(),)
+    # What a run that set no masks drew before the modality owned its options (the engine's
+    # I-JEPA mask defaults read as 4 blocks of 15-20% of the channels): unchanged.
+    masks: tuple[SpatialSpec, ...] = (SpatialSpec(num=4, channel_scale=(0.15, 0.2)),)
     features: str = "segment"
     min_context: float = 0.1
     max_tries: int = 100

@@ -163,7 +163,10 @@ class ContinuousConvEncoder(nn.Module):
     """S-JEPA's feature encoder (braindecode's SignalJEPA `_ConvFeatureEncoder` layout):
     unpadded strided 1-D convolutions along one channel, (channels, kernel, stride) per layer
     (`SJEPA_CONV_LAYERS`: receptive field 152 samples, stride 128 at 128 Hz), each followed by a
-    LayerNorm over its channels and GELU, then a linear map to the model width.
+    LayerNorm over its channels and GELU, then a linear map to the model width. That is
+    braindecode's `mode="layer_norm"` variant (plus conv biases and the final linear map), not
+    its default, whose first-layer GroupNorm normalises over the whole time axis: the per-step
+    norm is what makes one token's output independent of the rest of the window.
 
     The norms act per time step, so nothing mixes time beyond the receptive field: run on a
     token holding one receptive field (`tokenize_record(..., overlap=24)`) the stack gives

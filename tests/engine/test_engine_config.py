@@ -141,3 +141,21 @@ def test_train_cli_takes_overrides_before_and_after_the_flags():
 
     args = parse_args(["--data", "d", "train.seed=1", "--steps", "5", "train.progress=false"])
     assert args.overrides == ["train.seed=1", "train.progress=false"] and args.steps == 5
+
+
+def test_resume_compares_the_modality_options_as_parsed():
+    """A default written out, or a pair spelled another way, is the same run; another value is
+    not, and the message names the key."""
+    from engine.checkpoint import CheckpointError
+    from engine.trainer import check_resumable
+    from modalities.fmri import MODALITY as FMRI
+    from modalities.options import options_to_dict
+
+    def resolve(section):
+        return options_to_dict(FMRI.method_options(section))
+
+    saved = Config().to_dict()  # modality: {}
+    same = load_config(overrides=["modality.patch_len=16", "modality.obs_scale=0.84,1.0"])
+    check_resumable(saved, same, Path("ckpt"), resolve)
+    with pytest.raises(CheckpointError, match=r"modality\.patch_len: 16 -> 8"):
+        check_resumable(saved, load_config(overrides=["modality.patch_len=8"]), Path("c"), resolve)

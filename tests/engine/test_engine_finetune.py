@@ -111,3 +111,16 @@ def test_bad_input_is_one_line_and_exit_1(trained_run, grid_data, tmp_path, caps
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1 and len(err) == 1
     assert err[0].startswith("engine.finetune: error: ") and reason in err[0]
+
+
+def test_regression_targets_are_scored_as_r2(trained_run, grid_data, tmp_path, capsys):
+    out = tmp_path / "reg.json"
+    rc = main(
+        ["--checkpoint", str(trained_run), "--data", str(grid_data), "--label", "label"]
+        + ["--head", "pre-local", "--task", "regression", "--folds", "2", "--epochs", "2"]
+        + ["--json", str(out), "--quiet"]
+    )
+    assert rc == 0, capsys.readouterr().err
+    res = json.loads(out.read_text())["results"]
+    assert res["pretrained"]["metric"] == "r2" and len(res["random-init"]["scores"]) == 2
+    assert all(np.isfinite(s) and s <= 1.0 for s in res["pretrained"]["scores"])

@@ -278,3 +278,16 @@ def test_one_jepa_step_with_the_continuous_encoder():
     pred = model(pack(samples))
     pred.square().mean().backward()
     assert model.encoder.embedder.features.convs[0].weight.grad.abs().sum() > 0
+
+
+def test_default_masks_are_what_runs_without_mask_settings_drew_before():
+    """No behaviour change for configs that set no masks: the defaults equal the old engine
+    mask defaults as the EEG masker read them (4 blocks of 15-20% of the channels)."""
+    old = {"mask.num_targets": 4, "mask.target_scale": [0.15, 0.2], "mask.min_context": 0.1}
+    assert MODALITY.method_options({}, old) == method_options(MODALITY, load_config())
+    from modalities.grid import GridMethod, GridPieces
+    from modalities.options import parse_options
+
+    grid_old = {"model.patch_len": 16, "mask.num_targets": 4, "mask.target_scale": [0.15, 0.2]}
+    mapped = GridPieces.legacy_options(None, grid_old)  # the mixin's mapping reads no state
+    assert parse_options(GridMethod, mapped, "modality") == GridMethod()
