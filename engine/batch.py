@@ -136,7 +136,8 @@ class PackedBatch(TokenBatch):
     indexes rows of cat([context features, mask tokens]), cu_pred [S+1] delimits the S
     sequences (max_pred the longest) and pred_out [Tt] picks the mask-token rows, in tgt order.
     cu_ctx_seq: None, or (in a batch padded to a size bucket) the context's attention sequences,
-    the real samples' followed by the padding rows' own.
+    the real samples' followed by the padding rows' own. A padded batch (`engine.graphs.pad_batch`)
+    has None for what only the unpadded one carries: n_tokens, packing, pos_group, index.
     """
 
     index: torch.Tensor

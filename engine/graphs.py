@@ -106,7 +106,8 @@ def _pad_bounds(real: int, size: int, seqs: int, device: torch.device) -> torch.
 
 
 def _empty_padded(batch: PackedBatch, sizes: dict[str, int]) -> PackedBatch:
-    """`batch`'s padded layout for `sizes`, with fresh tensors (filled by `pad_batch`)."""
+    """`batch`'s padded layout for `sizes`, with fresh tensors (filled by `pad_batch`); the
+    unpadded-only fields (n_tokens, packing, pos_group, index) are None."""
     dev = batch.ctx_idx.device
     b, s = batch.cu_ctx.numel() - 1, batch.cu_pred.numel() - 1
 
@@ -130,6 +131,12 @@ def _empty_padded(batch: PackedBatch, sizes: dict[str, int]) -> PackedBatch:
         pred_out=idx(sizes["tgt"]),
         max_ctx=sizes["max_ctx"],
         max_pred=sizes["max_pred"],
+        # What only the unpadded batch has (the step's forward never reads these): cleared, so
+        # a captured graph can never bake in the capture batch's values.
+        n_tokens=None,
+        packing=None,
+        pos_group=None,
+        index=None,
     )
 
 
@@ -143,7 +150,7 @@ def pad_batch(
     read back from row 0 (cut off by the caller). The context's padding rows and the
     predictor's padding rows form `*_seqs` attention sequences of their own (cu_ctx_seq,
     cu_pred). Only device copies and host ints: no device sync. The fields outside
-    `PackedBatch.PADDED` are `batch`'s own (the padded step reads none of them).
+    `PackedBatch.PADDED` are None (the padded step reads none of them).
     """
     tc, tt, tp = batch.ctx_idx.numel(), batch.tgt_idx.numel(), batch.pred_src.numel()
     if tc > sizes["ctx"] or tt > sizes["tgt"] or tp > sizes["pred"]:
