@@ -119,10 +119,14 @@ def load_engine_graphs(model_mod: types.ModuleType) -> types.ModuleType:
 
 
 def load_grid() -> types.ModuleType:
-    """`modalities/grid.py` (numpy + torch) without the `modalities` package (pyarrow)."""
+    """`modalities/grid.py` (numpy + torch) without the `modalities` package (pyarrow); its one
+    import of ours, `modalities.options` (standard library only), is loaded by file as well."""
     if "modalities.grid" in sys.modules:
         return sys.modules["modalities.grid"]
-    return _load_file("_jepa_step_grid", REPO / "modalities" / "grid.py", {})
+    options = _load_file("_jepa_step_options", REPO / "modalities" / "options.py", {})
+    return _load_file(
+        "_jepa_step_grid", REPO / "modalities" / "grid.py", {"modalities.options": options}
+    )
 
 
 em = load_engine_model()

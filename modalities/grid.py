@@ -11,7 +11,7 @@
 - `GridMethod`: the method options (patch length, mask specs, context block).
 - `GridPieces`: a mixin giving a `Modality` tokenize / masker / embedder from the above.
 
-Imports numpy and torch only (never `engine` or `pipelines`).
+Imports numpy, torch and `modalities.options` only (never `engine` or `pipelines`).
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from torch import nn
+
+from modalities.options import check_range
 
 
 def grid_patches(
@@ -126,13 +128,6 @@ def _block_shape(
     return h, w
 
 
-def _check_pair(name: str, pair: tuple[float, float], hi: float = 1.0) -> None:
-    lo_, hi_ = pair
-    if not 0 < lo_ <= hi_ <= hi:
-        bound = "1" if hi == 1.0 else "max"
-        raise ValueError(f"{name}: expected [min, max] with 0 < min <= max <= {bound}, got {pair}")
-
-
 @dataclass(frozen=True)
 class BlockSpec:
     """One group of target blocks: `num` blocks, each covering U(scale) of the grid with a
@@ -145,8 +140,8 @@ class BlockSpec:
     def __post_init__(self) -> None:
         if self.num < 1:
             raise ValueError(f"num: must be >= 1, got {self.num}")
-        _check_pair("scale", self.scale)
-        _check_pair("aspect", self.aspect, hi=math.inf)
+        check_range("scale", self.scale)
+        check_range("aspect", self.aspect, hi=math.inf)
 
 
 @dataclass(frozen=True)
@@ -169,7 +164,7 @@ class GridMethod:
             raise ValueError(f"patch_len: must be >= 1, got {self.patch_len}")
         if not self.masks:
             raise ValueError("masks: expected at least one block spec, got []")
-        _check_pair("context_scale", self.context_scale)
+        check_range("context_scale", self.context_scale)
         if not 0 <= self.min_context < 1:
             raise ValueError(f"min_context: must be in [0, 1), got {self.min_context}")
 
@@ -203,8 +198,8 @@ class MultiBlockMasker:
         num_targets = sum(spec.num for spec in self.specs)
         if num_targets < 1:
             raise ValueError(f"num_targets must be >= 1, got {num_targets}")
-        _check_pair("context_scale", tuple(context_scale))
-        _check_pair("context_aspect", tuple(context_aspect), hi=math.inf)
+        check_range("context_scale", tuple(context_scale))
+        check_range("context_aspect", tuple(context_aspect), hi=math.inf)
         if not 0 <= min_context < 1:
             raise ValueError(f"min_context must be in [0, 1), got {min_context}")
         self.num_targets = num_targets

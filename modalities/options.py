@@ -54,8 +54,6 @@ def coerce(key: str, value: Any, tp: Any) -> Any:
         return [coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value)]
     if origin is tuple:
         value = _split_list(value)
-        if isinstance(value, Mapping) and len(args) == 2 and args[1] is Ellipsis:
-            value = [value]  # one spec given where a list of specs is expected
         if not isinstance(value, (list, tuple)):
             _bad(key, "expected [min, max]" if len(args) == 2 else "expected a list", value)
         if len(args) == 2 and args[1] is Ellipsis:
@@ -108,6 +106,17 @@ def _scalar(key: str, value: Any, tp: Any) -> Any:
             return str(value)
         _bad(key, "expected a string", value)
     raise OptionError(f"{key}: unsupported option type {tp}")
+
+
+def check_range(name: str, pair: Any, hi: float = 1.0) -> None:
+    """ValueError("name: ...") unless `pair` is [min, max] with 0 < min <= max <= hi (what the
+    options' `__post_init__` checks of scales and aspects share)."""
+    lo_, hi_ = pair
+    if not 0 < lo_ <= hi_ <= hi:
+        bound = "1" if hi == 1.0 else "max"
+        raise ValueError(
+            f"{name}: expected [min, max] with 0 < min <= max <= {bound}, got {list(pair)}"
+        )
 
 
 def parse_options(cls: type, mapping: Mapping[str, Any] | None, prefix: str) -> Any:

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from modalities.options import check_range
+
 #: S-JEPA resamples every recording to 128 Hz.
 DEFAULT_SFREQ = 128.0
 #: Seconds per record (window); S-JEPA's tokens are 1 s per channel, so this is 16 time tokens.
@@ -135,12 +137,6 @@ class EegOptions:
 # S-JEPA's method options (the run config's `modality:` section)
 
 
-def _check_scale(name: str, pair: tuple[float, float]) -> None:
-    lo, hi = pair
-    if not 0 < lo <= hi <= 1:
-        raise ValueError(f"{name}: expected [min, max] with 0 < min <= max <= 1, got {[lo, hi]}")
-
-
 #: the feature encoders of `SJepaMethod.features`
 FEATURE_ENCODERS = ("segment", "continuous")
 #: S-JEPA's continuous conv stack (braindecode's SignalJEPA default): (channels, kernel, stride)
@@ -174,8 +170,8 @@ class SpatialSpec:
     def __post_init__(self) -> None:
         if self.num < 1:
             raise ValueError(f"num: must be >= 1, got {self.num}")
-        _check_scale("channel_scale", self.channel_scale)
-        _check_scale("time_scale", self.time_scale)
+        check_range("channel_scale", self.channel_scale)
+        check_range("time_scale", self.time_scale)
         if self.radius is not None and not self.radius > 0:
             raise ValueError(f"radius: must be positive metres, got {self.radius}")
 

@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from modalities.options import check_range
+
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 #: the built-in parcellation, made by modalities/data/make_default_atlas.py (see docs/fmri.md)
 DEFAULT_ATLAS_PATH = DATA_DIR / "default_atlas_450.nii.gz"
@@ -168,9 +170,7 @@ class BrainJepaConfig:
         if self.pos not in POSITIONS:
             _bad("pos", f"expected one of {', '.join(POSITIONS)}", self.pos)
         for name in ("obs_scale", "cross_roi_scale", "cross_time_rois"):
-            lo, hi = getattr(self, name)
-            if not 0 < lo <= hi <= 1:
-                _bad(name, "expected [min, max] with 0 < min <= max <= 1", [lo, hi])
+            check_range(name, getattr(self, name))
         lo, hi = self.cross_roi_patches
         if not 1 <= lo <= hi:
             _bad("cross_roi_patches", "expected [min, max] with 1 <= min <= max", [lo, hi])
