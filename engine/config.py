@@ -201,12 +201,12 @@ def _set(cfg: Config, key: str, value: Any) -> None:
         raise ConfigError(f"{key}: keys look like section.name, e.g. optim.lr")
     section_name, name = parts
     sections = {k: v for k, v in _section_types(Config).items() if k != "legacy"}
-    if section_name == "mask" or key == "model.patch_len":
+    if is_legacy_key(key):
         raise ConfigError(
             f"{key}: masks and patch geometry belong to the modality now; set them in the "
             "`modality:` section (e.g. modality.patch_len, modality.masks; docs/modalities.md)"
         )
-    if section_name not in sections or section_name == "legacy":
+    if section_name not in sections:
         raise ConfigError(f"{key}: unknown section {section_name!r}; known: {', '.join(sections)}")
     section = getattr(cfg, section_name)
     if isinstance(section, dict):
@@ -272,8 +272,10 @@ def load_config(
     return cfg
 
 
-#: keys a run saved before the modality owned its options may hold (read into `Config.legacy`)
-LEGACY_KEYS = ("model.patch_len", "mask.")
+def is_legacy_key(key: str) -> bool:
+    """Whether `key` is one a run saved before the modality owned its options may hold
+    (`model.patch_len`, `mask.*`): read into `Config.legacy`, refused in a new config."""
+    return key == "model.patch_len" or key.startswith("mask.")
 
 
 def config_from_dict(tree: dict[str, Any]) -> Config:
@@ -282,7 +284,7 @@ def config_from_dict(tree: dict[str, Any]) -> Config:
     `cfg.legacy` (the modality maps them, `Modality.legacy_options`)."""
     cfg = Config()
     for key, value in flatten(tree):
-        if key == LEGACY_KEYS[0] or key.startswith(LEGACY_KEYS[1]):
+        if is_legacy_key(key):
             cfg.legacy[key] = value
         else:
             _set(cfg, key, value)

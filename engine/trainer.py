@@ -29,7 +29,7 @@ from engine.checkpoint import (
     read_state,
     save_checkpoint,
 )
-from engine.config import LEGACY_KEYS, Config, flatten, kernel_notes, resumable_keys
+from engine.config import Config, flatten, is_legacy_key, kernel_notes, resumable_keys
 from engine.data import (
     JEPALoader,
     build_embedder,
@@ -67,9 +67,7 @@ def check_resumable(
     `resolve`: maps a `modality:` section to the modality's parsed options (as plain values),
     so the same options spelled differently (a default left out or written, `[a, b]` or
     `a,b`) still resume."""
-    legacy = sorted(
-        k for k, _ in flatten(saved) if k == LEGACY_KEYS[0] or k.startswith(LEGACY_KEYS[1])
-    )
+    legacy = sorted(k for k, _ in flatten(saved) if is_legacy_key(k))
     if legacy:
         raise CheckpointError(
             f"{where}: this checkpoint predates modality options ({', '.join(legacy)} are "
