@@ -208,14 +208,15 @@ def test_context_export_does_not_unpickle_arbitrary_objects(trained_run, tmp_pat
     DeepSpeed's own types, so a checkpoint carrying any other object is refused, not run."""
     import shutil
 
-    from engine.checkpoint import CHECKPOINTS
+    from engine.checkpoint import CHECKPOINTS, weights_only_loads
 
     run = tmp_path / "run"
     ckpt = latest_checkpoint(trained_run)
     shutil.copytree(ckpt, run / CHECKPOINTS / ckpt.name)
     marker = tmp_path / "ran"
     optim = next((run / CHECKPOINTS / ckpt.name / "ds").glob("*optim_states.pt"))
-    state = torch.load(optim, weights_only=False)
+    with weights_only_loads():  # DeepSpeed's own types, nothing else unpickled
+        state = torch.load(optim)
     state["payload"] = _Payload(str(marker))
     torch.save(state, optim)
     from engine.checkpoint import CheckpointError
