@@ -101,14 +101,14 @@ def draw_fmri(ds: ShardDataset, index: int, rng: np.random.Generator, opts: Any)
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
 
-    from modalities.fmri.jepa import SpatiotemporalMasker, tokenize_record
+    from modalities.fmri.jepa import SpatiotemporalMasker
 
     plt = _pyplot()
     patch_len = opts.patch_len
     record = ds[index]
     bold = np.asarray(record["bold"], dtype=np.float32)
     n_rois, n_frames = bold.shape
-    t = tokenize_record(record, ds.stats, patch_len, opts.scaling)
+    t = get_modality("fmri").tokenize(record, ds.stats, opts)  # as training tokenizes it
     coords = t["coords"]
     mask = SpatiotemporalMasker(opts).draw(rng, coords)
 
@@ -188,20 +188,15 @@ def draw_eeg(ds: ShardDataset, index: int, rng: np.random.Generator, opts: Any) 
     """Traces of every channel with the target blocks shaded, beside a top view of the
     electrodes (context, each block's channels, its centre electrode). Masks as the method
     options `opts` (`SJepaMethod`: `modality.masks`) draw them."""
-    from modalities.eeg.sjepa import (
-        CHANNEL,
-        SECOND,
-        SpatialBlockMasker,
-        token_overlap,
-        tokenize_record,
-    )
+    from modalities.eeg.sjepa import CHANNEL, SECOND
 
+    eeg_modality = get_modality("eeg")
     plt = _pyplot()
     record = ds[index]
     stats = ds.stats
-    tokens = tokenize_record(record, stats, token_overlap(opts, record["sfreq"]))
+    tokens = eeg_modality.tokenize(record, stats, opts)  # as training tokenizes it
     coords = tokens["coords"]
-    masker = SpatialBlockMasker.from_options(opts)
+    masker = eeg_modality.masker(opts)
     context, targets, blocks = masker.draw(rng, coords)
     eeg = np.asarray(record["eeg"], dtype=np.float32)
     names = list(record["channels"])
