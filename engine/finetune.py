@@ -48,7 +48,7 @@ from engine.config import Config
 from engine.data import build_embedder, method_options
 from engine.export import load_encoder
 from engine.model import Encoder
-from engine.probe import _classify, _column, probe_splits
+from engine.probe import classifies, probe_splits, read_column
 from modalities import Modality
 from pipelines.shards import ShardDataset, ShardError
 
@@ -66,9 +66,12 @@ class TokenGrids:
     times: int
 
     @classmethod
-    def of(cls, modality: Modality, cfg: Config, ds: ShardDataset) -> TokenGrids:
+    def of(
+        cls, modality: Modality, cfg: Config, ds: ShardDataset, records: np.ndarray
+    ) -> TokenGrids:
+        """The grids of `records` (indices into `ds`), in that order."""
         opts = method_options(modality, cfg)
-        toks = [modality.tokenize(ds[i], ds.stats, opts) for i in range(len(ds))]
+        toks = [modality.tokenize(ds[int(i)], ds.stats, opts) for i in records]
         tokens = [np.asarray(t["tokens"], np.float32) for t in toks]
         coords = [np.asarray(t["coords"], np.int64) for t in toks]
         rows = 1 + max(int(c[:, 0].max()) for c in coords)
@@ -217,18 +220,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f"{args.data} holds {ds.modality!r} records, but the checkpoint's encoder was "
             f"trained on {modality.name!r}"
         )
-    labels = _column(ds, args.data, args.label)
+    labels = read_column(ds, args.data, args.label)
     keep = np.asarray([v is not None for v in labels])
     if not keep.any():
         raise ValueError(f"{args.data}: the label column {args.label!r} holds no values")
     y_raw = np.asarray(labels[keep].tolist())
-    classify = _classify(y_raw, args.task)
+    classify = classifies(y_raw, args.task)
     if not classify and float(np.std(y_raw.astype(np.float64))) == 0:
         raise ValueError(f"the label column {args.label!r} is constant; nothing to fine-tune")
     group_col = args.group_by
     if group_col == "auto":
         group_col = "subject" if "subject" in ds.schema.names else "none"
-    groups = None if group_col == "none" else _column(ds, args.data, group_col)[keep]
+    groups = None if group_col == "none" else read_column(ds, args.data, group_col)[keep]
     if classify:
         classes = sorted(set(y_raw.tolist()), key=str)
         y = torch.tensor([classes.index(v) for v in y_raw.tolist()])
@@ -236,11 +239,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     else:
         y = torch.tensor(y_raw.astype(np.float32))
         n_out = 1
-    grids = TokenGrids.of(modality, cfg, ds)
-    kept = np.flatnonzero(keep)
-    grids = TokenGrids(
-        [grids.tokens[i] for i in kept], [grids.coords[i] for i in kept], grids.rows, grids.times
-    )
+    grids = TokenGrids.of(modality, cfg, ds, np.flatnonzero(keep))  # labelled records only
     splits = probe_splits(y_raw, classify, args.folds, args.seed, groups)
     torch.manual_seed(args.seed)
     random_init = Encoder(build_embedder(modality, cfg, ds.stats), cfg.model)

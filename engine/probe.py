@@ -117,7 +117,9 @@ def is_classification(labels: np.ndarray) -> bool:
     return labels.dtype.kind in "OUSbiu"
 
 
-def _classify(labels: np.ndarray, task: str) -> bool:
+def classifies(labels: np.ndarray, task: str) -> bool:
+    """Whether `task` (auto|classification|regression) on `labels` is classification;
+    ValueError for a single class."""
     classify = is_classification(labels) if task == "auto" else task == "classification"
     if classify and len(np.unique(labels)) < 2:
         raise ValueError("the label column has a single class; nothing to probe")
@@ -225,7 +227,7 @@ def linear_probe(
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    classify = _classify(labels, task)
+    classify = classifies(labels, task)
     splits = probe_splits(labels, classify, folds, seed, groups, train_groups)
     if classify:
         model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
@@ -294,7 +296,7 @@ def attentive_probe(
     trained probe); scored like `linear_probe` (accuracy or R^2 on the test records)."""
     from sklearn.metrics import accuracy_score, r2_score
 
-    classify = _classify(labels, task)
+    classify = classifies(labels, task)
     splits = probe_splits(labels, classify, folds, seed, groups, train_groups)
     if classify:
         classes, y_all = np.unique(labels, return_inverse=True)
@@ -474,11 +476,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         encoder, cfg, modality = load_encoder(args.checkpoint, args.encoder)
         ds = ShardDataset(args.data)
-        labels = _column(ds, args.data, args.label)
+        labels = read_column(ds, args.data, args.label)
         group_col = args.group_by
         if group_col == "auto":
             group_col = "subject" if "subject" in ds.schema.names else "none"
-        groups = None if group_col == "none" else _column(ds, args.data, group_col)
+        groups = None if group_col == "none" else read_column(ds, args.data, group_col)
         keep = np.asarray([v is not None for v in labels])
         if not keep.all():
             print(
@@ -573,7 +575,9 @@ def _describe(args, res: dict[str, Any], name: str, group_col: str) -> str:
     )
 
 
-def _column(ds: ShardDataset, data: str, name: str) -> np.ndarray:
+def read_column(ds: ShardDataset, data: str, name: str) -> np.ndarray:
+    """Every record's `name` value (object dtype when some are null); ValueError naming the
+    dataset and its columns when there is no such column."""
     if name not in ds.schema.names:
         raise ValueError(f"{data}: no column {name!r}; columns: {ds.schema.names}")
     values = [v for b in ds.iter_batches([name]) for v in b.column(0).to_pylist()]
