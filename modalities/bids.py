@@ -8,6 +8,8 @@
   one subject, from the nearest `participants.tsv` in a folder above a local file.
 - `write_participants(path, columns, rows)`: a `participants.tsv` written atomically (demo and
   control generators).
+- `add_participants_option(group, dest)`: the one CLI flag of a reader's
+  `--participants-column` (fMRI, EEG; `modalities.options.participants_problems` checks it).
 
 Imports the standard library and `pipelines.shards` (its atomic writer) only.
 """
@@ -77,6 +79,19 @@ def participant_values(source: str, subject: str, columns: Sequence[str]) -> dic
         table = _participants_table(str(path), path.stat().st_mtime_ns)
         row = table.get(subject) or table.get(f"sub-{subject}") or {}
     return {c: (None if row.get(c) in (None, "", "n/a") else row[c]) for c in columns}
+
+
+def add_participants_option(group: Any, dest: str) -> None:
+    """`--participants-column NAME` (repeatable) on an argparse group, stored in `dest`."""
+    group.add_argument(
+        "--participants-column",
+        dest=dest,
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="copy this column of the BIDS participants.tsv into every record (repeatable), "
+        "e.g. a diagnosis or group label for probes",
+    )
 
 
 def write_participants(

@@ -6,6 +6,8 @@ dataclass (a mapping of its fields). `parse_options(cls, mapping, prefix)` build
 from a mapping, naming unknown keys and bad values by their dotted key (`modality.obs_scale:
 expected [min, max], got 3`); the dataclass's own `__post_init__` checks ranges.
 
+`participants_problems(columns, reserved)`: the check of a reader's participants.tsv columns.
+
 A modality declares its method options (tokenizer, masker, embedder) as such a dataclass
 (`Modality.method_type`); the run config's `modality:` section is parsed into it and the
 modality's hooks receive that object and nothing of the engine's config.
@@ -18,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 
@@ -152,3 +154,15 @@ def options_to_dict(opts: Any) -> dict[str, Any]:
         return v
 
     return plain(dataclasses.asdict(opts))
+
+
+def participants_problems(columns: Sequence[Any], reserved: Iterable[str]) -> list[str]:
+    """What is wrong with `columns` as record fields next to a reader's own `reserved` ones."""
+    taken = {*reserved, "participant_id"}
+    problems = []
+    for col in columns:
+        if not isinstance(col, str) or not col or col in taken:
+            problems.append(f"participants column {col!r} is empty or clashes with a field")
+    if len(set(columns)) != len(columns):
+        problems.append(f"participants columns repeat a name: {list(columns)}")
+    return problems

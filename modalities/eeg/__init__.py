@@ -23,6 +23,7 @@ from typing import Any
 import pyarrow as pa
 
 from modalities.base import Modality, ReadContext
+from modalities.bids import add_participants_option
 from modalities.eeg.channels import resolve_channels
 from modalities.eeg.options import (
     BAD_POLICIES,
@@ -166,6 +167,7 @@ class EegModality(Modality):
             default=d.label_from,
             help="what fills the label column: the BIDS task entity (default) or none",
         )
+        add_participants_option(g, "eeg_participants_columns")
 
     def options_from_args(self, args: argparse.Namespace) -> EegOptions:
         d = EegOptions()
@@ -184,6 +186,7 @@ class EegModality(Modality):
             flat_uv=get("flat_uv", "flat_uv"),
             min_channels=get("min_channels", "min_channels"),
             label_from=get("label_from", "label_from"),
+            participants_columns=tuple(get("participants_columns", "participants_columns")),
         )
 
     def schema(self, opts: EegOptions) -> pa.Schema:
@@ -195,7 +198,9 @@ class EegModality(Modality):
             "eeg.units": "microvolts",
             "eeg.positions": "metres, MNE head frame",
         }
-        return record_schema(len(cs.names), opts.window_samples, metadata)
+        return record_schema(
+            len(cs.names), opts.window_samples, metadata, opts.participants_columns
+        )
 
     def read(self, ctx: ReadContext, opts: EegOptions) -> Iterator[dict[str, Any]]:
         cs = resolve_channels(opts)

@@ -8,6 +8,16 @@ signal is a forward projection of a few sources onto the 19 electrodes of the 10
 - alpha: one posterior source at the subject's alpha peak (8-12 Hz), waxing and waning; its
   power is about 10x higher with the eyes closed than open (the Berger effect), which is the
   per-recording label a probe can find;
+- beta: at every electrode a rhythm in the beta band (14-30 Hz) whose frequency changes every
+  second, with a fresh phase each second. Subjects differ in how those frequencies relate
+  (participants.tsv column `rhythm`, the label a JEPA can show): `coupled`, they drift together
+  over neighbouring electrodes (a 5 cm scale) and seconds (2 s), so a token's frequency is
+  predictable from its context; `independent`, every electrode-second draws its own. Each
+  token's frequency is uniform on the band in both classes (modalities/latent_field.py), so no
+  statistic of one token, nor any pooling of per-token features, reads the label: it lives in
+  structure across channels and time, the principle of the positive controls
+  (docs/results.md). Classes alternate in pairs of subjects, so they are balanced against the
+  file format (EDF / FIF alternate by subject);
 - artefacts: blinks (frontal, eyes open only), muscle bursts (20-60 Hz, temporal; half of them
   annotated `BAD_muscle`, which the reader skips), 50 Hz line noise, sensor noise;
 - an ECG and an EOG channel that the reader must not take as EEG.
@@ -29,12 +39,20 @@ import numpy as np
 from modalities.bids import write_participants
 from modalities.eeg.channels import standard_positions
 from modalities.eeg.options import CHANNELS_10_20
+from modalities.latent_field import uniform_field
 from pipelines.shards import atomic_write_text
 
 CONDITIONS = ("eyesclosed", "eyesopen")
 #: Alpha amplitude (uV at the strongest electrode) per condition: closing the eyes raises
 #: posterior alpha several-fold (Berger 1929; Barry et al. 2007 report ~2-3x in amplitude).
 ALPHA_UV = {"eyesclosed": 20.0, "eyesopen": 6.0}
+#: The beta rhythm: band (Hz), amplitude (uV), and the coupled class's correlation lengths over
+#: the scalp (metres) and time (seconds).
+BETA_HZ = (14.0, 30.0)
+BETA_UV = 10.0
+BETA_SPACE_M = 0.05
+BETA_TIME_S = 2.0
+RHYTHMS = ("independent", "coupled")
 #: Blinks per minute: ~15-20 at rest with eyes open (Bentivoglio et al. 1997), none when closed.
 BLINKS_PER_MIN = {"eyesclosed": 0.0, "eyesopen": 15.0}
 _OLD = {"T7": "T3", "T8": "T4", "P7": "T5", "P8": "T6"}
@@ -70,6 +88,23 @@ def _inside(rng: np.random.Generator, centre: np.ndarray, radius: float = 0.015)
     return centre + rng.normal(0, radius, 3)
 
 
+def beta_frequencies(
+    electrodes: np.ndarray, n_seconds: int, coupled: bool, rng: np.random.Generator
+) -> np.ndarray:
+    """The beta rhythm's frequency (Hz) at every electrode and second [C, n_seconds]."""
+    u = uniform_field(electrodes, n_seconds, BETA_SPACE_M, BETA_TIME_S, coupled, rng)
+    return BETA_HZ[0] + (BETA_HZ[1] - BETA_HZ[0]) * u
+
+
+def beta_rhythm(freq: np.ndarray, sfreq: float, rng: np.random.Generator) -> np.ndarray:
+    """[C, n_seconds * sfreq] uV: each electrode-second a sinusoid at its frequency with a
+    uniformly random phase and amplitude `BETA_UV`."""
+    k = np.arange(int(sfreq)) / sfreq
+    phase = rng.uniform(0, 2 * np.pi, size=freq.shape)
+    wave = BETA_UV * np.sin(2 * np.pi * freq[..., None] * k + phase[..., None])
+    return wave.reshape(freq.shape[0], -1)
+
+
 def simulate(
     rng: np.random.Generator,
     electrodes: np.ndarray,
@@ -77,8 +112,13 @@ def simulate(
     alpha_hz: float,
     duration_s: float,
     sfreq: float,
+    coupled: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[float, float, str]]]:
-    """(eeg uV [C, n], eog uV [n], ecg uV [n], annotations (onset, duration, description))."""
+    """(eeg uV [C, n], eog uV [n], ecg uV [n], annotations (onset, duration, description)).
+
+    `coupled` picks the beta rhythm's class (module docstring)."""
+    if not (float(duration_s).is_integer() and float(sfreq).is_integer()):
+        raise ValueError(f"duration_s and sfreq must be whole numbers, got {duration_s}, {sfreq}")
     n = int(round(duration_s * sfreq))
     t = np.arange(n) / sfreq
     centre = electrodes.mean(axis=0) - np.array([0, 0, 0.04])  # the head's centre, roughly
@@ -91,6 +131,8 @@ def simulate(
     envelope = 1.0 + 0.5 * _band(rng, n, sfreq, 0.05, 0.3)
     alpha = _band(rng, n, sfreq, alpha_hz - 0.75, alpha_hz + 0.75) * np.clip(envelope, 0.1, None)
     eeg += ALPHA_UV[condition] * np.outer(_gain(electrodes, _inside(rng, occipital)), alpha)
+    freq = beta_frequencies(electrodes, int(duration_s), coupled, rng)
+    eeg += beta_rhythm(freq, sfreq, rng)
 
     annotations: list[tuple[float, float, str]] = []
     eyes = np.array([0.0, 0.11, -0.03])
@@ -131,7 +173,8 @@ def generate_cohort(
 ) -> list[str]:
     """Write `n_recordings` recordings (two per subject: eyes closed / open); return their paths.
 
-    Subject s is written in `formats[s % len(formats)]` ("edf" or "fif").
+    Subject s is written in `formats[s % len(formats)]` ("edf" or "fif"); its beta rhythm is
+    `RHYTHMS[(s // 2) % 2]` (pairs of subjects, balanced against the format).
     """
     if not formats or set(formats) - {"edf", "fif"}:
         raise ValueError(f"formats must be a non-empty tuple of 'edf' / 'fif', got {formats!r}")
@@ -153,8 +196,15 @@ def generate_cohort(
         fmt = formats[s % len(formats)]
         # A real cap sits a few millimetres off the template positions.
         electrodes = std + rng.normal(0, 0.003, std.shape)
+        rhythm = RHYTHMS[(s // 2) % 2]
         participants.append(
-            (sub, int(rng.integers(20, 70)), "MF"[int(rng.integers(0, 2))], f"{alpha_hz:.2f}")
+            (
+                sub,
+                int(rng.integers(20, 70)),
+                "MF"[int(rng.integers(0, 2))],
+                f"{alpha_hz:.2f}",
+                rhythm,
+            )
         )
         for c in range(2):
             r = 2 * s + c
@@ -163,7 +213,7 @@ def generate_cohort(
             condition = CONDITIONS[(s + c) % 2]  # alternate which condition comes first
             rec_rng = np.random.default_rng([seed, s, c])
             eeg, eog, ecg, ann = simulate(
-                rec_rng, electrodes, condition, alpha_hz, duration_s, sfreq
+                rec_rng, electrodes, condition, alpha_hz, duration_s, sfreq, rhythm == "coupled"
             )
             data = np.vstack([eeg, eog[None], ecg[None]]) * 1e-6  # microvolts -> volts
             eeg_dir = out / sub / "eeg"
@@ -183,7 +233,7 @@ def generate_cohort(
                 raw.set_annotations(mne.Annotations(onset, duration, desc))
             _write_raw(raw, path, fmt)
             paths.append(str(path))
-    write_participants(out / "participants.tsv", ("age", "sex", "alpha_hz"), participants)
+    write_participants(out / "participants.tsv", ("age", "sex", "alpha_hz", "rhythm"), participants)
     atomic_write_text(
         out / "dataset_description.json",
         json.dumps({"Name": "jepa-forge synthetic resting EEG cohort", "BIDSVersion": "1.8.0"}),

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from modalities.options import check_range
+from modalities.options import check_range, participants_problems
 
 #: S-JEPA resamples every recording to 128 Hz.
 DEFAULT_SFREQ = 128.0
@@ -32,6 +32,13 @@ CHANNELS_10_10 = (
 )  # fmt: skip
 CHANNEL_SETS: dict[str, tuple[str, ...]] = {"10-20": CHANNELS_10_20, "10-10": CHANNELS_10_10}
 
+#: The fields of every EEG record (modalities/eeg/reader.py's schema), which participants
+#: columns may not shadow.
+RECORD_FIELDS = (
+    "subject", "session", "task", "run", "label", "window_start_s", "sfreq", "n_channels",
+    "channels", "source_channels", "channel_mask", "positions", "dropped_channels",
+    "bad_channels", "eeg",
+)  # fmt: skip
 BAD_POLICIES = ("drop-channel", "drop-window")
 UNKNOWN_POLICIES = ("keep", "drop")
 LABEL_SOURCES = ("task", "none")
@@ -53,6 +60,8 @@ class EegOptions:
     flat_uv: a channel whose peak-to-peak in a window is below this (microvolts) is flat.
     min_channels: refuse recordings with fewer channels of the set present.
     label_from: what fills the `label` column: "task" (BIDS task entity) or "none".
+    participants_columns: columns of the BIDS participants.tsv (found in a folder above the
+        recording) copied into every record as strings, e.g. a group label for probes.
     """
 
     channels: str | tuple[str, ...] = "10-20"
@@ -67,15 +76,17 @@ class EegOptions:
     flat_uv: float = 1.0
     min_channels: int = 1
     label_from: str = "task"
+    participants_columns: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         # JSON round-trips (manifest, Ray task arguments) turn tuples into lists.
         if isinstance(self.channels, list):
             object.__setattr__(self, "channels", tuple(self.channels))
         object.__setattr__(self, "notch", tuple(float(f) for f in self.notch))
+        object.__setattr__(self, "participants_columns", tuple(self.participants_columns))
         if self.hop_s is None:
             object.__setattr__(self, "hop_s", self.window_s)
-        problems = []
+        problems = participants_problems(self.participants_columns, RECORD_FIELDS)
         if isinstance(self.channels, str):
             if self.channels not in CHANNEL_SETS:
                 problems.append(

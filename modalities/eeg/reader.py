@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from modalities.base import ModalityError
-from modalities.bids import bids_entities
+from modalities.bids import bids_entities, participant_values
 from modalities.eeg.channels import ChannelSet, match_key
 from modalities.eeg.options import EegOptions
 
@@ -53,8 +53,14 @@ def is_recording(path: str) -> bool:
     return True
 
 
-def record_schema(n_channels: int, n_samples: int, metadata: dict[str, str]) -> pa.Schema:
-    """Schema of the records: known from the channel count and window length alone."""
+def record_schema(
+    n_channels: int,
+    n_samples: int,
+    metadata: dict[str, str],
+    participants_columns: tuple[str, ...] = (),
+) -> pa.Schema:
+    """Schema of the records: known from the channel count, window length and the requested
+    participants.tsv columns alone (the fields are `RECORD_FIELDS`, then those columns)."""
     fields = [
         ("subject", pa.string()),
         ("session", pa.string()),
@@ -71,6 +77,7 @@ def record_schema(n_channels: int, n_samples: int, metadata: dict[str, str]) -> 
         ("dropped_channels", pa.list_(pa.string())),
         ("bad_channels", pa.list_(pa.string())),
         ("eeg", pa.fixed_shape_tensor(pa.float32(), [n_channels, n_samples])),
+        *((c, pa.string()) for c in participants_columns),
     ]
     return pa.schema(fields, metadata=metadata)
 
@@ -350,6 +357,7 @@ def _windows(
     del x
     entities = bids_entities(source)
     label = entities["task"] if opts.label_from == "task" else None
+    extra = participant_values(source, entities["subject"], opts.participants_columns)
     w, hop = opts.window_samples, opts.hop_samples
     counts = {"annotated": 0, "bad": 0}
     emitted = 0
@@ -386,6 +394,7 @@ def _windows(
             "dropped_channels": mapping.dropped,
             "bad_channels": bad_names,
             "eeg": eeg,
+            **extra,
         }
     if emitted == 0:
         why = []

@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 
 from modalities.base import Modality, ModalityError, ReadContext
-from modalities.bids import bids_entities, participant_values
+from modalities.bids import add_participants_option, bids_entities, participant_values
 from modalities.fmri.atlas import Atlas, _nearest_labels, atlas_on_grid, load_atlas
 from modalities.fmri.demo import _NETWORK_NODES, generate_cohort, network_weights
 from modalities.fmri.options import (
@@ -169,15 +169,7 @@ class FmriModality(Modality):
             metavar="N",
             help=f"brain-gradient dimensions in stats (default {d.gradient_dims})",
         )
-        g.add_argument(
-            "--participants-column",
-            dest="fmri_participants_columns",
-            action="append",
-            default=[],
-            metavar="NAME",
-            help="copy this column of the BIDS participants.tsv into every record (repeatable), "
-            "e.g. a diagnosis or group label for probes",
-        )
+        add_participants_option(g, "fmri_participants_columns")
 
     def options_from_args(self, args: argparse.Namespace) -> FmriOptions:
         d = FmriOptions()

@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from modalities.bids import write_participants
+from modalities.latent_field import uniform_field
 from pipelines.shards import atomic_write_text
 
 PATCH = 16  # frames per Brain-JEPA token
@@ -97,31 +98,13 @@ def parcellate_ellipsoid(cfg: FrequencyControl, seed: int) -> tuple[np.ndarray, 
     return labels, centroids
 
 
-def _gaussian_kernel_chol(d: np.ndarray, length: float) -> np.ndarray:
-    k = np.exp(-0.5 * (d / length) ** 2) + 1e-6 * np.eye(len(d))
-    return np.linalg.cholesky(k)
-
-
 def latent_field(
     cfg: FrequencyControl, centroids: np.ndarray, smooth: bool, rng: np.random.Generator
 ) -> np.ndarray:
     """Token frequencies [n_rois, n_patches] in cycles per patch, uniform on [f_min, f_max]
     for every token in both classes; smooth over space and time only when `smooth`."""
-    from scipy.stats import norm
-
     n_patches = cfg.n_frames // PATCH
-    if smooth:
-        ds = np.linalg.norm(centroids[:, None] - centroids[None], axis=2)
-        dt = np.abs(np.subtract.outer(np.arange(n_patches), np.arange(n_patches))).astype(float)
-        ls = _gaussian_kernel_chol(ds, cfg.space_mm)
-        lt = _gaussian_kernel_chol(dt, cfg.time_patches)
-        g = ls @ rng.standard_normal((len(centroids), n_patches)) @ lt.T
-        # A separable Gaussian field has unit marginal variance only up to the jitter: rescale
-        # each token to exactly N(0, 1), so the uniform mapping below is exact.
-        g /= np.sqrt((ls**2).sum(1))[:, None] * np.sqrt((lt**2).sum(1))[None, :]
-        u = norm.cdf(g)
-    else:
-        u = rng.uniform(size=(len(centroids), n_patches))
+    u = uniform_field(centroids, n_patches, cfg.space_mm, cfg.time_patches, smooth, rng)
     return cfg.f_min + (cfg.f_max - cfg.f_min) * u
 
 

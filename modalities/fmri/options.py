@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from modalities.options import check_range
+from modalities.options import check_range, participants_problems
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 #: the built-in parcellation, made by modalities/data/make_default_atlas.py (see docs/fmri.md)
@@ -91,11 +91,7 @@ class FmriOptions:
             object.__setattr__(self, "hop", self.window)
         # JSON (the manifest) and Ray hand lists back; the options stay hashable tuples.
         object.__setattr__(self, "participants_columns", tuple(self.participants_columns))
-        problems = []
-        reserved = set(RECORD_FIELDS)
-        for col in self.participants_columns:
-            if not isinstance(col, str) or not col or col in reserved or col == "participant_id":
-                problems.append(f"participants column {col!r} is empty or clashes with a field")
+        problems = participants_problems(self.participants_columns, RECORD_FIELDS)
         if not isinstance(self.window, int) or self.window < 1:
             problems.append(f"window must be a positive number of frames, got {self.window!r}")
         if not isinstance(self.hop, int) or self.hop < 1:

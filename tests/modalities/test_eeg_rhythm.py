@@ -1,0 +1,119 @@
+"""The EEG demo's `rhythm` label (modalities/eeg/demo.py): its beta frequencies are uniform per
+token in both classes and related across electrodes and seconds in one class only; the reader
+copies participants.tsv columns into the records."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.stats import kstest
+
+from modalities.base import ReadContext
+from modalities.eeg import MODALITY, EegOptions
+from modalities.eeg.channels import resolve_channels
+from modalities.eeg.demo import BETA_HZ, RHYTHMS, beta_frequencies, generate_cohort
+from modalities.eeg.options import RECORD_FIELDS
+from modalities.eeg.reader import record_schema
+from pipelines.shards import records_to_table
+from pipelines.worker import full_schema
+
+ELECTRODES = resolve_channels(EegOptions()).positions.astype(np.float64)
+
+
+def neighbour_corr(freq: np.ndarray) -> float:
+    """Correlation of each electrode's frequency with the next second's (the record oracle)."""
+    return float(np.corrcoef(freq[:, :-1].ravel(), freq[:, 1:].ravel())[0, 1])
+
+
+def peak_frequencies(eeg: np.ndarray, sfreq: int = 128) -> np.ndarray:
+    """Each 1-s token's periodogram peak within the beta band [channels, seconds]."""
+    x = eeg.reshape(eeg.shape[0], -1, sfreq)
+    spec = np.abs(np.fft.rfft(x - x.mean(-1, keepdims=True), 4 * sfreq, axis=-1)) ** 2
+    f = np.fft.rfftfreq(4 * sfreq, 1 / sfreq)
+    band = (f >= BETA_HZ[0] - 1) & (f <= BETA_HZ[1] + 1)
+    return f[band][spec[..., band].argmax(-1)]
+
+
+@pytest.mark.parametrize("coupled", [False, True])
+def test_beta_frequencies_are_uniform_per_token_in_both_classes(coupled):
+    rng = np.random.default_rng(0)
+    freq = np.stack([beta_frequencies(ELECTRODES, 64, coupled, rng) for _ in range(20)])
+    assert freq.shape == (20, 19, 64)
+    u = (freq - BETA_HZ[0]) / (BETA_HZ[1] - BETA_HZ[0])
+    # One token (electrode 0, second 10) across recordings, and all tokens pooled: uniform.
+    assert kstest(u[:, 0, 10], "uniform").pvalue > 1e-3
+    assert kstest(u.ravel()[::7], "uniform").pvalue > 1e-3
+    corr = np.mean([neighbour_corr(f) for f in freq])
+    assert (corr > 0.7) if coupled else (abs(corr) < 0.05)
+
+
+def test_classes_are_balanced_against_the_file_format(tmp_path):
+    paths = [Path(p) for p in generate_cohort(tmp_path, 8, seed=0, duration_s=32.0)]
+    rows = (tmp_path / "participants.tsv").read_text().splitlines()
+    assert rows[0].split("\t")[-1] == "rhythm"
+    rhythm = dict(r.split("\t")[::4] for r in rows[1:])
+    fmt = {p.parent.parent.name: p.suffix for p in paths}
+    pairs = {(rhythm[s], fmt[s]) for s in rhythm}
+    assert pairs == {(r, f) for r in RHYTHMS for f in (".edf", ".fif")}
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> dict[str, list[dict]]:
+    root = tmp_path_factory.mktemp("eeg-rhythm")
+    paths = generate_cohort(root, 8, seed=4, duration_s=48.0)
+    opts = EegOptions(participants_columns=["rhythm", "age"])  # lists come back from JSON
+    assert opts.participants_columns == ("rhythm", "age")
+    out = {}
+    for p in paths:
+        ctx = ReadContext(p, p, os.path.getsize(p), 1 << 34)
+        out[p] = list(MODALITY.read(ctx, opts))
+    return out
+
+
+def test_records_carry_participants_columns_and_fit_the_schema(cohort):
+    opts = EegOptions(participants_columns=("rhythm", "age"))
+    schema = full_schema(MODALITY.schema(opts))
+    assert schema.names[-2:] == ["rhythm", "age"]
+    for recs in cohort.values():
+        assert {r["rhythm"] for r in recs} <= set(RHYTHMS) and len({r["rhythm"] for r in recs}) == 1
+        assert all(r["age"].isdigit() for r in recs)
+        table = records_to_table([{"id": "x", "source": "s", **r} for r in recs], schema)
+        assert table.column("rhythm").to_pylist() == [r["rhythm"] for r in recs]
+    # The reader's fields are the ones participants columns may not shadow.
+    assert record_schema(19, 2048, {}).names == list(RECORD_FIELDS)
+
+
+def test_the_rhythm_label_is_read_by_the_oracle_not_by_token_power(cohort):
+    corr = {r: [] for r in RHYTHMS}
+    power = {r: [] for r in RHYTHMS}
+    for recs in cohort.values():
+        for r in recs:
+            eeg = np.asarray(r["eeg"], dtype=np.float64)
+            corr[r["rhythm"]].append(neighbour_corr(peak_frequencies(eeg)))
+            x = eeg.reshape(19, 16, 128)
+            spec = np.abs(np.fft.rfft(x, axis=-1)) ** 2
+            power[r["rhythm"]].append(spec[..., 14:31].sum(-1).mean())
+    # The one-feature oracle separates every record ...
+    assert min(corr["coupled"]) > 0.4 > 0.2 > max(corr["independent"])
+    # ... while the beta power of the tokens is the same in both classes (within 10%).
+    ratio = np.mean(power["coupled"]) / np.mean(power["independent"])
+    assert 0.9 < ratio < 1.1
+
+
+@pytest.mark.parametrize("bad", ["eeg", "subject", "label", "participant_id", ""])
+def test_participants_columns_may_not_clash(bad):
+    with pytest.raises(ValueError, match="participants column"):
+        EegOptions(participants_columns=(bad,))
+
+
+def test_participants_column_flag():
+    parser = argparse.ArgumentParser()
+    MODALITY.add_cli_options(parser)
+    args = parser.parse_args(["--participants-column", "rhythm", "--participants-column", "age"])
+    assert MODALITY.options_from_args(args).participants_columns == ("rhythm", "age")
+    with pytest.raises(ValueError, match="repeat"):
+        EegOptions(participants_columns=("rhythm", "rhythm"))
