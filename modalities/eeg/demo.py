@@ -11,7 +11,7 @@ signal is a forward projection of a few sources onto the 19 electrodes of the 10
 - beta: at every electrode a rhythm in the beta band (14-30 Hz) whose frequency changes every
   second, with a fresh phase each second. Subjects differ in how those frequencies relate
   (participants.tsv column `rhythm`, the label a JEPA can show): `coupled`, they drift together
-  over neighbouring electrodes (a 5 cm scale) and seconds (2 s), so a token's frequency is
+  over neighbouring electrodes (a 10 cm scale) and seconds (2 s), so a token's frequency is
   predictable from its context; `independent`, every electrode-second draws its own. Each
   token's frequency is uniform on the band in both classes (modalities/latent_field.py), so no
   statistic of one token, nor any pooling of per-token features, reads the label: it lives in
@@ -50,7 +50,7 @@ ALPHA_UV = {"eyesclosed": 20.0, "eyesopen": 6.0}
 #: the scalp (metres) and time (seconds).
 BETA_HZ = (14.0, 30.0)
 BETA_UV = 10.0
-BETA_SPACE_M = 0.05
+BETA_SPACE_M = 0.10
 BETA_TIME_S = 2.0
 RHYTHMS = ("independent", "coupled")
 #: Blinks per minute: ~15-20 at rest with eyes open (Bentivoglio et al. 1997), none when closed.
