@@ -116,7 +116,7 @@ def test_eeg_drawer_writes_png_with_spatial_blocks(tmp_path):
     from modalities.eeg.sjepa import CHANNEL, SpatialBlockMasker, tokenize_record
     from pipelines.worker import full_schema
 
-    path = generate_cohort(tmp_path / "raw", 1, seed=2, duration_s=40.0)[0]
+    path = generate_cohort(tmp_path / "raw", 1, seed=2, duration_s=64.0)[0]
     opts = EEG.options_type()
     ctx = ReadContext(str(path), str(path), os.path.getsize(path), 1 << 34)
     records = [{"id": f"r{i}", "source": str(path), **r} for i, r in enumerate(EEG.read(ctx, opts))]
