@@ -10,7 +10,7 @@ signal is a forward projection of a few sources onto the 19 electrodes of the 10
   per-recording label a probe can find;
 - beta: at every electrode a rhythm in the beta band (14-30 Hz) whose frequency changes every
   second, with a fresh phase each second. Subjects differ in how those frequencies relate
-  (participants.tsv column `rhythm`, the label a JEPA can show): `coupled`, they drift together
+  (participants.tsv column `rhythm`, the EEG positive control): `coupled`, they drift together
   over neighbouring electrodes (a 10 cm scale) and seconds (2 s), so a token's frequency is
   predictable from its context; `independent`, every electrode-second draws its own. Each
   token's frequency is uniform on the band in both classes (modalities/latent_field.py), so no
