@@ -155,8 +155,10 @@ def train(
         p = pred(enc(x, c, ctx_idx), take(pos, ctx_idx), take(pos, tgt_idx))
         with torch.no_grad():
             h = target(x, c)
-            if targets == "position_centered":
+            if targets in ("position_centered", "double_centered"):
                 h = h - h.mean(0, keepdim=True)  # every sample shares the grid
+            if targets == "double_centered":
+                h = h - h.mean(1, keepdim=True)  # exact after the above on a full grid
             h = F.layer_norm(h, (h.shape[-1],))
         loss = F.smooth_l1_loss(p, take(h, tgt_idx))
         opt.zero_grad()
@@ -201,7 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True, help="safetensors file of the target encoder")
     p.add_argument(
-        "--targets", choices=("position_centered", "layer_norm"), default="position_centered"
+        "--targets",
+        choices=("position_centered", "double_centered", "layer_norm"),
+        default="position_centered",
     )
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--seed", type=int, default=0)

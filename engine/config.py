@@ -19,7 +19,7 @@ import yaml
 from modalities.options import OptionError, coerce
 
 OBJECTIVES = ("jepa", "mae")
-TARGET_NORMS = ("position_centered", "layer_norm")
+TARGET_NORMS = ("position_centered", "double_centered", "layer_norm")
 INITS = ("fan_in", "ijepa")
 
 
@@ -78,8 +78,10 @@ class LossConfig:
     # How JEPA targets are normalised. position_centered: subtract, at each token position
     # (equal coords), the batch mean of the target features there, then layer-norm each token;
     # a target that only encodes where the token sits is then zero, so the predictor cannot
-    # meet the targets from the mask tokens' positions alone. layer_norm: I-JEPA's per-token
-    # layer norm only.
+    # meet the targets from the mask tokens' positions alone. double_centered: also subtract
+    # each record's own mean over its tokens (a feature constant over a record, which any
+    # context token gives away, is then zero too). layer_norm: I-JEPA's per-token layer norm
+    # only.
     target_norm: str = "position_centered"
 
 

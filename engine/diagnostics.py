@@ -3,12 +3,15 @@
 A falling loss proves nothing. Two ways to meet the targets without learning content:
 - the positional shortcut: the target encoder's features become (mostly) a function of where a
   token sits, which the predictor reads off the mask tokens' positions;
+- the record shortcut: they become (mostly) a function of which record the token is in (its
+  subject, session or file), which any one context token gives away;
 - collapse: the targets lose their spread or their rank, or become mostly one constant vector
   (predicting the batch mean then meets most of the loss: how I-JEPA's layer-normed targets
   were met on the fMRI positive control, docs/results.md).
 
 `target_diagnostics` measures both on a batch: the share of the target encoder's feature
 variance that position explains (over the batch's tokens grouped by position, bias-corrected),
+the share of what position leaves that the record explains (the same measure, grouped by record),
 the per-dimension spread of the regression targets, their effective rank and the share of their
 energy in their mean vector. `attention_entropy`
 gives each encoder layer's mean attention entropy over log(sequence length): 1.0 is uniform
@@ -26,10 +29,12 @@ import torch
 import torch.nn.functional as F
 
 from engine.batch import TokenBatch
-from engine.model import Encoder
+from engine.model import Encoder, center_by_position
 
 #: position explains at least this share of the target features' variance: the shortcut
 SHORTCUT_SHARE = 0.9
+#: the record explains at least this share of the position-centred target features' variance
+RECORD_SHARE = 0.5
 #: the targets' effective rank below this share of their width (and below 2): a collapse
 COLLAPSE_RANK = 0.05
 #: the targets' mean per-dimension std below this (layer-normed targets start near 1)
@@ -38,13 +43,11 @@ COLLAPSE_STD = 0.1
 CONSTANT_SHARE = 0.9
 
 
-def position_share(
-    h: torch.Tensor, group: torch.Tensor, n_groups: int, valid: torch.Tensor
-) -> float:
-    """Share of the variance of features h [T, D] explained by the token position `group` [T]
-    (omega squared: between-position sum of squares minus what the within-position noise puts
-    there by chance, over the total). Tokens whose position occurs once carry no within-position
-    information and are left out; None-like 0.0 when no position repeats."""
+def group_share(h: torch.Tensor, group: torch.Tensor, n_groups: int, valid: torch.Tensor) -> float:
+    """Share of the variance of features h [T, D] explained by the token grouping `group` [T]
+    (token positions, or records), omega squared: between-group sum of squares minus what the
+    within-group noise puts there by chance, over the total. Tokens whose group occurs once
+    carry no within-group information and are left out; 0.0 when no group repeats."""
     h, group = h[valid].double(), group[valid]
     counts = torch.bincount(group, minlength=n_groups)
     keep = counts[group] > 1
@@ -85,17 +88,22 @@ def target_diagnostics(
     h: torch.Tensor, targets: torch.Tensor, batch: TokenBatch
 ) -> dict[str, float]:
     """h [B, N, D]: the target encoder's features of every token (before normalising);
-    targets [Tt, D]: the regression targets of the step. Keys: pos_share, target_rank,
-    target_const (|mean target|^2 over the mean |target|^2: 1 when every target is the same
-    vector, about 1/Tt for centred ones)."""
+    targets [Tt, D]: the regression targets of the step. Keys: pos_share, rec_share (the
+    record's share of the position-centred features' variance), target_rank, target_const
+    (|mean target|^2 over the mean |target|^2: 1 when every target is the same vector, about
+    1/Tt for centred ones)."""
     b, n, d = h.shape
     lengths = batch.n_tokens.to(h.device)
     valid = (torch.arange(n, device=h.device)[None, :] < lengths[:, None]).reshape(-1)
     # Measured on I-JEPA's layer-normed features: what the predictor would face without centring.
     flat = F.layer_norm(h.float(), (d,)).reshape(b * n, d)
     group = batch.pos_group.to(h.device)
+    n_groups = int(batch.n_pos_groups)
+    records = torch.arange(b, device=h.device).repeat_interleave(n)
+    centred = center_by_position(flat.view(b, n, d), group, n_groups).reshape(b * n, d)
     return {
-        "pos_share": position_share(flat, group, int(batch.n_pos_groups), valid),
+        "pos_share": group_share(flat, group, n_groups, valid),
+        "rec_share": group_share(centred, records, b, valid),
         "target_rank": effective_rank(targets.float()),
         "target_const": constant_share(targets.float()),
     }
@@ -151,6 +159,13 @@ def check(diag: dict[str, float], width: int, target_norm: str) -> list[str]:
         out.append(
             f"positional shortcut: position explains {share:.0%} of the target features' "
             f"variance (>= {SHORTCUT_SHARE:.0%}){hint}"
+        )
+    rec = diag.get("rec_share")
+    if rec is not None and rec >= RECORD_SHARE and target_norm != "double_centered":
+        out.append(
+            f"record shortcut: the record explains {rec:.0%} of the position-centred target "
+            f"features' variance (>= {RECORD_SHARE:.0%}), which any context token gives away "
+            "(loss.target_norm=double_centered takes it out of the targets)"
         )
     rank = diag.get("target_rank")
     if rank is not None and rank < max(2.0, COLLAPSE_RANK * width):

@@ -117,10 +117,11 @@ def plot_curves(run_dir: str | Path) -> Path | None:
     ax_rank.set_ylabel("effective rank of the targets")
     ax_rank.legend(loc="lower right")
     ax_pos.plot(*series("pos_share"), marker=".", label="pos_share (position's share)")
+    ax_pos.plot(*series("rec_share"), marker=".", label="rec_share (record's share)")
     ax_pos.plot(*series("target_const"), marker=".", label="target_const (mean vector's share)")
     ax_pos.set_ylim(0, 1)
     ax_pos.axhline(0.9, color="tab:red", linestyle=":", label="warning threshold")
-    ax_pos.set_title("shortcuts: target variance explained by position / a constant")
+    ax_pos.set_title("shortcuts: target variance explained by position / record / a constant")
     ax_pos.legend(loc="lower left")
     layers = sorted(
         {k for r in rows for k in r if k.startswith("attn_entropy_")},

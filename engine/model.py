@@ -256,6 +256,34 @@ def center_by_position(h: torch.Tensor, group: torch.Tensor, n_groups: int) -> t
     return (flat - (sums / counts[:, None]).index_select(0, group)).view(b, n, d)
 
 
+def center_by_record(h: torch.Tensor, n_tokens: torch.Tensor) -> torch.Tensor:
+    """h [B, N, D] minus, for every real token, its own record's mean of h over the record's
+    n_tokens [B] real tokens; padding rows are left as they are."""
+    b, n, d = h.shape
+    lengths = n_tokens.to(h.device)
+    valid = (torch.arange(n, device=h.device)[None, :] < lengths[:, None]).unsqueeze(-1)
+    mean = (
+        torch.where(valid, h, 0).sum(1, keepdim=True)
+        / lengths.clamp_min(1).to(h.dtype)[:, None, None]
+    )
+    return torch.where(valid, h - mean, h)
+
+
+#: alternations of position and record centring in `double_center` (exact after one when every
+#: record has a token at every position; ragged batches converge geometrically)
+DOUBLE_CENTER_PASSES = 3
+
+
+def double_center(h: torch.Tensor, batch: TokenBatch) -> torch.Tensor:
+    """h [B, N, D] less its additive position and record effects: position and record
+    centring alternated `DOUBLE_CENTER_PASSES` times (a two-way design's backfitting)."""
+    for _ in range(DOUBLE_CENTER_PASSES):
+        h = center_by_record(
+            center_by_position(h, batch.pos_group, batch.n_pos_groups), batch.n_tokens
+        )
+    return h
+
+
 def normalize_targets(h: torch.Tensor, batch: TokenBatch, norm: str) -> torch.Tensor:
     """Target-encoder features [B, N, D] -> the regression targets, fp32 [B, N, D]. The one
     place the targets' normalisation lives (eager and CUDA-graph paths both call it).
@@ -263,12 +291,20 @@ def normalize_targets(h: torch.Tensor, batch: TokenBatch, norm: str) -> torch.Te
     layer_norm: I-JEPA's per-token layer norm (no affine). position_centered: first subtract
     the batch mean at each token position (`center_by_position`), so a feature that only says
     where a token sits is zero and the predictor cannot meet it from the mask tokens' positions.
+    double_centered: position-centred, and each record's own mean over its tokens subtracted
+    too (`double_center`; data2vec's instance normalisation of speech targets, without its
+    scaling), so a feature that only says which record a token belongs to is zero as well and
+    the predictor cannot meet the targets from any one context token's record-wide content.
     """
     h = h.float()
     if norm == "position_centered":
         h = center_by_position(h, batch.pos_group, batch.n_pos_groups)
+    elif norm == "double_centered":
+        h = double_center(h, batch)
     elif norm != "layer_norm":
-        raise ValueError(f"target norm must be position_centered or layer_norm, got {norm!r}")
+        raise ValueError(
+            f"target norm must be position_centered, double_centered or layer_norm, got {norm!r}"
+        )
     return F.layer_norm(h, (h.shape[-1],))
 
 

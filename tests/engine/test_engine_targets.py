@@ -10,16 +10,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.batch import Sample, pack, position_groups
+from engine.batch import Sample, pack, pack_tokens, position_groups
 from engine.config import ConfigError, load_config
 from engine.diagnostics import (
     attention_entropy,
     check,
     constant_share,
     effective_rank,
-    position_share,
+    group_share,
 )
-from engine.model import Encoder, center_by_position, normalize_targets, target_features
+from engine.model import (
+    Encoder,
+    center_by_position,
+    double_center,
+    normalize_targets,
+    target_features,
+)
 from engine.objective import mae_targets
 from modalities.grid import GridEmbedder
 
@@ -69,8 +75,37 @@ def test_normalize_targets_modes_and_bad_mode():
     torch.testing.assert_close(ln, F.layer_norm(h, (8,)))
     pc = normalize_targets(h, batch, "position_centered")
     torch.testing.assert_close(pc, F.layer_norm(h - h.mean(0, keepdim=True), (8,)))
+    dc = normalize_targets(h, batch, "double_centered")
+    pos_centred = h - h.mean(0, keepdim=True)
+    torch.testing.assert_close(
+        dc, F.layer_norm(pos_centred - pos_centred.mean(1, keepdim=True), (8,))
+    )
     with pytest.raises(ValueError, match="target norm"):
         normalize_targets(h, batch, "batch_norm")
+
+
+def test_double_centred_targets_zero_a_record_constant_encoder_and_keep_padding():
+    """A feature that says only which record a token is in (plus where it sits) leaves nothing
+    once double-centred; position-centred targets keep it. Records of unequal length: the
+    record mean is over its real tokens, padding rows stay zero."""
+    rng = np.random.default_rng(1)
+    coords = np.stack(np.meshgrid(np.arange(3), np.arange(4), indexing="ij"), -1).reshape(-1, 2)
+    lengths = [12, 9, 12, 7]
+    batch = pack_tokens(
+        [rng.standard_normal((n, 16)).astype(np.float32) for n in lengths],
+        [coords[:n] for n in lengths],
+    )
+    per_record, per_position = torch.randn(4, 1, 8), torch.randn(1, 12, 8)
+    h = per_record + per_position + 1e-4 * torch.randn(4, 12, 8)
+    for i, n in enumerate(lengths):
+        h[i, n:] = 0
+    valid = torch.arange(12)[None, :] < torch.tensor(lengths)[:, None]
+    dc = normalize_targets(h, batch, "double_centered")
+    pc = normalize_targets(h, batch, "position_centered")
+    raw_dc = double_center(h, batch)
+    assert raw_dc[valid].abs().max() < 0.02 and pc[valid].abs().mean() > 0.3
+    assert torch.all(raw_dc[~valid] == 0)
+    assert dc.shape == h.shape
 
 
 def test_target_features_position_only_encoder_gives_zero_centred_targets():
@@ -139,10 +174,12 @@ def test_position_share_and_effective_rank():
     pos = torch.randn(n_pos, d)[group]
     noise = torch.randn(n_pos * reps, d)
     valid = torch.ones(len(group), dtype=torch.bool)
-    assert position_share(pos + 0.01 * noise, group, n_pos, valid) > 0.99
-    assert position_share(noise, group, n_pos, valid) < 0.05
-    half = position_share(pos + noise, group, n_pos, valid)
+    assert group_share(pos + 0.01 * noise, group, n_pos, valid) > 0.99
+    assert group_share(noise, group, n_pos, valid) < 0.05
+    half = group_share(pos + noise, group, n_pos, valid)
     assert 0.35 < half < 0.65
+    records = torch.arange(reps).repeat_interleave(n_pos)  # the same values grouped otherwise
+    assert group_share(pos + 0.01 * noise, records, reps, valid) < 0.05
     assert abs(effective_rank(torch.randn(4000, 8)) - 8) < 0.3
     line = torch.randn(500, 1) * torch.randn(1, 8)
     assert effective_rank(line) < 1.05
@@ -168,6 +205,10 @@ def test_check_names_the_number_that_tripped():
     assert check({"pos_share": 0.4, "target_rank": 20.0, "target_std": 0.9}, 32, "layer_norm") == []
     msgs = check({"target_const": 0.95}, 32, "layer_norm")
     assert len(msgs) == 1 and "constant targets" in msgs[0] and "95%" in msgs[0]
+    msgs = check({"rec_share": 0.6}, 32, "position_centered")
+    assert len(msgs) == 1 and "record shortcut" in msgs[0] and "60%" in msgs[0]
+    assert "double_centered" in msgs[0]
+    assert check({"rec_share": 0.6}, 32, "double_centered") == []
 
 
 def test_constant_share_sees_a_shared_vector():
