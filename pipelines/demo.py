@@ -15,7 +15,7 @@ from pathlib import Path
 from modalities import Modality
 
 # Bump when a generator changes, so caches of the old output are not reused.
-DEMO_VERSION = 2
+DEMO_VERSION = 3
 
 
 def cache_root() -> Path:

@@ -240,7 +240,7 @@ class EegModality(Modality):
     def embedder(self, opts: SJepaMethod, dim: int, stats: dict[str, Any] | None = None) -> Any:
         from modalities.eeg.sjepa import EegEmbedder
 
-        return EegEmbedder(dim, features=opts.features)
+        return EegEmbedder(dim, opts.conv_widths, features=opts.features)
 
     def legacy_options(self, legacy: Mapping[str, Any]) -> dict[str, Any]:
         """Runs saved before modality options: the S-JEPA masker read mask.num_targets blocks

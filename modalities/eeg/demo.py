@@ -8,13 +8,16 @@ signal is a forward projection of a few sources onto the 19 electrodes of the 10
 - alpha: one posterior source at the subject's alpha peak (8-12 Hz), waxing and waning; its
   power is about 10x higher with the eyes closed than open (the Berger effect), which is the
   per-recording label a probe can find;
-- beta: at every electrode a rhythm in the beta band (14-30 Hz) whose frequency changes every
-  second, with a fresh phase each second. Subjects differ in how those frequencies relate
-  (participants.tsv column `rhythm`, the EEG positive control): `coupled`, they drift together
-  over neighbouring electrodes (a 10 cm scale) and seconds (2 s), so a token's frequency is
-  predictable from its context; `independent`, every electrode-second draws its own. Each
-  token's frequency is uniform on the band in both classes (modalities/latent_field.py), so no
-  statistic of one token, nor any pooling of per-token features, reads the label: it lives in
+- beta: at every electrode a rhythm in the beta band (14-30 Hz) whose amplitude (3-20 uV,
+  log-uniform) and frequency change every second, with a fresh phase each second. Subjects
+  differ in how the amplitudes relate (participants.tsv column `rhythm`, the EEG positive
+  control): `coupled`, the amplitude envelopes wax and wane together over neighbouring
+  electrodes (a 10 cm scale) and seconds (2 s), so a token's beta amplitude is predictable from
+  its context (the amplitude-envelope coupling of EEG / MEG connectivity studies);
+  `independent`, every electrode-second draws its own. The frequency is drawn independently
+  per electrode-second in both classes: content no context predicts. Each token's amplitude
+  and frequency are distributed alike in both classes (modalities/latent_field.py), so no
+  statistic of one token, nor the mean of any per-token feature, reads the label: it lives in
   structure across channels and time, the principle of the positive controls
   (docs/results.md). Classes alternate in pairs of subjects, so they are balanced against the
   file format (EDF / FIF alternate by subject);
@@ -46,10 +49,10 @@ CONDITIONS = ("eyesclosed", "eyesopen")
 #: Alpha amplitude (uV at the strongest electrode) per condition: closing the eyes raises
 #: posterior alpha several-fold (Berger 1929; Barry et al. 2007 report ~2-3x in amplitude).
 ALPHA_UV = {"eyesclosed": 20.0, "eyesopen": 6.0}
-#: The beta rhythm: band (Hz), amplitude (uV), and the coupled class's correlation lengths over
-#: the scalp (metres) and time (seconds).
+#: The beta rhythm: band (Hz), amplitude range (uV, log-uniform), and the coupled class's
+#: correlation lengths of the amplitude over the scalp (metres) and time (seconds).
 BETA_HZ = (14.0, 30.0)
-BETA_UV = 10.0
+BETA_UV = (3.0, 20.0)
 BETA_SPACE_M = 0.10
 BETA_TIME_S = 2.0
 RHYTHMS = ("independent", "coupled")
@@ -88,21 +91,24 @@ def _inside(rng: np.random.Generator, centre: np.ndarray, radius: float = 0.015)
     return centre + rng.normal(0, radius, 3)
 
 
-def beta_frequencies(
+def beta_amplitudes(
     electrodes: np.ndarray, n_seconds: int, coupled: bool, rng: np.random.Generator
 ) -> np.ndarray:
-    """The beta rhythm's frequency (Hz) at every electrode and second [C, n_seconds]."""
+    """The beta rhythm's amplitude (uV) at every electrode and second [C, n_seconds]:
+    log-uniform on `BETA_UV` in both classes, a smooth field over the scalp and time when
+    `coupled`, independent draws otherwise."""
     u = uniform_field(electrodes, n_seconds, BETA_SPACE_M, BETA_TIME_S, coupled, rng)
-    return BETA_HZ[0] + (BETA_HZ[1] - BETA_HZ[0]) * u
+    return BETA_UV[0] * (BETA_UV[1] / BETA_UV[0]) ** u
 
 
-def beta_rhythm(freq: np.ndarray, sfreq: float, rng: np.random.Generator) -> np.ndarray:
-    """[C, n_seconds * sfreq] uV: each electrode-second a sinusoid at its frequency with a
-    uniformly random phase and amplitude `BETA_UV`."""
+def beta_rhythm(amp: np.ndarray, sfreq: float, rng: np.random.Generator) -> np.ndarray:
+    """[C, n_seconds * sfreq] uV: each electrode-second a sinusoid of amplitude `amp` at a
+    frequency drawn uniformly on `BETA_HZ`, with a uniformly random phase."""
     k = np.arange(int(sfreq)) / sfreq
-    phase = rng.uniform(0, 2 * np.pi, size=freq.shape)
-    wave = BETA_UV * np.sin(2 * np.pi * freq[..., None] * k + phase[..., None])
-    return wave.reshape(freq.shape[0], -1)
+    freq = rng.uniform(*BETA_HZ, size=amp.shape)
+    phase = rng.uniform(0, 2 * np.pi, size=amp.shape)
+    wave = amp[..., None] * np.sin(2 * np.pi * freq[..., None] * k + phase[..., None])
+    return wave.reshape(amp.shape[0], -1)
 
 
 def simulate(
@@ -131,8 +137,8 @@ def simulate(
     envelope = 1.0 + 0.5 * _band(rng, n, sfreq, 0.05, 0.3)
     alpha = _band(rng, n, sfreq, alpha_hz - 0.75, alpha_hz + 0.75) * np.clip(envelope, 0.1, None)
     eeg += ALPHA_UV[condition] * np.outer(_gain(electrodes, _inside(rng, occipital)), alpha)
-    freq = beta_frequencies(electrodes, int(duration_s), coupled, rng)
-    eeg += beta_rhythm(freq, sfreq, rng)
+    amp = beta_amplitudes(electrodes, int(duration_s), coupled, rng)
+    eeg += beta_rhythm(amp, sfreq, rng)
 
     annotations: list[tuple[float, float, str]] = []
     eyes = np.array([0.0, 0.11, -0.03])

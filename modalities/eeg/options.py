@@ -206,6 +206,7 @@ class SJepaMethod:
     # I-JEPA mask defaults read as 4 blocks of 15-20% of the channels): unchanged.
     masks: tuple[SpatialSpec, ...] = (SpatialSpec(num=4, channel_scale=(0.15, 0.2)),)
     features: str = "segment"
+    conv_widths: tuple[int, ...] = (32, 64, 128)
     min_context: float = 0.1
     max_tries: int = 100
 
@@ -216,6 +217,10 @@ class SJepaMethod:
             raise ValueError(f"min_context: must be in [0, 1), got {self.min_context}")
         if self.max_tries < 1:
             raise ValueError(f"max_tries: must be >= 1, got {self.max_tries}")
+        if len(self.conv_widths) != 3 or min(self.conv_widths) < 1:
+            raise ValueError(
+                f"conv_widths: expected three positive layer widths, got {list(self.conv_widths)}"
+            )
         if self.features not in FEATURE_ENCODERS:
             raise ValueError(
                 f"features: expected one of {', '.join(FEATURE_ENCODERS)}, got {self.features!r}"

@@ -1,4 +1,4 @@
-"""The EEG demo's `rhythm` label (modalities/eeg/demo.py): its beta frequencies are uniform per
+"""The EEG demo's `rhythm` label (modalities/eeg/demo.py): its beta amplitudes are log-uniform per
 token in both classes and related across electrodes and seconds in one class only; the reader
 copies participants.tsv columns into the records."""
 
@@ -15,7 +15,7 @@ from scipy.stats import kstest
 from modalities.base import ReadContext
 from modalities.eeg import MODALITY, EegOptions
 from modalities.eeg.channels import resolve_channels
-from modalities.eeg.demo import BETA_HZ, RHYTHMS, beta_frequencies, generate_cohort
+from modalities.eeg.demo import BETA_HZ, BETA_UV, RHYTHMS, beta_amplitudes, generate_cohort
 from modalities.eeg.options import RECORD_FIELDS
 from modalities.eeg.reader import record_schema
 from pipelines.shards import records_to_table
@@ -24,30 +24,29 @@ from pipelines.worker import full_schema
 ELECTRODES = resolve_channels(EegOptions()).positions.astype(np.float64)
 
 
-def neighbour_corr(freq: np.ndarray) -> float:
-    """Correlation of each electrode's frequency with the next second's (the record oracle)."""
-    return float(np.corrcoef(freq[:, :-1].ravel(), freq[:, 1:].ravel())[0, 1])
+def neighbour_corr(value: np.ndarray) -> float:
+    """Correlation of each electrode's value with the next second's (the record oracle)."""
+    return float(np.corrcoef(value[:, :-1].ravel(), value[:, 1:].ravel())[0, 1])
 
 
-def peak_frequencies(eeg: np.ndarray, sfreq: int = 128) -> np.ndarray:
-    """Each 1-s token's periodogram peak within the beta band [channels, seconds]."""
+def beta_log_power(eeg: np.ndarray, sfreq: int = 128) -> np.ndarray:
+    """Each 1-s token's log power in the beta band [channels, seconds]."""
     x = eeg.reshape(eeg.shape[0], -1, sfreq)
-    spec = np.abs(np.fft.rfft(x - x.mean(-1, keepdims=True), 4 * sfreq, axis=-1)) ** 2
-    f = np.fft.rfftfreq(4 * sfreq, 1 / sfreq)
-    band = (f >= BETA_HZ[0] - 1) & (f <= BETA_HZ[1] + 1)
-    return f[band][spec[..., band].argmax(-1)]
+    spec = np.abs(np.fft.rfft(x, axis=-1)) ** 2
+    f = np.fft.rfftfreq(sfreq, 1 / sfreq)
+    return np.log(spec[..., (f >= BETA_HZ[0]) & (f <= BETA_HZ[1])].sum(-1))
 
 
 @pytest.mark.parametrize("coupled", [False, True])
-def test_beta_frequencies_are_uniform_per_token_in_both_classes(coupled):
+def test_beta_amplitudes_are_log_uniform_per_token_in_both_classes(coupled):
     rng = np.random.default_rng(0)
-    freq = np.stack([beta_frequencies(ELECTRODES, 64, coupled, rng) for _ in range(20)])
-    assert freq.shape == (20, 19, 64)
-    u = (freq - BETA_HZ[0]) / (BETA_HZ[1] - BETA_HZ[0])
+    amp = np.stack([beta_amplitudes(ELECTRODES, 64, coupled, rng) for _ in range(20)])
+    assert amp.shape == (20, 19, 64)
+    u = np.log(amp / BETA_UV[0]) / np.log(BETA_UV[1] / BETA_UV[0])
     # One token (electrode 0, second 10) across recordings, and all tokens pooled: uniform.
     assert kstest(u[:, 0, 10], "uniform").pvalue > 1e-3
     assert kstest(u.ravel()[::7], "uniform").pvalue > 1e-3
-    corr = np.mean([neighbour_corr(f) for f in freq])
+    corr = np.mean([neighbour_corr(a) for a in amp])
     assert (corr > 0.7) if coupled else (abs(corr) < 0.05)
 
 
@@ -92,16 +91,15 @@ def test_the_rhythm_label_is_read_by_the_oracle_not_by_token_power(cohort):
     power = {r: [] for r in RHYTHMS}
     for recs in cohort.values():
         for r in recs:
-            eeg = np.asarray(r["eeg"], dtype=np.float64)
-            corr[r["rhythm"]].append(neighbour_corr(peak_frequencies(eeg)))
-            x = eeg.reshape(19, 16, 128)
-            spec = np.abs(np.fft.rfft(x, axis=-1)) ** 2
-            power[r["rhythm"]].append(spec[..., 14:31].sum(-1).mean())
+            log_power = beta_log_power(np.asarray(r["eeg"], dtype=np.float64))
+            corr[r["rhythm"]].append(neighbour_corr(log_power))
+            power[r["rhythm"]].append(log_power.mean())
     # The one-feature oracle separates every record ...
-    assert min(corr["coupled"]) > 0.4 > 0.2 > max(corr["independent"])
-    # ... while the beta power of the tokens is the same in both classes (within 10%).
-    ratio = np.mean(power["coupled"]) / np.mean(power["independent"])
-    assert 0.9 < ratio < 1.1
+    assert min(corr["coupled"]) > 0.4 > 0.25 > max(corr["independent"])
+    # ... while the tokens' beta power is the same in both classes: the means differ by far less
+    # than the log-power range of the rhythm (3.8; 8 subjects differ by ~0.13 here, the
+    # 64-subject cohort of docs/results.md by 0.03).
+    assert abs(np.mean(power["coupled"]) - np.mean(power["independent"])) < 0.25
 
 
 @pytest.mark.parametrize("bad", ["eeg", "subject", "label", "participant_id", ""])

@@ -169,6 +169,18 @@ def test_masker_from_the_modality_options_and_refusals():
         masker(np.random.default_rng(0), np.zeros((4, 2), dtype=np.int64))
 
 
+def test_conv_widths_set_the_segment_encoder_and_are_checked():
+    opts = method_options(MODALITY, load_config(overrides=["modality.conv_widths=[8, 16, 32]"]))
+    emb = MODALITY.embedder(opts, 32)
+    widths = [m.out_channels for m in emb.features.convs if isinstance(m, torch.nn.Conv1d)]
+    assert widths == [8, 16, 32] and emb.features.proj.in_features == 32 * 4
+    coords = torch.as_tensor(tokenize_record(record(), {})["coords"][:5])
+    assert emb(torch.randn(5, 128), coords).shape == (5, 32)
+    for bad in ("[8, 16]", "[8, 0, 32]"):
+        with pytest.raises(ConfigError, match=r"^modality\.conv_widths: expected three positive"):
+            method_options(MODALITY, load_config(overrides=[f"modality.conv_widths={bad}"]))
+
+
 @pytest.mark.parametrize("inside_encoder", [False, True])
 def test_embedder_channel_embedding_starts_as_xyz_sincos_and_learns(inside_encoder):
     torch.manual_seed(0)
