@@ -200,6 +200,9 @@ class SJepaMethod:
     computed per token, each token holding its second plus the next 24 samples, which equals the
     stack run along the whole channel (no padding: a window of S seconds gives S - 1 tokens per
     channel, as braindecode's does). Needs 128 Hz records (the ingest's default).
+    conv_widths: the channels of the segment encoder's three conv layers (default 32, 64, 128;
+    the conv stack is most of a CPU step, and narrower ones are cheaper but keep less of a
+    token's band power at init: docs/eeg.md). The continuous stack's widths are S-JEPA's.
     """
 
     # What a run that set no masks drew before the modality owned its options (the engine's
