@@ -189,8 +189,13 @@ def _cu(lengths: Sequence[int]) -> torch.Tensor:
     )
 
 
-def pack_tokens(tokens: Sequence[np.ndarray], coords: Sequence[np.ndarray]) -> TokenBatch:
-    """The `TokenBatch` of samples' tokens [N_b, patch_dim] and coords [N_b, c]."""
+def pack_tokens(
+    tokens: Sequence[np.ndarray],
+    coords: Sequence[np.ndarray],
+    position_columns: Sequence[int] | None = None,
+) -> TokenBatch:
+    """The `TokenBatch` of samples' tokens [N_b, patch_dim] and coords [N_b, c]; positions are
+    grouped by the coords columns `position_columns` (the modality's; None: all of them)."""
     n = [len(t) for t in tokens]
     nmax = max(n)
     out_t = np.zeros((len(n), nmax, tokens[0].shape[1]), dtype=np.float32)
@@ -198,7 +203,8 @@ def pack_tokens(tokens: Sequence[np.ndarray], coords: Sequence[np.ndarray]) -> T
     for b, (t, c) in enumerate(zip(tokens, coords, strict=True)):
         out_t[b, : n[b]] = t
         out_c[b, : n[b]] = c
-    group, n_groups = position_groups(coords, nmax)
+    keys = coords if position_columns is None else [c[:, list(position_columns)] for c in coords]
+    group, n_groups = position_groups(keys, nmax)
     return TokenBatch(
         tokens=torch.from_numpy(out_t),
         coords=torch.from_numpy(out_c),
@@ -209,9 +215,10 @@ def pack_tokens(tokens: Sequence[np.ndarray], coords: Sequence[np.ndarray]) -> T
     )
 
 
-def pack(samples: Sequence[Sample]) -> PackedBatch:
-    """Pack masked samples into one variable-length `PackedBatch` (nothing truncated)."""
-    base = pack_tokens([s.tokens for s in samples], [s.coords for s in samples])
+def pack(samples: Sequence[Sample], position_columns: Sequence[int] | None = None) -> PackedBatch:
+    """Pack masked samples into one variable-length `PackedBatch` (nothing truncated);
+    `position_columns`: see `pack_tokens`."""
+    base = pack_tokens([s.tokens for s in samples], [s.coords for s in samples], position_columns)
     lc = [len(s.context) for s in samples]
     blocks = [(b, t) for b, s in enumerate(samples) for t in s.targets]
     lt = [len(t) for _, t in blocks]

@@ -147,7 +147,7 @@ class MaskedBatches(IterableDataset):
                 t = self.modality.tokenize(ds[int(idx)], stats, opts)
                 ctx, tgts = masker(sample_rng(seed, epoch, int(idx)), t["coords"])
                 samples.append(Sample(int(idx), t["tokens"], t["coords"], ctx, list(tgts)))
-            yield pack(samples)
+            yield pack(samples, self.modality.position_columns)
 
 
 class JEPALoader:

@@ -59,7 +59,9 @@ def encode_records(
         toks = [
             modality.tokenize(ds[i], stats, opts) for i in range(lo, min(lo + batch_size, len(ds)))
         ]
-        b = pack_tokens([t["tokens"] for t in toks], [t["coords"] for t in toks])
+        b = pack_tokens(
+            [t["tokens"] for t in toks], [t["coords"] for t in toks], modality.position_columns
+        )
         h = encoder.forward_all(b.tokens, b.coords, b.n_tokens, b.packing).float()
         for j, t in enumerate(toks):
             yield np.asarray(t["coords"]), h[j, : len(t["tokens"])]

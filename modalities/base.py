@@ -104,6 +104,12 @@ class Modality:
     #: a dataclass type of the method options: tokenizer (patch geometry), masks, embedder.
     #: Fields with defaults; `__post_init__` raises ValueError("field: why") for bad values.
     method_type: ClassVar[type | None] = None
+    #: the `coords` columns that name a token's position on the modality's grid, the key the
+    #: engine's position-centred targets and position diagnostics group tokens by
+    #: (`engine.batch.position_groups`). None: every column. A modality whose coords also carry
+    #: per-record values (EEG: each recording's digitised electrode xyz) names its grid columns,
+    #: or tokens of such records would each be a position of their own and centre to zero.
+    position_columns: ClassVar[tuple[int, ...] | None] = None
 
     def method_options(
         self, section: Mapping[str, Any] | None = None, legacy: Mapping[str, Any] | None = None

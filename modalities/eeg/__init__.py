@@ -64,6 +64,9 @@ class EegModality(Modality):
     options_type = EegOptions
     method_type = SJepaMethod
     demo_size = 16
+    # (channel, second): `modalities.eeg.sjepa`'s CHANNEL and SECOND columns. Not the xyz
+    # columns, which differ between recordings with their own digitised montage.
+    position_columns = (0, 1)
 
     def draw(self, ds, index, rng, opts):
         from modalities.show import draw_eeg

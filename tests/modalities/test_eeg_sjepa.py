@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from engine.batch import Sample, pack
+from engine.batch import Sample, pack, pack_tokens
 from engine.config import ConfigError, ModelConfig, load_config
 from engine.data import build_embedder, method_options
-from engine.model import JEPA, Encoder
+from engine.model import JEPA, Encoder, normalize_targets
 from modalities.eeg import MODALITY, EegOptions
 from modalities.eeg.channels import resolve_channels
 from modalities.eeg.options import SJEPA_CONV_LAYERS, SJepaMethod, SpatialSpec, conv_span
@@ -303,3 +303,25 @@ def test_default_masks_are_what_runs_without_mask_settings_drew_before():
     grid_old = {"model.patch_len": 16, "mask.num_targets": 4, "mask.target_scale": [0.15, 0.2]}
     mapped = GridPieces.legacy_options(None, grid_old)  # the mixin's mapping reads no state
     assert parse_options(GridMethod, mapped, "modality") == GridMethod()
+
+
+def test_targets_centre_by_channel_and_second_not_by_each_recordings_montage():
+    """Recordings with their own digitised electrode positions (the demo's FIF files) share
+    positions with the standard montage's by (channel, second): a batch mixing them groups their
+    tokens together, so no token is a position of its own whose centred target is zero."""
+    assert MODALITY.position_columns == (CHANNEL, SECOND)
+    rng = np.random.default_rng(0)
+    coords = []
+    for jitter in (0.0, 0.003, 0.003):  # standard positions, then two digitised montages
+        c = tokenize_record(record(), {})["coords"].copy()
+        c[:, X : Z + 1] += (rng.normal(0, jitter, (1, 3)) * UM_PER_M).astype(np.int64)
+        coords.append(c)
+    tokens = [rng.standard_normal((len(c), 128)).astype(np.float32) for c in coords]
+    for columns, expect in ((None, 1), (MODALITY.position_columns, 3)):
+        batch = pack_tokens(tokens, coords, columns)
+        n = len(coords[0])
+        sizes = torch.bincount(batch.pos_group)[batch.pos_group[n : 2 * n]]
+        assert torch.all(sizes == expect)  # per-recording positions: every group a singleton
+        h = torch.randn(3, n, 8)
+        centred = normalize_targets(h, batch, "position_centered")
+        assert (centred[1].abs().sum(-1) == 0).all() == (expect == 1)
