@@ -220,9 +220,15 @@ class SJepaMethod:
             raise ValueError(f"min_context: must be in [0, 1), got {self.min_context}")
         if self.max_tries < 1:
             raise ValueError(f"max_tries: must be >= 1, got {self.max_tries}")
-        if len(self.conv_widths) != 3 or min(self.conv_widths) < 1:
+        # Each layer's GroupNorm splits its channels into min(8, width) groups.
+        if (
+            len(self.conv_widths) != 3
+            or min(self.conv_widths) < 1
+            or any(w > 8 and w % 8 for w in self.conv_widths)
+        ):
             raise ValueError(
-                f"conv_widths: expected three positive layer widths, got {list(self.conv_widths)}"
+                "conv_widths: expected three positive layer widths, each at most 8 or a "
+                f"multiple of 8, got {list(self.conv_widths)}"
             )
         if self.features not in FEATURE_ENCODERS:
             raise ValueError(

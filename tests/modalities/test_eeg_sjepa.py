@@ -176,7 +176,7 @@ def test_conv_widths_set_the_segment_encoder_and_are_checked():
     assert widths == [8, 16, 32] and emb.features.proj.in_features == 32 * 4
     coords = torch.as_tensor(tokenize_record(record(), {})["coords"][:5])
     assert emb(torch.randn(5, 128), coords).shape == (5, 32)
-    for bad in ("[8, 16]", "[8, 0, 32]"):
+    for bad in ("[8, 16]", "[8, 0, 32]", "[12, 24, 48]"):
         with pytest.raises(ConfigError, match=r"^modality\.conv_widths: expected three positive"):
             method_options(MODALITY, load_config(overrides=[f"modality.conv_widths={bad}"]))
 
