@@ -63,14 +63,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def run(argv: list[str]) -> int:
+    from pipelines.shards import local_path
+
     args = parse_args(argv)
+    data_dir = local_path(args.data)  # an object-store URL is refused, not read as a folder
     values: dict[str, object] = {"data.path": args.data}
     if args.steps is not None:
         values["train.steps"] = args.steps
     if args.save_every is not None:
         values["train.save_every"] = args.save_every
     cfg = load_config(args.config, args.overrides, values)
-    run_dir = Path(args.out) if args.out else Path("runs") / Path(args.data).resolve().name
+    run_dir = local_path(args.out, "run") if args.out else Path("runs") / data_dir.resolve().name
 
     # Only now, on the CLI path: pick DeepSpeed's accelerator and join (or make) the group.
     from engine.launch import setup_distributed, teardown_distributed

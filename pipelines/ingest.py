@@ -45,6 +45,7 @@ from pipelines.shards import (
     commit_manifest,
     json_dumps,
     load_manifest,
+    local_path,
     remove_stale_temp_files,
     sha256_file,
 )
@@ -465,9 +466,9 @@ def build_parser(modality_name: str | None = None) -> argparse.ArgumentParser:
     p.add_argument(
         "--output",
         "-o",
-        type=Path,
         default=None,
-        help="dataset directory (default: datasets/<modality>)",
+        help="dataset directory, a local or mounted path or file:// URL (default: "
+        "datasets/<modality>); object-store URLs are refused",
     )
     p.add_argument(
         "--address",
@@ -532,6 +533,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, TypeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    try:
+        output = local_path(args.output) if args.output else Path("datasets") / args.modality
+    except ShardError as e:
+        print(f"error: --output {e}", file=sys.stderr)
+        return 2
     inputs = list(args.input)
     if not inputs:
         demo_dir = demo_data.ensure_demo(modality, n=args.demo_n, seed=args.demo_seed)
@@ -540,7 +546,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = IngestConfig(
         modality=args.modality,
         inputs=inputs,
-        output=args.output or Path("datasets") / args.modality,
+        output=output,
         options=options,
         address=args.address,
         num_cpus=args.num_cpus,

@@ -312,8 +312,31 @@ def _safe_shard_path(root: Path, rel: str) -> Path:
     return full
 
 
+def local_path(location: str | Path, what: str = "dataset") -> Path:
+    """`location` as a local path. file:// URLs become their path; any other URL (s3://,
+    gs://, hdfs://, http://) is refused with a ShardError: datasets and runs are read and
+    written on local (or mounted) filesystems only, and a URL taken as a relative path would
+    silently write a local folder named after its scheme."""
+    if isinstance(location, Path):
+        return location
+    scheme, sep, rest = str(location).partition("://")
+    if not sep:
+        return Path(location)
+    if scheme.lower() == "file":
+        from urllib.parse import unquote, urlsplit
+
+        parts = urlsplit(str(location))
+        if parts.netloc not in ("", "localhost"):
+            raise ShardError(f"{location}: file:// URLs with a host ({parts.netloc}) are not local")
+        return Path(unquote(parts.path))
+    raise ShardError(
+        f"{location}: {scheme}:// {what} locations are not supported (only local or mounted "
+        "paths); copy the data to a local path first"
+    )
+
+
 def load_manifest(root: str | Path) -> dict[str, Any]:
-    root = Path(root)
+    root = local_path(root)
     path = root / INDEX_FILE
     if not path.is_file():
         if (root / SHARDS_DIR).is_dir():
@@ -344,7 +367,7 @@ class ShardDataset:
     def __init__(self, root: str | Path, verify: str = "first_touch") -> None:
         if verify not in ("first_touch", "all", "none"):
             raise ValueError(f"verify must be 'first_touch', 'all' or 'none', got {verify!r}")
-        self.root = Path(root)
+        self.root = local_path(root)
         self.manifest = load_manifest(self.root)
         self.verify_mode = verify
         self.shards: list[ShardInfo] = []

@@ -1,0 +1,52 @@
+"""Dataset and run locations: local paths and file:// URLs are honoured; object-store URLs are
+refused with an error naming them, never written as a local folder named after the scheme."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipelines import ingest
+from pipelines.shards import ShardDataset, ShardError, local_path
+
+
+def test_local_path_forms(tmp_path: Path) -> None:
+    assert local_path(tmp_path) == tmp_path
+    assert local_path(str(tmp_path / "ds")) == tmp_path / "ds"
+    assert local_path(f"file://{tmp_path}/a%20b") == tmp_path / "a b"
+    assert local_path(f"file://localhost{tmp_path}") == tmp_path
+    with pytest.raises(ShardError, match="not local"):
+        local_path("file://otherhost/data")
+    for url in ("s3://bucket/ds", "gs://b/d", "hdfs://nn:8020/d", "https://x.org/d"):
+        with pytest.raises(ShardError, match=url.split("://")[0] + ":// dataset"):
+            local_path(url)
+
+
+def test_dataset_reader_refuses_urls() -> None:
+    with pytest.raises(ShardError, match=r"s3://bucket/ds: s3:// dataset locations"):
+        ShardDataset("s3://bucket/ds")
+
+
+def test_ingest_refuses_object_store_output(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    code = ingest.main(["fmri", "--input", str(tmp_path), "--output", "s3://bucket/ds"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--output s3://bucket/ds: s3:// dataset locations are not supported" in err
+    assert list(tmp_path.iterdir()) == []  # no folder named "s3:" (what it used to write)
+
+
+def test_train_refuses_object_store_locations(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    from engine.train import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["--data", "s3://bucket/ds"]) == 1
+    assert "engine.train: error: s3://bucket/ds: s3:// dataset" in capsys.readouterr().err
+    assert main(["--data", str(tmp_path), "--out", "gs://bucket/run"]) == 1
+    assert "gs://bucket/run: gs:// run locations" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
