@@ -20,7 +20,8 @@ signal is a forward projection of a few sources onto the 19 electrodes of the 10
   statistic of one token, nor the mean of any per-token feature, reads the label: it lives in
   structure across channels and time, the principle of the positive controls
   (docs/results.md). Classes alternate in pairs of subjects, so they are balanced against the
-  file format (EDF / FIF alternate by subject);
+  file format (EDF / FIF alternate by subject). `coupling="frequency"` (the CLI's `--coupling
+  frequency`) couples the frequencies instead, at a fixed amplitude: the fMRI control's design;
 - artefacts: blinks (frontal, eyes open only), muscle bursts (20-60 Hz, temporal; half of them
   annotated `BAD_muscle`, which the reader skips), 50 Hz line noise, sensor noise;
 - an ECG and an EOG channel that the reader must not take as EEG.
@@ -56,6 +57,10 @@ BETA_UV = (3.0, 20.0)
 BETA_SPACE_M = 0.10
 BETA_TIME_S = 2.0
 RHYTHMS = ("independent", "coupled")
+#: what the `coupled` class couples: the beta amplitude envelopes (the demo's default) or the
+#: beta frequencies at a fixed amplitude (the fMRI control's design, docs/results.md)
+COUPLINGS = ("amplitude", "frequency")
+BACKGROUND_UV = 8.0
 #: Blinks per minute: ~15-20 at rest with eyes open (Bentivoglio et al. 1997), none when closed.
 BLINKS_PER_MIN = {"eyesclosed": 0.0, "eyesopen": 15.0}
 _OLD = {"T7": "T3", "T8": "T4", "P7": "T5", "P8": "T6"}
@@ -101,11 +106,23 @@ def beta_amplitudes(
     return BETA_UV[0] * (BETA_UV[1] / BETA_UV[0]) ** u
 
 
-def beta_rhythm(amp: np.ndarray, sfreq: float, rng: np.random.Generator) -> np.ndarray:
-    """[C, n_seconds * sfreq] uV: each electrode-second a sinusoid of amplitude `amp` at a
-    frequency drawn uniformly on `BETA_HZ`, with a uniformly random phase."""
+def beta_frequencies(
+    electrodes: np.ndarray, n_seconds: int, coupled: bool, rng: np.random.Generator
+) -> np.ndarray:
+    """The beta rhythm's frequency (Hz) at every electrode and second [C, n_seconds]: uniform
+    on `BETA_HZ` in both classes, a smooth field over the scalp and time when `coupled`."""
+    u = uniform_field(electrodes, n_seconds, BETA_SPACE_M, BETA_TIME_S, coupled, rng)
+    return BETA_HZ[0] + (BETA_HZ[1] - BETA_HZ[0]) * u
+
+
+def beta_rhythm(
+    amp: np.ndarray, sfreq: float, rng: np.random.Generator, freq: np.ndarray | None = None
+) -> np.ndarray:
+    """[C, n_seconds * sfreq] uV: each electrode-second a sinusoid of amplitude `amp` at
+    frequency `freq` (drawn uniformly on `BETA_HZ` when None), with a uniformly random phase."""
     k = np.arange(int(sfreq)) / sfreq
-    freq = rng.uniform(*BETA_HZ, size=amp.shape)
+    if freq is None:
+        freq = rng.uniform(*BETA_HZ, size=amp.shape)
     phase = rng.uniform(0, 2 * np.pi, size=amp.shape)
     wave = amp[..., None] * np.sin(2 * np.pi * freq[..., None] * k + phase[..., None])
     return wave.reshape(amp.shape[0], -1)
@@ -119,10 +136,17 @@ def simulate(
     duration_s: float,
     sfreq: float,
     coupled: bool = False,
+    coupling: str = "amplitude",
+    background_uv: float = BACKGROUND_UV,
+    beta_uv: float = 20.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[float, float, str]]]:
     """(eeg uV [C, n], eog uV [n], ecg uV [n], annotations (onset, duration, description)).
 
-    `coupled` picks the beta rhythm's class (module docstring)."""
+    `coupled` picks the beta rhythm's class, `coupling` what it couples (module docstring);
+    with `coupling="frequency"` every beta token has amplitude `beta_uv`. `background_uv`
+    scales each of the six pink-noise background sources."""
+    if coupling not in COUPLINGS:
+        raise ValueError(f"coupling must be one of {COUPLINGS}, got {coupling!r}")
     if not (float(duration_s).is_integer() and float(sfreq).is_integer()):
         raise ValueError(f"duration_s and sfreq must be whole numbers, got {duration_s}, {sfreq}")
     n = int(round(duration_s * sfreq))
@@ -131,14 +155,18 @@ def simulate(
     eeg = np.zeros((len(electrodes), n))
     for _ in range(6):  # background: pink-noise sources spread through the head
         src = centre + rng.uniform(-0.05, 0.05, 3)
-        eeg += 8.0 * np.outer(_gain(electrodes, src, 0.06), _pink(rng, n, sfreq))
+        eeg += background_uv * np.outer(_gain(electrodes, src, 0.06), _pink(rng, n, sfreq))
     # Alpha: posterior source, narrow band around the subject's peak, slowly modulated.
     occipital = np.array([0.0, -0.075, 0.03])
     envelope = 1.0 + 0.5 * _band(rng, n, sfreq, 0.05, 0.3)
     alpha = _band(rng, n, sfreq, alpha_hz - 0.75, alpha_hz + 0.75) * np.clip(envelope, 0.1, None)
     eeg += ALPHA_UV[condition] * np.outer(_gain(electrodes, _inside(rng, occipital)), alpha)
-    amp = beta_amplitudes(electrodes, int(duration_s), coupled, rng)
-    eeg += beta_rhythm(amp, sfreq, rng)
+    if coupling == "amplitude":
+        amp = beta_amplitudes(electrodes, int(duration_s), coupled, rng)
+        eeg += beta_rhythm(amp, sfreq, rng)
+    else:
+        freq = beta_frequencies(electrodes, int(duration_s), coupled, rng)
+        eeg += beta_rhythm(np.full(freq.shape, beta_uv), sfreq, rng, freq)
 
     annotations: list[tuple[float, float, str]] = []
     eyes = np.array([0.0, 0.11, -0.03])
@@ -176,12 +204,18 @@ def generate_cohort(
     duration_s: float = 300.0,
     sfreq: float = 256.0,
     formats: tuple[str, ...] = ("edf", "fif"),
+    coupling: str = "amplitude",
+    background_uv: float = BACKGROUND_UV,
+    beta_uv: float = 20.0,
 ) -> list[str]:
     """Write `n_recordings` recordings (two per subject: eyes closed / open); return their paths.
 
     Subject s is written in `formats[s % len(formats)]` ("edf" or "fif"); its beta rhythm is
-    `RHYTHMS[(s // 2) % 2]` (pairs of subjects, balanced against the format).
+    `RHYTHMS[(s // 2) % 2]` (pairs of subjects, balanced against the format). `coupling`,
+    `background_uv` and `beta_uv` as in `simulate` (the defaults are the demo cohort's).
     """
+    if coupling not in COUPLINGS:
+        raise ValueError(f"coupling must be one of {COUPLINGS}, got {coupling!r}")
     if not formats or set(formats) - {"edf", "fif"}:
         raise ValueError(f"formats must be a non-empty tuple of 'edf' / 'fif', got {formats!r}")
     import mne
@@ -219,7 +253,16 @@ def generate_cohort(
             condition = CONDITIONS[(s + c) % 2]  # alternate which condition comes first
             rec_rng = np.random.default_rng([seed, s, c])
             eeg, eog, ecg, ann = simulate(
-                rec_rng, electrodes, condition, alpha_hz, duration_s, sfreq, rhythm == "coupled"
+                rec_rng,
+                electrodes,
+                condition,
+                alpha_hz,
+                duration_s,
+                sfreq,
+                rhythm == "coupled",
+                coupling,
+                background_uv,
+                beta_uv,
             )
             data = np.vstack([eeg, eog[None], ecg[None]]) * 1e-6  # microvolts -> volts
             eeg_dir = out / sub / "eeg"
@@ -257,3 +300,47 @@ def _write_raw(raw, path: Path, fmt: str) -> None:
     else:
         raw.save(tmp, fmt="single", overwrite=True, verbose="error")
     os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(
+        prog="python -m modalities.eeg.demo",
+        description="Write a synthetic EEG cohort (EDF+ / FIF, participants.tsv) with the "
+        "`rhythm` label; `pipelines.ingest eeg --demo-n` writes the default one itself.",
+    )
+    p.add_argument("out", help="output directory (BIDS-like: sub-XX/eeg/...)")
+    p.add_argument("--recordings", type=int, default=24, help="two per subject (default 24)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--duration", type=float, default=300.0, help="seconds per recording")
+    p.add_argument("--coupling", choices=COUPLINGS, default="amplitude")
+    p.add_argument("--background-uv", type=float, default=BACKGROUND_UV)
+    p.add_argument(
+        "--beta-uv", type=float, default=20.0, help="beta amplitude with --coupling frequency"
+    )
+    args = p.parse_args(argv)
+    if args.recordings < 1:
+        p.error("--recordings must be at least 1")
+    if args.background_uv < 0 or args.beta_uv < 0:
+        p.error("--background-uv and --beta-uv must not be negative")
+    try:
+        paths = generate_cohort(
+            args.out,
+            args.recordings,
+            args.seed,
+            args.duration,
+            coupling=args.coupling,
+            background_uv=args.background_uv,
+            beta_uv=args.beta_uv,
+        )
+    except (ValueError, OSError) as e:
+        print(f"modalities.eeg.demo: error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {len(paths)} recordings and participants.tsv to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -15,7 +15,15 @@ from scipy.stats import kstest
 from modalities.base import ReadContext
 from modalities.eeg import MODALITY, EegOptions
 from modalities.eeg.channels import resolve_channels
-from modalities.eeg.demo import BETA_HZ, BETA_UV, RHYTHMS, beta_amplitudes, generate_cohort
+from modalities.eeg.demo import (
+    BETA_HZ,
+    BETA_UV,
+    RHYTHMS,
+    beta_amplitudes,
+    beta_frequencies,
+    generate_cohort,
+    main,
+)
 from modalities.eeg.options import RECORD_FIELDS
 from modalities.eeg.reader import record_schema
 from pipelines.shards import records_to_table
@@ -48,6 +56,50 @@ def test_beta_amplitudes_are_log_uniform_per_token_in_both_classes(coupled):
     assert kstest(u.ravel()[::7], "uniform").pvalue > 1e-3
     corr = np.mean([neighbour_corr(a) for a in amp])
     assert (corr > 0.7) if coupled else (abs(corr) < 0.05)
+
+
+@pytest.mark.parametrize("coupled", [False, True])
+def test_beta_frequencies_are_uniform_per_token_in_both_classes(coupled):
+    rng = np.random.default_rng(1)
+    freq = np.stack([beta_frequencies(ELECTRODES, 64, coupled, rng) for _ in range(20)])
+    u = (freq - BETA_HZ[0]) / (BETA_HZ[1] - BETA_HZ[0])
+    assert kstest(u[:, 3, 20], "uniform").pvalue > 1e-3
+    assert kstest(u.ravel()[::7], "uniform").pvalue > 1e-3
+    corr = np.mean([neighbour_corr(f) for f in freq])
+    assert (corr > 0.7) if coupled else (abs(corr) < 0.05)
+
+
+def beta_peak_hz(eeg: np.ndarray, sfreq: int = 128) -> np.ndarray:
+    """Each 1-s token's beta peak frequency [channels, seconds] (periodogram padded 4x)."""
+    x = eeg.reshape(eeg.shape[0], -1, sfreq)
+    spec = np.abs(np.fft.rfft(x - x.mean(-1, keepdims=True), 4 * sfreq, axis=-1)) ** 2
+    f = np.fft.rfftfreq(4 * sfreq, 1 / sfreq)
+    band = (f >= BETA_HZ[0]) & (f <= BETA_HZ[1])
+    return f[band][spec[..., band].argmax(-1)]
+
+
+def test_frequency_coupling_cohort_from_the_cli(tmp_path, capsys):
+    """`python -m modalities.eeg.demo --coupling frequency`: the beta frequency's neighbour
+    correlation (the oracle) separates the classes; the beta power does not."""
+    out = tmp_path / "raw"
+    args = [str(out), "--recordings", "8", "--duration", "32", "--coupling", "frequency"]
+    assert main([*args, "--background-uv", "2"]) == 0
+    assert "wrote 8 recordings" in capsys.readouterr().out
+    import mne
+
+    rows = (out / "participants.tsv").read_text().splitlines()[1:]
+    rhythm = {r.split("\t")[0]: r.split("\t")[-1] for r in rows}
+    corr, power = {}, {}
+    for p in sorted(out.glob("sub-*/eeg/*")):
+        raw = mne.io.read_raw(p, preload=True, verbose="error").resample(128)
+        eeg = raw.get_data()[:19, : 128 * 32] * 1e6  # the 19 scalp channels come first
+        key = rhythm[p.parent.parent.name]
+        corr.setdefault(key, []).append(neighbour_corr(beta_peak_hz(eeg)))
+        power.setdefault(key, []).append(beta_log_power(eeg).mean())
+    assert min(corr["coupled"]) > 0.5 > 0.2 > max(corr["independent"])
+    assert abs(np.mean(power["coupled"]) - np.mean(power["independent"])) < 0.25
+    with pytest.raises(ValueError, match="coupling must be one of"):
+        generate_cohort(tmp_path / "bad", 2, seed=0, coupling="phase")
 
 
 def test_classes_are_balanced_against_the_file_format(tmp_path):
