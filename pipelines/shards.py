@@ -319,7 +319,7 @@ def local_path(location: str | Path, what: str = "dataset") -> Path:
     silently write a local folder named after its scheme."""
     if isinstance(location, Path):
         return location
-    scheme, sep, rest = str(location).partition("://")
+    scheme, sep, _ = str(location).partition("://")
     if not sep:
         return Path(location)
     if scheme.lower() == "file":
