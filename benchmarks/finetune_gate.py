@@ -1,0 +1,116 @@
+"""Is a control solvable, and does pretraining help with few labels? Fine-tune on N labelled
+subjects of one half of the subjects and test on the other half.
+
+The supervised gate of a positive control (docs/results.md): the same encoder, trained on the
+label from random init, must reach it on held-out subjects before a pretraining result on it
+counts. `engine.finetune` cross-validates over all subjects and always runs both arms; this
+script trains on `--train-subjects` of the first of two subject-grouped folds (balanced over
+the classes) and tests on the whole second fold, for the arms asked for, with the training
+loop of `engine.finetune` (AdamW, full fine-tuning, one of S-JEPA's heads). `--set` overrides
+the run's modality options (e.g. `modality.features=continuous`) for a random-init arm of
+another architecture.
+
+    python benchmarks/finetune_gate.py --checkpoint RUN --data DIR --label rhythm \
+        [--train-subjects 32] [--epochs 15] [--arms pretrained random-init] [--set k=v ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+# Run as a script, this folder is first on sys.path and its kernels.py would shadow the package.
+sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p).resolve() != REPO / "benchmarks"]
+
+from engine.data import build_embedder  # noqa: E402
+from engine.export import load_encoder  # noqa: E402
+from engine.finetune import FinetuneModel, TokenGrids  # noqa: E402
+from engine.model import Encoder  # noqa: E402
+from engine.probe import probe_splits, read_column  # noqa: E402
+from pipelines.shards import ShardDataset  # noqa: E402
+
+HEADS = ("contextual", "post-local", "pre-local")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", required=True, help="run directory, checkpoint or export")
+    p.add_argument("--data", required=True)
+    p.add_argument("--label", required=True)
+    p.add_argument("--group-by", default="subject")
+    p.add_argument("--train-subjects", type=int, help="default: every subject of the fold")
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--head", choices=HEADS, default="contextual")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--arms", nargs="+", choices=("pretrained", "random-init"),
+                   default=["pretrained", "random-init"])  # fmt: skip
+    p.add_argument("--set", nargs="*", default=[], metavar="modality.KEY=VALUE")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    encoder, cfg, modality = load_encoder(args.checkpoint, "target")
+    for kv in args.set:
+        key, sep, value = kv.partition("=")
+        if not sep or not key.startswith("modality."):
+            p.error(f"--set expects modality.KEY=VALUE, got {kv!r}")
+        cfg.modality[key.split(".", 1)[1]] = yaml.safe_load(value)
+    if args.set and "pretrained" in args.arms:
+        p.error("--set changes the architecture: use it with --arms random-init only")
+    ds = ShardDataset(args.data)
+    labels = read_column(ds, args.data, args.label)
+    groups = read_column(ds, args.data, args.group_by)
+    classes = sorted({v for v in labels.tolist()}, key=str)
+    if len(classes) < 2:
+        p.error(f"{args.label!r} has fewer than two classes")
+    y = torch.tensor([classes.index(v) for v in labels.tolist()])
+    train, test = probe_splits(np.asarray(labels.tolist()), True, 2, args.seed, groups)[0]
+    if args.train_subjects:
+        rng = np.random.default_rng(args.seed)
+        pick: set = set()
+        for c in classes:
+            subs = sorted({groups[i] for i in train if labels[i] == c})
+            n = args.train_subjects // len(classes)
+            if n > len(subs):
+                p.error(f"class {c!r} has {len(subs)} subjects in the training half, not {n}")
+            pick |= set(rng.choice(subs, n, replace=False).tolist())
+        train = np.array([i for i in train if groups[i] in pick])
+    grids = TokenGrids.of(modality, cfg, ds, np.arange(len(ds)))
+    print(
+        f"{args.checkpoint}: {len({groups[i] for i in train})} training subjects "
+        f"({len(train)} records), {len({groups[i] for i in test})} held out ({len(test)})",
+        flush=True,
+    )
+    torch.manual_seed(args.seed)
+    random_init = Encoder(build_embedder(modality, cfg, ds.stats), cfg.model)
+    for name in args.arms:
+        torch.manual_seed(args.seed)
+        enc = copy.deepcopy(encoder if name == "pretrained" else random_init)
+        model = FinetuneModel(enc.requires_grad_(True).train(), args.head, grids.rows,
+                              grids.times, len(classes))  # fmt: skip
+        opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+        order_rng = np.random.default_rng([args.seed, 1])
+        for _ in range(args.epochs):
+            order = order_rng.permutation(train)
+            for lo in range(0, len(order), 16):
+                idx = order[lo : lo + 16]
+                loss = F.cross_entropy(model(grids, idx), y[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        model.eval()
+        with torch.no_grad():
+            pred = torch.cat([model(grids, test[lo : lo + 32]) for lo in range(0, len(test), 32)])
+        acc = float((pred.argmax(1) == y[test]).float().mean())
+        print(f"  {name}: held-out accuracy {acc:.3f} after {args.epochs} epochs", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
