@@ -2,8 +2,9 @@
 
 For every EEG token (one channel x one second) the beta rhythm's peak frequency and log power
 are read off the raw window (the periodogram of the second, zero-padded to 0.25 Hz, on 13-31
-Hz), and a ridge regression predicts each from the token's encoder features (R^2, 5 folds
-grouped by subject: `engine.probe.token_probe`). Each run's target encoder is compared with the
+Hz), beside the alpha (8-12 Hz) and broadband (1-45 Hz) log power, and a ridge regression
+predicts each from the token's encoder features (R^2, 5 folds grouped by subject:
+`engine.probe.token_probe`). Each run's target encoder is compared with the
 same architecture at the random init of the run's seed (as `engine.probe --baseline --seed S`).
 
 On the demo's `rhythm` control with `--coupling frequency` (docs/results.md) the peak frequency
@@ -37,6 +38,7 @@ from pipelines.shards import ShardDataset  # noqa: E402
 
 BAND_HZ = (13.0, 31.0)
 PAD = 4  # periodogram zero-padding factor (0.25 Hz bins at 1-s tokens)
+LATENTS = ("peak_hz", "log_power", "alpha_log_power", "broadband_log_power")
 
 
 class _Subset:
@@ -53,16 +55,21 @@ class _Subset:
 
 
 def beta_latents(record: dict) -> np.ndarray:
-    """[C, S, 2]: each channel-second's beta peak frequency (Hz) and log beta power."""
+    """[C, S, 4]: each channel-second's beta peak frequency (Hz), log beta power, log alpha
+    power (8-12 Hz) and log broadband power (1-45 Hz)."""
     sfreq = int(record["sfreq"])
     x = np.asarray(record["eeg"], dtype=np.float64)
     c, n = x.shape
     x = x[:, : n // sfreq * sfreq].reshape(c, -1, sfreq)
     spec = np.abs(np.fft.rfft(x - x.mean(-1, keepdims=True), PAD * sfreq, axis=-1)) ** 2
     f = np.fft.rfftfreq(PAD * sfreq, 1 / sfreq)
+
+    def log_power(lo: float, hi: float) -> np.ndarray:
+        return np.log(spec[..., (f >= lo) & (f <= hi)].sum(-1) + 1e-12)
+
     band = (f >= BAND_HZ[0]) & (f <= BAND_HZ[1])
     peak = f[band][spec[..., band].argmax(-1)]
-    return np.stack([peak, np.log(spec[..., band].sum(-1) + 1e-12)], -1)
+    return np.stack([peak, log_power(*BAND_HZ), log_power(8, 12), log_power(1, 45)], -1)
 
 
 def probe(encoder: Encoder, cfg, modality, sub: _Subset, latents, groups) -> dict:
@@ -72,8 +79,7 @@ def probe(encoder: Encoder, cfg, modality, sub: _Subset, latents, groups) -> dic
         feats.append(h.numpy())
         ys.append(lat[ch, sec])
     return {
-        name: token_probe(feats, [y[:, k] for y in ys], groups)
-        for k, name in enumerate(("peak_hz", "log_power"))
+        name: token_probe(feats, [y[:, k] for y in ys], groups) for k, name in enumerate(LATENTS)
     }
 
 
@@ -104,9 +110,8 @@ def main(argv: list[str] | None = None) -> int:
             r = probe(enc, cfg, modality, sub, latents, groups)
             results[f"{run}/{name}"] = r
             print(
-                f"{run} {name:>11}: peak-frequency R2 {r['peak_hz']['mean']:.3f} "
-                f"+- {r['peak_hz']['std']:.3f}, log-power R2 {r['log_power']['mean']:.3f} "
-                f"+- {r['log_power']['std']:.3f}",
+                f"{run} {name:>11}: R2 "
+                + ", ".join(f"{k} {r[k]['mean']:.3f} +- {r[k]['std']:.3f}" for k in LATENTS),
                 flush=True,
             )
     if args.json:
