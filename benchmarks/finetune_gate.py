@@ -5,10 +5,10 @@ The supervised gate of a positive control (docs/results.md): the same encoder, t
 label from random init, must reach it on held-out subjects before a pretraining result on it
 counts. `engine.finetune` cross-validates over all subjects and always runs both arms; this
 script trains on `--train-subjects` of the first of two subject-grouped folds (balanced over
-the classes) and tests on the whole second fold, for the arms asked for, with the training
-loop of `engine.finetune` (AdamW, full fine-tuning, one of S-JEPA's heads). `--set` overrides
-the run's modality options (e.g. `modality.features=continuous`) for a random-init arm of
-another architecture.
+the classes) and tests on the whole second fold, for the arms asked for, with
+`engine.finetune.finetune_fold` (AdamW, full fine-tuning, one of S-JEPA's heads, batch 16).
+`--set` overrides the run's modality options (e.g. `modality.features=continuous`) for a
+random-init arm of another architecture.
 
     python benchmarks/finetune_gate.py --checkpoint RUN --data DIR --label rhythm \
         [--train-subjects 32] [--epochs 15] [--arms pretrained random-init] [--set k=v ...]
@@ -17,13 +17,11 @@ another architecture.
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,7 +30,7 @@ sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p).resolve() != REPO / 
 
 from engine.data import build_embedder  # noqa: E402
 from engine.export import load_encoder  # noqa: E402
-from engine.finetune import FinetuneModel, TokenGrids  # noqa: E402
+from engine.finetune import TokenGrids, finetune_fold  # noqa: E402
 from engine.model import Encoder  # noqa: E402
 from engine.probe import probe_splits, read_column  # noqa: E402
 from pipelines.shards import ShardDataset  # noqa: E402
@@ -89,25 +87,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     torch.manual_seed(args.seed)
     random_init = Encoder(build_embedder(modality, cfg, ds.stats), cfg.model)
+    loop = argparse.Namespace(  # engine.finetune's loop and its defaults
+        seed=args.seed, head=args.head, filters=4, tune="full", lr=args.lr, weight_decay=0.01,
+        epochs=args.epochs, batch_size=16,
+    )  # fmt: skip
     for name in args.arms:
-        torch.manual_seed(args.seed)
-        enc = copy.deepcopy(encoder if name == "pretrained" else random_init)
-        model = FinetuneModel(enc.requires_grad_(True).train(), args.head, grids.rows,
-                              grids.times, len(classes))  # fmt: skip
-        opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
-        order_rng = np.random.default_rng([args.seed, 1])
-        for _ in range(args.epochs):
-            order = order_rng.permutation(train)
-            for lo in range(0, len(order), 16):
-                idx = order[lo : lo + 16]
-                loss = F.cross_entropy(model(grids, idx), y[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-        model.eval()
-        with torch.no_grad():
-            pred = torch.cat([model(grids, test[lo : lo + 32]) for lo in range(0, len(test), 32)])
-        acc = float((pred.argmax(1) == y[test]).float().mean())
+        enc = encoder if name == "pretrained" else random_init
+        acc = finetune_fold(enc, grids, y, train, test, loop, True, len(classes))
         print(f"  {name}: held-out accuracy {acc:.3f} after {args.epochs} epochs", flush=True)
     return 0
 
