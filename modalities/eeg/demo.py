@@ -139,12 +139,16 @@ def simulate(
     coupling: str = "amplitude",
     background_uv: float = BACKGROUND_UV,
     beta_uv: float = 20.0,
+    nuisance: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[float, float, str]]]:
     """(eeg uV [C, n], eog uV [n], ecg uV [n], annotations (onset, duration, description)).
 
     `coupled` picks the beta rhythm's class, `coupling` what it couples (module docstring);
     with `coupling="frequency"` every beta token has amplitude `beta_uv`. `background_uv`
-    scales each of the six pink-noise background sources."""
+    scales each of the six pink-noise background sources. `nuisance=False` leaves out what
+    differs between recordings but not between the `rhythm` classes: the alpha rhythm (so the
+    condition and the subject's alpha peak), blinks and muscle bursts (line, amplifier and
+    background noise stay)."""
     if coupling not in COUPLINGS:
         raise ValueError(f"coupling must be one of {COUPLINGS}, got {coupling!r}")
     if not (float(duration_s).is_integer() and float(sfreq).is_integer()):
@@ -160,7 +164,9 @@ def simulate(
     occipital = np.array([0.0, -0.075, 0.03])
     envelope = 1.0 + 0.5 * _band(rng, n, sfreq, 0.05, 0.3)
     alpha = _band(rng, n, sfreq, alpha_hz - 0.75, alpha_hz + 0.75) * np.clip(envelope, 0.1, None)
-    eeg += ALPHA_UV[condition] * np.outer(_gain(electrodes, _inside(rng, occipital)), alpha)
+    eeg += (ALPHA_UV[condition] if nuisance else 0.0) * np.outer(
+        _gain(electrodes, _inside(rng, occipital)), alpha
+    )
     if coupling == "amplitude":
         amp = beta_amplitudes(electrodes, int(duration_s), coupled, rng)
         eeg += beta_rhythm(amp, sfreq, rng)
@@ -171,7 +177,7 @@ def simulate(
     annotations: list[tuple[float, float, str]] = []
     eyes = np.array([0.0, 0.11, -0.03])
     eog = np.zeros(n)
-    n_blinks = rng.poisson(BLINKS_PER_MIN[condition] * duration_s / 60)
+    n_blinks = rng.poisson(BLINKS_PER_MIN[condition] * duration_s / 60) if nuisance else 0
     blink_len = int(0.3 * sfreq)
     shape = np.sin(np.linspace(0, np.pi, blink_len)) ** 2
     g_eyes = _gain(electrodes, eyes, 0.04)
@@ -180,7 +186,8 @@ def simulate(
         amp = rng.uniform(80, 200)
         eeg[:, a : a + blink_len] += amp * np.outer(g_eyes, shape)
         eog[a : a + blink_len] += 2 * amp * shape
-    for k, onset in enumerate(rng.uniform(0, duration_s - 3, rng.poisson(duration_s / 60 * 2))):
+    n_bursts = rng.poisson(duration_s / 60 * 2) if nuisance else 0
+    for k, onset in enumerate(rng.uniform(0, duration_s - 3, n_bursts)):
         side = np.array([0.08 if k % 2 else -0.08, 0.0, 0.0])
         a, m = int(onset * sfreq), int(rng.uniform(0.5, 2.0) * sfreq)
         burst = 30.0 * _band(rng, m, sfreq, 20, min(60, sfreq / 2 - 1)) * np.hanning(m)
@@ -207,12 +214,14 @@ def generate_cohort(
     coupling: str = "amplitude",
     background_uv: float = BACKGROUND_UV,
     beta_uv: float = 20.0,
+    nuisance: bool = True,
 ) -> list[str]:
     """Write `n_recordings` recordings (two per subject: eyes closed / open); return their paths.
 
     Subject s is written in `formats[s % len(formats)]` ("edf" or "fif"); its beta rhythm is
     `RHYTHMS[(s // 2) % 2]` (pairs of subjects, balanced against the format). `coupling`,
-    `background_uv` and `beta_uv` as in `simulate` (the defaults are the demo cohort's).
+    `background_uv`, `beta_uv` and `nuisance` as in `simulate` (the defaults are the demo
+    cohort's).
     """
     if coupling not in COUPLINGS:
         raise ValueError(f"coupling must be one of {COUPLINGS}, got {coupling!r}")
@@ -263,6 +272,7 @@ def generate_cohort(
                 coupling,
                 background_uv,
                 beta_uv,
+                nuisance,
             )
             data = np.vstack([eeg, eog[None], ecg[None]]) * 1e-6  # microvolts -> volts
             eeg_dir = out / sub / "eeg"
@@ -320,7 +330,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--beta-uv", type=float, default=20.0, help="beta amplitude with --coupling frequency"
     )
+    p.add_argument(
+        "--formats",
+        default="edf,fif",
+        help="comma-separated file formats, alternating by subject (default edf,fif)",
+    )
+    p.add_argument(
+        "--no-nuisance",
+        action="store_true",
+        help="leave out alpha, blinks and muscle bursts (what differs between recordings "
+        "but not between the rhythm classes)",
+    )
     args = p.parse_args(argv)
+    formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
     if args.recordings < 1:
         p.error("--recordings must be at least 1")
     if args.background_uv < 0 or args.beta_uv < 0:
@@ -334,6 +356,8 @@ def main(argv: list[str] | None = None) -> int:
             coupling=args.coupling,
             background_uv=args.background_uv,
             beta_uv=args.beta_uv,
+            formats=formats,
+            nuisance=not args.no_nuisance,
         )
     except (ValueError, OSError) as e:
         print(f"modalities.eeg.demo: error: {e}", file=sys.stderr)

@@ -102,6 +102,41 @@ def test_frequency_coupling_cohort_from_the_cli(tmp_path, capsys):
         generate_cohort(tmp_path / "bad", 2, seed=0, coupling="phase")
 
 
+def alpha_log_power(path: Path) -> float:
+    import mne
+
+    raw = mne.io.read_raw(path, preload=True, verbose="error")
+    eeg = raw.get_data()[:19] * 1e6
+    spec = np.abs(np.fft.rfft(eeg, axis=-1)) ** 2
+    f = np.fft.rfftfreq(eeg.shape[-1], 1 / raw.info["sfreq"])
+    return float(np.log(spec[:, (f >= 8) & (f <= 12)].sum()))
+
+
+def test_no_nuisance_cohort_from_the_cli(tmp_path, capsys):
+    """`--formats edf --no-nuisance`: only EDF files, no muscle annotations, and the eyes-closed
+    recording's alpha power equals the eyes-open one's (with nuisance it is several-fold)."""
+    import mne
+
+    args = ["--recordings", "4", "--duration", "32", "--coupling", "frequency"]
+    assert main([str(tmp_path / "plain"), *args, "--formats", "edf", "--no-nuisance"]) == 0
+    assert main([str(tmp_path / "full"), *args, "--formats", "edf"]) == 0
+    plain = sorted((tmp_path / "plain").glob("sub-*/eeg/*"))
+    assert len(plain) == 4 and {p.suffix for p in plain} == {".edf"}
+    for p in plain:
+        raw = mne.io.read_raw(p, verbose="error")
+        assert not any(d.startswith("BAD") for d in raw.annotations.description)
+
+    def closed_minus_open(folder: str) -> float:
+        files = sorted((tmp_path / folder).glob("sub-01/eeg/*"))
+        power = {p.name.split("_task-")[1].split("_")[0]: alpha_log_power(p) for p in files}
+        return power["eyesclosed"] - power["eyesopen"]
+
+    assert closed_minus_open("full") > np.log(2.5)  # 20 vs 6 uV alpha, over the background
+    assert abs(closed_minus_open("plain")) < np.log(1.5)
+    assert main([str(tmp_path / "bad"), *args, "--formats", "edf,gdf"]) == 1
+    assert "formats must be" in capsys.readouterr().err
+
+
 def test_classes_are_balanced_against_the_file_format(tmp_path):
     paths = [Path(p) for p in generate_cohort(tmp_path, 8, seed=0, duration_s=32.0)]
     rows = (tmp_path / "participants.tsv").read_text().splitlines()
