@@ -243,7 +243,13 @@ class EegModality(Modality):
     def embedder(self, opts: SJepaMethod, dim: int, stats: dict[str, Any] | None = None) -> Any:
         from modalities.eeg.sjepa import EegEmbedder
 
-        return EegEmbedder(dim, opts.conv_widths, features=opts.features)
+        sfreq = (stats or {}).get("sfreq", 128.0)
+        if opts.features == "spectrum" and not float(sfreq).is_integer():
+            raise ValueError(
+                f"modality.features=spectrum takes 1-s tokens of a whole number of samples; "
+                f"these records are {sfreq:g} Hz (ingest with --sfreq 128)"
+            )
+        return EegEmbedder(dim, opts.conv_widths, features=opts.features, samples=int(sfreq))
 
     def legacy_options(self, legacy: Mapping[str, Any]) -> dict[str, Any]:
         """Runs saved before modality options: the S-JEPA masker read mask.num_targets blocks

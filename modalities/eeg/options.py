@@ -149,7 +149,7 @@ class EegOptions:
 
 
 #: the feature encoders of `SJepaMethod.features`
-FEATURE_ENCODERS = ("segment", "continuous")
+FEATURE_ENCODERS = ("segment", "continuous", "spectrum")
 #: S-JEPA's continuous conv stack (braindecode's SignalJEPA default): (channels, kernel, stride)
 SJEPA_CONV_LAYERS = ((8, 32, 8), (16, 2, 2), (32, 2, 2), (64, 2, 2), (64, 2, 2))
 

@@ -43,7 +43,7 @@ UM_PER_M = 1e6
 
 def token_overlap(opts: SJepaMethod, sfreq: float) -> int:
     """Samples past its second each token holds for the feature encoder `opts.features`."""
-    if opts.features == "segment":
+    if opts.features != "continuous":
         return 0
     field, stride = conv_span(SJEPA_CONV_LAYERS)
     if round(float(sfreq)) != stride:
@@ -205,14 +205,50 @@ class ContinuousConvEncoder(nn.Module):
         return self.along_channel(tokens).squeeze(-2)
 
 
+class SpectrumEncoder(nn.Module):
+    """Per-channel feature encoder on each token's log power spectrum: a Hann-windowed FFT of the
+    token's samples (one second: 1 Hz bins), the log of each bin's power, then a linear map to
+    the model width. Phase-invariant by construction: a rhythm's frequency and power read the same
+    whatever its phase, where a conv stack must learn that invariance (BIOT and the other
+    spectrogram-token EEG models embed STFT magnitudes this way). Not S-JEPA's encoder."""
+
+    #: added to each bin's power (robust-scaled units squared) before the log
+    EPS = 1e-4
+
+    def __init__(self, dim: int, samples: int) -> None:
+        super().__init__()
+        self.samples = samples
+        self.register_buffer("window", torch.hann_window(samples, periodic=False), persistent=False)
+        self.proj = nn.Linear(samples // 2 + 1, dim)
+
+    def spectrum(self, tokens: torch.Tensor) -> torch.Tensor:
+        """[..., samples] -> log power per frequency bin [..., samples // 2 + 1] (float32)."""
+        if tokens.shape[-1] != self.samples:
+            raise ValueError(
+                f"the spectrum feature encoder takes tokens of {self.samples} samples, got "
+                f"{tokens.shape[-1]}"
+            )
+        x = tokens.float() * self.window
+        power = torch.fft.rfft(x, dim=-1).abs().square() / self.window.square().sum()
+        return torch.log(power + self.EPS)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.spectrum(tokens).to(self.proj.weight.dtype))
+
+
 class EegEmbedder(nn.Module):
     """S-JEPA embedding: conv features + channel embedding (from xyz) + time encoding.
 
-    features: "segment" (`ChannelConvEncoder` on each 1-s segment) or "continuous"
-    (`ContinuousConvEncoder`, S-JEPA's stack over the continuous signal)."""
+    features: "segment" (`ChannelConvEncoder` on each 1-s segment), "continuous"
+    (`ContinuousConvEncoder`, S-JEPA's stack over the continuous signal) or "spectrum"
+    (`SpectrumEncoder` on each 1-s segment of `samples` samples)."""
 
     def __init__(
-        self, dim: int, widths: tuple[int, ...] = (32, 64, 128), features: str = "segment"
+        self,
+        dim: int,
+        widths: tuple[int, ...] = (32, 64, 128),
+        features: str = "segment",
+        samples: int = 128,
     ) -> None:
         super().__init__()
         if dim % 2:
@@ -220,9 +256,12 @@ class EegEmbedder(nn.Module):
         if features not in FEATURE_ENCODERS:
             raise ValueError(f"features must be one of {FEATURE_ENCODERS}, got {features!r}")
         self.dim = dim
-        self.features = (
-            ChannelConvEncoder(dim, widths) if features == "segment" else ContinuousConvEncoder(dim)
-        )
+        if features == "segment":
+            self.features: nn.Module = ChannelConvEncoder(dim, widths)
+        elif features == "continuous":
+            self.features = ContinuousConvEncoder(dim)
+        else:
+            self.features = SpectrumEncoder(dim, samples)
         self.channel_proj = nn.Linear(dim, dim)
         # Channels with no known position share one learned embedding.
         self.unknown_channel = nn.Parameter(torch.randn(dim) * 0.02)

@@ -22,6 +22,7 @@ from modalities.eeg.sjepa import (
     ContinuousConvEncoder,
     EegEmbedder,
     SpatialBlockMasker,
+    SpectrumEncoder,
     X,
     Z,
     token_overlap,
@@ -290,6 +291,56 @@ def test_one_jepa_step_with_the_continuous_encoder():
     pred = model(pack(samples))
     pred.square().mean().backward()
     assert model.encoder.embedder.features.convs[0].weight.grad.abs().sum() > 0
+
+
+# --------------------------------------------------------------------------------------------
+# The log-spectrum feature encoder
+
+
+def test_spectrum_encoder_is_phase_invariant_and_peaks_at_the_rhythm():
+    enc = SpectrumEncoder(16, 128)
+    t = torch.arange(128) / 128.0
+    waves = torch.stack([torch.sin(2 * torch.pi * 20 * t + p) for p in (0.0, 1.0, 2.5)])
+    spec = enc.spectrum(waves)
+    assert spec.shape == (3, 65)
+    assert (spec.argmax(-1) == 20).all()  # 1-Hz bins of a 1-s token
+    torch.testing.assert_close(spec[1], spec[0], atol=0.05, rtol=0)
+    torch.testing.assert_close(spec[2], spec[0], atol=0.05, rtol=0)
+    # power: doubling the amplitude adds log(4) at the peak
+    twice = enc.spectrum(2 * waves[:1])
+    assert abs(float(twice[0, 20] - spec[0, 20]) - np.log(4.0)) < 1e-3
+    # a per-token map: changing one token changes its features only
+    tokens = torch.randn(2, 5, 128)
+    a = enc(tokens)
+    tokens[1, 2] += torch.randn(128)
+    changed = (a - enc(tokens)).abs().sum(-1) > 1e-6
+    assert changed.tolist() == [[False] * 5, [False, False, True, False, False]]
+    with pytest.raises(ValueError, match="takes tokens of 128 samples, got 152"):
+        enc(torch.zeros(3, 152))
+
+
+def test_one_jepa_step_with_the_spectrum_encoder():
+    cfg = load_config(
+        overrides=["model.embed_dim=32", "model.num_heads=2", "model.depth=1"]
+        + ["model.pred_dim=16", "model.pred_heads=2", "model.pred_depth=1"]
+        + ["modality.features=spectrum", "modality.masks=[{num: 2}]"]
+    )
+    opts = method_options(MODALITY, cfg)
+    assert token_overlap(opts, 128.0) == 0
+    masker = MODALITY.masker(opts)
+    samples = []
+    for i in range(2):
+        t = MODALITY.tokenize(record(n_sec=4, seed=i), {}, opts)
+        assert t["tokens"].shape[1] == 128
+        ctx, tgts = masker(np.random.default_rng(i), t["coords"])
+        samples.append(Sample(i, t["tokens"], t["coords"], ctx, tgts))
+    model = JEPA(build_embedder(MODALITY, cfg, {"sfreq": 128.0}), cfg.model)
+    assert isinstance(model.encoder.embedder.features, SpectrumEncoder)
+    pred = model(pack(samples))
+    pred.square().mean().backward()
+    assert model.encoder.embedder.features.proj.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="whole number of samples.*100.5 Hz"):
+        build_embedder(MODALITY, cfg, {"sfreq": 100.5})
 
 
 def test_default_masks_are_what_runs_without_mask_settings_drew_before():
