@@ -231,9 +231,12 @@ class EegModality(Modality):
     # -- model side: S-JEPA (sjepa.py imports torch, so it is loaded here, not at module import)
 
     def tokenize(self, record: dict[str, Any], stats: dict[str, Any], opts: Any) -> dict[str, Any]:
-        from modalities.eeg.sjepa import token_overlap, tokenize_record
+        from modalities.eeg.sjepa import spectrum_tokens, token_overlap, tokenize_record
 
-        return tokenize_record(record, stats, token_overlap(opts, record["sfreq"]))
+        out = tokenize_record(record, stats, token_overlap(opts, record["sfreq"]))
+        if opts.features == "spectrum":
+            out["tokens"] = spectrum_tokens(out["tokens"], out["coords"], opts.spectrum_centering)
+        return out
 
     def masker(self, opts: SJepaMethod) -> Any:
         from modalities.eeg.sjepa import SpatialBlockMasker
@@ -249,7 +252,8 @@ class EegModality(Modality):
                 f"modality.features=spectrum takes 1-s tokens of a whole number of samples; "
                 f"these records are {sfreq:g} Hz (ingest with --sfreq 128)"
             )
-        return EegEmbedder(dim, opts.conv_widths, features=opts.features, samples=int(sfreq))
+        bins = int(sfreq) // 2 + 1  # the rfft of one second
+        return EegEmbedder(dim, opts.conv_widths, features=opts.features, bins=bins)
 
     def legacy_options(self, legacy: Mapping[str, Any]) -> dict[str, Any]:
         """Runs saved before modality options: the S-JEPA masker read mask.num_targets blocks

@@ -150,6 +150,8 @@ class EegOptions:
 
 #: the feature encoders of `SJepaMethod.features`
 FEATURE_ENCODERS = ("segment", "continuous", "spectrum")
+#: `SJepaMethod.spectrum_centering`: none, or each channel's mean over the window taken out
+SPECTRUM_CENTERINGS = ("none", "channel")
 #: S-JEPA's continuous conv stack (braindecode's SignalJEPA default): (channels, kernel, stride)
 SJEPA_CONV_LAYERS = ((8, 32, 8), (16, 2, 2), (32, 2, 2), (64, 2, 2), (64, 2, 2))
 
@@ -199,7 +201,12 @@ class SJepaMethod:
     kernel / stride): receptive field 152 samples (1.1875 s at 128 Hz), stride 128 (1 s). It is
     computed per token, each token holding its second plus the next 24 samples, which equals the
     stack run along the whole channel (no padding: a window of S seconds gives S - 1 tokens per
-    channel, as braindecode's does). Needs 128 Hz records (the ingest's default).
+    channel, as braindecode's does). Needs 128 Hz records (the ingest's default). "spectrum":
+    each 1-s token's log power spectrum (Hann window, 1 Hz bins), embedded linearly: not
+    S-JEPA's, phase-invariant from the start (docs/eeg.md).
+    spectrum_centering: with features "spectrum", "channel" subtracts each channel's mean log
+    spectrum over the window from its tokens (takes out a record's steady traits: background
+    power, a steady alpha); "none" (default) keeps them.
     conv_widths: the channels of the segment encoder's three conv layers (default 32, 64, 128;
     the conv stack is most of a CPU step, and narrower ones are cheaper but keep less of a
     token's band power at init: docs/eeg.md). The continuous stack's widths are S-JEPA's.
@@ -209,6 +216,7 @@ class SJepaMethod:
     # I-JEPA mask defaults read as 4 blocks of 15-20% of the channels): unchanged.
     masks: tuple[SpatialSpec, ...] = (SpatialSpec(num=4, channel_scale=(0.15, 0.2)),)
     features: str = "segment"
+    spectrum_centering: str = "none"
     conv_widths: tuple[int, ...] = (32, 64, 128)
     min_context: float = 0.1
     max_tries: int = 100
@@ -233,4 +241,14 @@ class SJepaMethod:
         if self.features not in FEATURE_ENCODERS:
             raise ValueError(
                 f"features: expected one of {', '.join(FEATURE_ENCODERS)}, got {self.features!r}"
+            )
+        if self.spectrum_centering not in SPECTRUM_CENTERINGS:
+            raise ValueError(
+                f"spectrum_centering: expected one of {', '.join(SPECTRUM_CENTERINGS)}, got "
+                f"{self.spectrum_centering!r}"
+            )
+        if self.spectrum_centering != "none" and self.features != "spectrum":
+            raise ValueError(
+                f"spectrum_centering: {self.spectrum_centering!r} needs features: spectrum "
+                f"(got features: {self.features})"
             )

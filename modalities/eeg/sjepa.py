@@ -107,6 +107,36 @@ def tokenize_record(
     return {"tokens": tokens, "coords": coords.reshape(-1, 6)}
 
 
+#: added to each bin's power (robust-scaled units squared) before the log
+SPECTRUM_EPS = 1e-4
+
+
+def log_spectra(tokens: np.ndarray) -> np.ndarray:
+    """[..., n] samples -> [..., n // 2 + 1] float32: the log power of each bin of a
+    Hann-windowed FFT (1 Hz bins for 1-s tokens), normalised by the window's energy."""
+    window = np.hanning(tokens.shape[-1])
+    spec = np.fft.rfft(np.asarray(tokens, dtype=np.float64) * window, axis=-1)
+    power = (spec.real**2 + spec.imag**2) / np.square(window).sum()
+    return np.log(power + SPECTRUM_EPS).astype(np.float32)
+
+
+def spectrum_tokens(tokens: np.ndarray, coords: np.ndarray, centering: str) -> np.ndarray:
+    """`tokenize_record`'s 1-s tokens -> their log spectra (`log_spectra`). centering
+    "channel": each channel's spectra minus their mean over the window's seconds, which takes
+    out what stays the same through a record (the channel's background power, a steady rhythm
+    such as the eyes-closed alpha) and keeps how each second departs from it."""
+    spectra = log_spectra(tokens)
+    if centering == "channel":
+        channels, inverse = np.unique(coords[:, CHANNEL], return_inverse=True)
+        sums = np.zeros((channels.size, spectra.shape[1]))
+        np.add.at(sums, inverse, spectra)
+        counts = np.bincount(inverse, minlength=channels.size)[:, None]
+        spectra = (spectra - (sums / counts)[inverse]).astype(np.float32)
+    elif centering != "none":
+        raise ValueError(f"spectrum centering must be 'none' or 'channel', got {centering!r}")
+    return spectra
+
+
 # --------------------------------------------------------------------------------------------
 # Embedder
 
@@ -206,34 +236,24 @@ class ContinuousConvEncoder(nn.Module):
 
 
 class SpectrumEncoder(nn.Module):
-    """Per-channel feature encoder on each token's log power spectrum: a Hann-windowed FFT of the
-    token's samples (one second: 1 Hz bins), the log of each bin's power, then a linear map to
-    the model width. Phase-invariant by construction: a rhythm's frequency and power read the same
-    whatever its phase, where a conv stack must learn that invariance (BIOT and the other
-    spectrogram-token EEG models embed STFT magnitudes this way). Not S-JEPA's encoder."""
+    """Per-channel feature encoder on each token's log power spectrum (`log_spectra`, computed
+    by the tokenizer): a linear map from the spectrum's bins to the model width. Phase-invariant
+    by construction: a rhythm's frequency and power read the same whatever its phase, where a
+    conv stack must learn that invariance (BIOT and the other spectrogram-token EEG models embed
+    STFT magnitudes this way). Not S-JEPA's encoder."""
 
-    #: added to each bin's power (robust-scaled units squared) before the log
-    EPS = 1e-4
-
-    def __init__(self, dim: int, samples: int) -> None:
+    def __init__(self, dim: int, bins: int) -> None:
         super().__init__()
-        self.samples = samples
-        self.register_buffer("window", torch.hann_window(samples, periodic=False), persistent=False)
-        self.proj = nn.Linear(samples // 2 + 1, dim)
-
-    def spectrum(self, tokens: torch.Tensor) -> torch.Tensor:
-        """[..., samples] -> log power per frequency bin [..., samples // 2 + 1] (float32)."""
-        if tokens.shape[-1] != self.samples:
-            raise ValueError(
-                f"the spectrum feature encoder takes tokens of {self.samples} samples, got "
-                f"{tokens.shape[-1]}"
-            )
-        x = tokens.float() * self.window
-        power = torch.fft.rfft(x, dim=-1).abs().square() / self.window.square().sum()
-        return torch.log(power + self.EPS)
+        self.bins = bins
+        self.proj = nn.Linear(bins, dim)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.spectrum(tokens).to(self.proj.weight.dtype))
+        if tokens.shape[-1] != self.bins:
+            raise ValueError(
+                f"the spectrum feature encoder takes tokens of {self.bins} log power bins (one "
+                f"second's spectrum), got {tokens.shape[-1]}: tokenize with features=spectrum"
+            )
+        return self.proj(tokens)
 
 
 class EegEmbedder(nn.Module):
@@ -241,14 +261,14 @@ class EegEmbedder(nn.Module):
 
     features: "segment" (`ChannelConvEncoder` on each 1-s segment), "continuous"
     (`ContinuousConvEncoder`, S-JEPA's stack over the continuous signal) or "spectrum"
-    (`SpectrumEncoder` on each 1-s segment of `samples` samples)."""
+    (`SpectrumEncoder` on each 1-s segment's `bins` log power bins)."""
 
     def __init__(
         self,
         dim: int,
         widths: tuple[int, ...] = (32, 64, 128),
         features: str = "segment",
-        samples: int = 128,
+        bins: int = 65,
     ) -> None:
         super().__init__()
         if dim % 2:
@@ -261,7 +281,7 @@ class EegEmbedder(nn.Module):
         elif features == "continuous":
             self.features = ContinuousConvEncoder(dim)
         else:
-            self.features = SpectrumEncoder(dim, samples)
+            self.features = SpectrumEncoder(dim, bins)
         self.channel_proj = nn.Linear(dim, dim)
         # Channels with no known position share one learned embedding.
         self.unknown_channel = nn.Parameter(torch.randn(dim) * 0.02)

@@ -25,6 +25,8 @@ from modalities.eeg.sjepa import (
     SpectrumEncoder,
     X,
     Z,
+    log_spectra,
+    spectrum_tokens,
     token_overlap,
     tokenize_record,
     xyz_sincos,
@@ -297,33 +299,54 @@ def test_one_jepa_step_with_the_continuous_encoder():
 # The log-spectrum feature encoder
 
 
-def test_spectrum_encoder_is_phase_invariant_and_peaks_at_the_rhythm():
-    enc = SpectrumEncoder(16, 128)
-    t = torch.arange(128) / 128.0
-    waves = torch.stack([torch.sin(2 * torch.pi * 20 * t + p) for p in (0.0, 1.0, 2.5)])
-    spec = enc.spectrum(waves)
-    assert spec.shape == (3, 65)
+def test_log_spectra_are_phase_invariant_and_peak_at_the_rhythm():
+    t = np.arange(128) / 128.0
+    waves = np.stack([np.sin(2 * np.pi * 20 * t + p) for p in (0.0, 1.0, 2.5)])
+    spec = log_spectra(waves)
+    assert spec.shape == (3, 65) and spec.dtype == np.float32
     assert (spec.argmax(-1) == 20).all()  # 1-Hz bins of a 1-s token
-    torch.testing.assert_close(spec[1], spec[0], atol=0.05, rtol=0)
-    torch.testing.assert_close(spec[2], spec[0], atol=0.05, rtol=0)
+    np.testing.assert_allclose(spec[1], spec[0], atol=0.05)
+    np.testing.assert_allclose(spec[2], spec[0], atol=0.05)
     # power: doubling the amplitude adds log(4) at the peak
-    twice = enc.spectrum(2 * waves[:1])
-    assert abs(float(twice[0, 20] - spec[0, 20]) - np.log(4.0)) < 1e-3
-    # a per-token map: changing one token changes its features only
-    tokens = torch.randn(2, 5, 128)
+    assert abs(float(log_spectra(2 * waves[:1])[0, 20] - spec[0, 20]) - np.log(4.0)) < 1e-3
+
+
+def test_spectrum_tokens_centre_each_channel_over_the_window():
+    rec = record(n_sec=6, absent=(2,))
+    raw = tokenize_record(rec, {})
+    tokens, coords = raw["tokens"], raw["coords"]
+    plain = spectrum_tokens(tokens, coords, "none")
+    np.testing.assert_array_equal(plain, log_spectra(tokens))
+    centred = spectrum_tokens(tokens, coords, "channel")
+    for c in np.unique(coords[:, CHANNEL]):
+        rows = coords[:, CHANNEL] == c
+        np.testing.assert_allclose(centred[rows].mean(0), 0.0, atol=1e-5)
+        np.testing.assert_allclose(centred[rows], plain[rows] - plain[rows].mean(0), atol=1e-5)
+    with pytest.raises(ValueError, match="centering must be"):
+        spectrum_tokens(tokens, coords, "record")
+    with pytest.raises(ValueError, match="needs features: spectrum"):
+        SJepaMethod(spectrum_centering="channel")
+    with pytest.raises(ValueError, match="spectrum_centering: expected one of"):
+        SJepaMethod(features="spectrum", spectrum_centering="global")
+
+
+def test_spectrum_encoder_is_a_per_token_map_of_the_bins():
+    enc = SpectrumEncoder(16, 65)
+    tokens = torch.randn(2, 5, 65)
     a = enc(tokens)
-    tokens[1, 2] += torch.randn(128)
+    tokens[1, 2] += torch.randn(65)
     changed = (a - enc(tokens)).abs().sum(-1) > 1e-6
     assert changed.tolist() == [[False] * 5, [False, False, True, False, False]]
-    with pytest.raises(ValueError, match="takes tokens of 128 samples, got 152"):
-        enc(torch.zeros(3, 152))
+    with pytest.raises(ValueError, match="takes tokens of 65 log power bins.*got 128"):
+        enc(torch.zeros(3, 128))
 
 
 def test_one_jepa_step_with_the_spectrum_encoder():
     cfg = load_config(
         overrides=["model.embed_dim=32", "model.num_heads=2", "model.depth=1"]
         + ["model.pred_dim=16", "model.pred_heads=2", "model.pred_depth=1"]
-        + ["modality.features=spectrum", "modality.masks=[{num: 2}]"]
+        + ["modality.features=spectrum", "modality.spectrum_centering=channel"]
+        + ["modality.masks=[{num: 2}]"]
     )
     opts = method_options(MODALITY, cfg)
     assert token_overlap(opts, 128.0) == 0
@@ -331,7 +354,8 @@ def test_one_jepa_step_with_the_spectrum_encoder():
     samples = []
     for i in range(2):
         t = MODALITY.tokenize(record(n_sec=4, seed=i), {}, opts)
-        assert t["tokens"].shape[1] == 128
+        assert t["tokens"].shape[1] == 65  # the log spectrum's bins, channel-centred
+        assert abs(t["tokens"][t["coords"][:, CHANNEL] == 0].mean()) < 1e-5
         ctx, tgts = masker(np.random.default_rng(i), t["coords"])
         samples.append(Sample(i, t["tokens"], t["coords"], ctx, tgts))
     model = JEPA(build_embedder(MODALITY, cfg, {"sfreq": 128.0}), cfg.model)
