@@ -30,12 +30,10 @@ sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p).resolve() != REPO / 
 
 from engine.data import build_embedder  # noqa: E402
 from engine.export import load_encoder  # noqa: E402
-from engine.finetune import TokenGrids, finetune_fold  # noqa: E402
+from engine.finetune import HEADS, TokenGrids, finetune_fold  # noqa: E402
 from engine.model import Encoder  # noqa: E402
 from engine.probe import probe_splits, read_column  # noqa: E402
 from pipelines.shards import ShardDataset  # noqa: E402
-
-HEADS = ("contextual", "post-local", "pre-local")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,6 +16,11 @@ a missing ROI):
   tokens equals mixing the tokens of one time step: both are linear), then the pretrained local
   encoder on each virtual row's tokens; flattened; linear.
 
+Besides S-JEPA's three, `pooled`: the whole encoder; the mean and std of its token features
+over the record; a linear layer: `engine.probe --pool meanstd`'s readout trained end to end with
+the encoder, and the supervised check of the positive controls (docs/results.md). It takes no
+grid, so it reads records of any token layout the same way.
+
 `--tune full` (default, the paper's best) trains every weight; `--tune head` keeps the
 pretrained parts frozen. Splits as `engine.probe` (stratified k-fold, grouped by subject when the
 dataset has one); every fold trains the pretrained and the random-init model from the same seed.
@@ -52,7 +57,7 @@ from engine.probe import classifies, probe_splits, read_column
 from modalities import Modality
 from pipelines.shards import ShardDataset, ShardError
 
-HEADS = ("contextual", "post-local", "pre-local")
+HEADS = ("contextual", "post-local", "pre-local", "pooled")
 TUNES = ("full", "head")
 
 
@@ -113,13 +118,15 @@ class FinetuneModel(nn.Module):
                 f"{type(encoder.embedder).__name__} does not have"
             )
         self.encoder, self.head, self.rows, self.times = encoder, head, rows, times
-        self.spatial = nn.Linear(rows, filters, bias=False)  # R rows -> K virtual rows
+        # R rows -> K virtual rows (the pooled head has none)
+        self.spatial = None if head == "pooled" else nn.Linear(rows, filters, bias=False)
         dim = encoder.norm.normalized_shape[0]
-        self.out = nn.Linear(filters * times * dim, n_out)
+        width = 2 * dim if head == "pooled" else filters * times * dim
+        self.out = nn.Linear(width, n_out)
 
     def pretrained(self) -> list[nn.Parameter]:
         """The parameters that came from pretraining (what `--tune head` freezes)."""
-        if self.head == "contextual":
+        if self.head in ("contextual", "pooled"):
             return list(self.encoder.parameters())
         return list(self.encoder.embedder.parameters())
 
@@ -128,6 +135,14 @@ class FinetuneModel(nn.Module):
 
     def forward(self, grids: TokenGrids, idx: np.ndarray) -> torch.Tensor:
         b = len(idx)
+        if self.head == "pooled":
+            batch = pack_tokens([grids.tokens[i] for i in idx], [grids.coords[i] for i in idx])
+            h = self.encoder.forward_all(batch.tokens, batch.coords, batch.n_tokens, batch.packing)
+            pooled = [
+                torch.cat([f.mean(0), f.std(0)])
+                for f in (h[j, : len(grids.tokens[i])] for j, i in enumerate(idx))
+            ]
+            return self.out(torch.stack(pooled))
         if self.head != "contextual":
             tokens, where = grids.grid(idx)
             present = torch.zeros(b * self.rows * self.times, 1)

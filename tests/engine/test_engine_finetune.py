@@ -70,6 +70,10 @@ def test_frozen_head_tuning_leaves_the_encoder_alone_and_json_lands_by_the_check
     model = FinetuneModel(enc, "post-local", 8, 4, 2)
     assert {id(p) for p in model.pretrained()} == {id(p) for p in enc.embedder.parameters()}
     assert torch.is_tensor(model.spatial.weight) and model.out.in_features == 4 * 4 * 32
+    # the pooled head: the whole encoder, mean and std of its features, one linear layer
+    pooled = FinetuneModel(enc, "pooled", 8, 4, 2)
+    assert pooled.spatial is None and pooled.out.in_features == 2 * 32
+    assert {id(p) for p in pooled.pretrained()} == {id(p) for p in enc.parameters()}
 
 
 def _other_modality(root):
