@@ -19,7 +19,7 @@ import yaml
 from modalities.options import OptionError, coerce
 
 OBJECTIVES = ("jepa", "mae")
-TARGET_NORMS = ("position_centered", "double_centered", "layer_norm")
+TARGET_NORMS = ("position_centered", "double_centered", "layer_norm", "position_whitened")
 INITS = ("fan_in", "ijepa")
 
 
@@ -81,7 +81,9 @@ class LossConfig:
     # meet the targets from the mask tokens' positions alone. double_centered: also subtract
     # each record's own mean over its tokens (a feature constant over a record, which any
     # context token gives away, is then zero too). layer_norm: I-JEPA's per-token layer norm
-    # only.
+    # only. position_whitened: position-centred, then ZCA-whitened over the batch's tokens
+    # before the layer norm, so no few strong directions (a record-level trait) drown the rest
+    # (an experiment: docs/results.md; the target encoder then runs without a CUDA graph).
     target_norm: str = "position_centered"
 
 

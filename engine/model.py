@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.batch import PackedBatch, TokenBatch, TokenPacking, token_packing
-from engine.config import ModelConfig
+from engine.config import TARGET_NORMS, ModelConfig
 from engine.ops import gather_tokens, layer_norm, varlen_attention
 
 
@@ -284,6 +284,27 @@ def double_center(h: torch.Tensor, batch: TokenBatch) -> torch.Tensor:
     return h
 
 
+#: added to the eigenvalues (relative to their mean) before `whiten_tokens` divides by them
+WHITEN_EPS = 1e-2
+
+
+def whiten_tokens(h: torch.Tensor, n_tokens: torch.Tensor, eps: float = WHITEN_EPS) -> torch.Tensor:
+    """h [B, N, D] ZCA-whitened over the batch's real tokens (the first n_tokens [B] of each
+    record): every direction of feature space then has the same variance, so a few directions
+    that vary a lot (a record-level trait) cannot drown the rest; padding rows are left as they
+    are. The features are assumed centred (position-centred ones are, over the batch)."""
+    b, n, d = h.shape
+    valid = torch.arange(n, device=h.device)[None, :] < n_tokens.to(h.device)[:, None]
+    x = h[valid].double()
+    cov = x.T @ x / max(1, x.shape[0] - 1)
+    evals, evecs = torch.linalg.eigh(cov)
+    evals = evals.clamp_min(0) + eps * evals.clamp_min(0).mean().clamp_min(1e-12)
+    w = (evecs * evals.rsqrt()) @ evecs.T
+    out = h.clone()
+    out[valid] = (x @ w).to(h.dtype)
+    return out
+
+
 def normalize_targets(h: torch.Tensor, batch: TokenBatch, norm: str) -> torch.Tensor:
     """Target-encoder features [B, N, D] -> the regression targets, fp32 [B, N, D]. The one
     place the targets' normalisation lives (eager and CUDA-graph paths both call it).
@@ -295,16 +316,18 @@ def normalize_targets(h: torch.Tensor, batch: TokenBatch, norm: str) -> torch.Te
     too (`double_center`; data2vec's instance normalisation of speech targets, without its
     scaling), so a feature that only says which record a token belongs to is zero as well and
     the predictor cannot meet the targets from any one context token's record-wide content.
+    position_whitened: position-centred, then whitened over the batch (`whiten_tokens`).
     """
     h = h.float()
     if norm == "position_centered":
         h = center_by_position(h, batch.pos_group, batch.n_pos_groups)
+    elif norm == "position_whitened":
+        h = center_by_position(h, batch.pos_group, batch.n_pos_groups)
+        h = whiten_tokens(h, batch.n_tokens)
     elif norm == "double_centered":
         h = double_center(h, batch)
     elif norm != "layer_norm":
-        raise ValueError(
-            f"target norm must be position_centered, double_centered or layer_norm, got {norm!r}"
-        )
+        raise ValueError(f"target norm must be one of {', '.join(TARGET_NORMS)}, got {norm!r}")
     return F.layer_norm(h, (h.shape[-1],))
 
 

@@ -147,8 +147,10 @@ class Trainer:
         self.target: Encoder = copy.deepcopy(model.encoder).float().requires_grad_(False)
         ema = (0.0, 0.0) if self.mae else (cfg.ema.start, cfg.ema.end)
         self.ema = EMATarget(self.target, cfg.train.steps, *ema)
+        # Whitening's eigendecomposition checks its result on the host: no graph capture.
+        graph_target = cfg.train.cuda_graph_target and cfg.loss.target_norm != "position_whitened"
         self.target_features = GraphedTargetFeatures(
-            self.target, cfg.train.cuda_graph_target, norm=cfg.loss.target_norm
+            self.target, graph_target, norm=cfg.loss.target_norm
         )
         self._warned: set[str] = set()
         o = cfg.optim

@@ -25,6 +25,7 @@ from engine.model import (
     double_center,
     normalize_targets,
     target_features,
+    whiten_tokens,
 )
 from engine.objective import mae_targets
 from modalities.grid import GridEmbedder
@@ -106,6 +107,27 @@ def test_double_centred_targets_zero_a_record_constant_encoder_and_keep_padding(
     assert raw_dc[valid].abs().max() < 0.02 and pc[valid].abs().mean() > 0.3
     assert torch.all(raw_dc[~valid] == 0)
     assert dc.shape == h.shape
+
+
+def test_whitened_targets_give_every_direction_the_same_variance_and_keep_padding():
+    """A direction 100x stronger than the rest (a record-level trait) no longer dominates once
+    whitened: the real tokens' covariance is the identity (up to the eigenvalue floor), and
+    padding rows are left alone."""
+    torch.manual_seed(0)
+    lengths = torch.tensor([30, 25, 30, 20])
+    h = torch.randn(4, 30, 6, dtype=torch.float64) * torch.tensor([100.0, 1, 1, 1, 1, 0.5])
+    h = h @ torch.linalg.qr(torch.randn(6, 6, dtype=torch.float64))[0]  # mix the directions
+    valid = torch.arange(30)[None, :] < lengths[:, None]
+    h[~valid] = 7.0
+    h[valid] -= h[valid].mean(0)
+    w = whiten_tokens(h, lengths, eps=0.0)
+    x = w[valid]
+    torch.testing.assert_close(x.T @ x / (len(x) - 1), torch.eye(6, dtype=torch.float64))
+    assert torch.all(w[~valid] == 7.0)
+    # the floor: eigenvalues below eps x their mean are not blown up
+    flat = torch.zeros(4, 30, 6, dtype=torch.float64)
+    flat[..., 0] = torch.randn(4, 30, dtype=torch.float64)
+    assert whiten_tokens(flat, lengths)[..., 1:].abs().max() == 0
 
 
 def test_target_features_position_only_encoder_gives_zero_centred_targets():
