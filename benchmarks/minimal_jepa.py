@@ -9,7 +9,12 @@ subtracts each position's batch mean first (the engine's default). It reads the 
 the same tokens (the modality's tokenizer) as the engine, so the two see identical inputs.
 
     python benchmarks/minimal_jepa.py --data DIR --out FILE.safetensors [--targets ...]
-        [--steps N] [--seed S]
+        [--steps N] [--seed S] [--option KEY=VALUE ...] [--probe LABEL]
+
+`--option` sets the modality's tokenizer options (e.g. `features=spectrum` for EEG: its tokens
+are then log spectra); `--probe LABEL` ends with a linear probe of the trained target encoder
+and of its own random init on the records' `LABEL` (mean and std pooled token features, 8
+labelled subjects per draw, 10 draws; `engine.probe.linear_probe`, the evaluation only).
 
 `load(FILE)` returns the trained target encoder and `features(...)` its per-token features, which
 `benchmarks/positive_controls.py` probes beside the engine's. Imports torch, numpy, safetensors,
@@ -100,12 +105,12 @@ def block_mask(rng: np.random.Generator, rows: int, cols: int) -> np.ndarray:
     return target.reshape(-1)
 
 
-def load_tokens(data: str) -> tuple[np.ndarray, np.ndarray]:
+def load_tokens(data: str, options: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
     """tokens [records, N, patch] and coords [N, 2] of a grid dataset whose records all share
-    one token grid (the modality's tokenizer, its default options)."""
+    one token grid (the modality's tokenizer, its default options updated by `options`)."""
     ds = ShardDataset(data)
     modality = get_modality(ds.modality)
-    opts = modality.method_options({})  # the defaults: 1 x 16 patches (Brain-JEPA's)
+    opts = modality.method_options(options or {})  # fMRI's defaults: 1 x 16 (Brain-JEPA's)
     toks, coords = [], None
     for i in range(len(ds)):
         t = modality.tokenize(ds[i], ds.stats, opts)
@@ -209,13 +214,45 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--option", nargs="*", default=[], metavar="KEY=VALUE")
+    p.add_argument("--probe", metavar="LABEL", help="probe the result and its random init")
     args = p.parse_args(argv)
+    options = {}
+    for item in args.option:
+        key, sep, value = item.partition("=")
+        if not sep:
+            p.error(f"--option expects KEY=VALUE, got {item!r}")
+        options[key] = value
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    tokens, coords = load_tokens(args.data)
+    tokens, coords = load_tokens(args.data, options)
     enc = train(tokens, coords, args.targets, args.steps, args.seed)
-    save(enc, args.out, int(coords[:, 0].max()) + 1)
-    print(json.dumps({"saved": args.out, "records": len(tokens), "tokens": int(tokens.shape[1])}))
+    rows = int(coords[:, 0].max()) + 1
+    save(enc, args.out, rows)
+    out = {"saved": args.out, "records": len(tokens), "tokens": int(tokens.shape[1])}
+    if args.probe:
+        torch.manual_seed(args.seed)  # train() seeds, then builds: this is its starting encoder
+        init = Encoder(tokens.shape[-1], rows).eval()
+        out["probe"] = {
+            name: probe(args.data, args.probe, e, tokens, coords)
+            for name, e in (("pretrained", enc.eval()), ("random-init", init))
+        }
+    print(json.dumps(out))
     return 0
+
+
+def probe(data: str, label: str, enc: Encoder, tokens: np.ndarray, coords: np.ndarray) -> dict:
+    """Mean and spread over 10 draws of a linear probe of `label` on mean+std pooled features,
+    8 labelled subjects per draw, tested on the other subjects."""
+    from engine.probe import linear_probe, read_column
+
+    ds = ShardDataset(data)
+    pooled = np.stack(
+        [np.concatenate([f.mean(0), f.std(0)]) for f in features(enc, tokens, coords)]
+    )
+    labels = read_column(ds, data, label)
+    subjects = read_column(ds, data, "subject")
+    r = linear_probe(pooled, labels, 10, 0, groups=subjects, train_groups=8)
+    return {"mean": r["mean"], "std": r["std"]}
 
 
 if __name__ == "__main__":
