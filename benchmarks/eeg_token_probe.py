@@ -13,7 +13,11 @@ is constant, so a gain in frequency R^2 is the deep-linear claim on tokens: the 
 content predictable from context.
 
     python benchmarks/eeg_token_probe.py --data DIR --run RUN:SEED [RUN:SEED ...] \
-        [--records 200] [--json FILE]
+        [--records 200] [--json FILE] [--oracle LABEL]
+
+`--oracle LABEL` first reads the record label with one number per window, the control's
+oracle: the correlation of each channel's beta peak frequency in one second with the next
+second's, every record, logistic regression over 5 folds grouped by subject.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p).resolve() != REPO / 
 from engine.data import build_embedder  # noqa: E402
 from engine.export import load_encoder  # noqa: E402
 from engine.model import Encoder  # noqa: E402
-from engine.probe import encode_records, token_probe  # noqa: E402
+from engine.probe import encode_records, linear_probe, read_column, token_probe  # noqa: E402
 from pipelines.shards import ShardDataset  # noqa: E402
 
 BAND_HZ = (13.0, 31.0)
@@ -83,22 +87,43 @@ def probe(encoder: Encoder, cfg, modality, sub: _Subset, latents, groups) -> dic
     }
 
 
+def oracle(ds: ShardDataset, data: str, label: str) -> dict:
+    """The one-number record oracle (module docstring): its accuracy and per-class means."""
+    corr = []
+    for i in range(len(ds)):
+        peak = beta_latents(ds[i])[..., 0]
+        corr.append(np.corrcoef(peak[:, :-1].ravel(), peak[:, 1:].ravel())[0, 1])
+    x = np.nan_to_num(np.asarray(corr))[:, None]
+    y = read_column(ds, data, label)
+    r = linear_probe(x, y, 5, 0, groups=read_column(ds, data, "subject"))
+    means = {str(c): round(float(x[y == c].mean()), 3) for c in np.unique(y)}
+    return {"accuracy": r["mean"], "std": r["std"], "class_means": means}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, help="an ingested EEG dataset")
-    p.add_argument("--run", nargs="+", required=True, metavar="RUN:SEED")
+    p.add_argument("--run", nargs="*", default=[], metavar="RUN:SEED")
     p.add_argument("--records", type=int, default=200, help="evenly spaced records probed")
     p.add_argument("--json", type=Path, help="results file (default: print only)")
+    p.add_argument("--oracle", metavar="LABEL", help="read LABEL with the one-number oracle")
     args = p.parse_args(argv)
+    if not args.run and not args.oracle:
+        p.error("nothing to do: give --run RUN:SEED and/or --oracle LABEL")
     ds = ShardDataset(args.data)
     if ds.modality != "eeg":
         print(f"eeg_token_probe: {args.data} is a {ds.modality} dataset, not eeg", file=sys.stderr)
         return 1
+    results: dict[str, dict] = {}
+    if args.oracle:
+        results["oracle"] = oracle(ds, args.data, args.oracle)
+        o = results["oracle"]
+        print(f"oracle {args.oracle}: accuracy {o['accuracy']:.3f} +- {o['std']:.3f}, "
+              f"neighbour correlation by class {o['class_means']}", flush=True)  # fmt: skip
     idx = np.unique(np.linspace(0, len(ds) - 1, min(args.records, len(ds))).round().astype(int))
     sub = _Subset(ds, idx)
     latents = [beta_latents(sub[i]) for i in range(len(sub))]
     groups = np.array([sub[i]["subject"] for i in range(len(sub))])
-    results: dict[str, dict] = {}
     for spec in args.run:
         run, _, seed = spec.rpartition(":")
         if not run or not seed.isdigit():
