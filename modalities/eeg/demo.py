@@ -145,10 +145,12 @@ def simulate(
 
     `coupled` picks the beta rhythm's class, `coupling` what it couples (module docstring);
     with `coupling="frequency"` every beta token has amplitude `beta_uv`. `background_uv`
-    scales each of the six pink-noise background sources. `nuisance=False` leaves out what
-    differs between recordings but not between the `rhythm` classes: the alpha rhythm (so the
-    condition and the subject's alpha peak), blinks and muscle bursts (line, amplifier and
-    background noise stay)."""
+    scales each of the six pink-noise background sources. `nuisance=False` leaves out the
+    record-level traits that differ between recordings but not between the `rhythm` classes:
+    the alpha rhythm (so the eyes-closed / eyes-open difference and the subject's alpha peak)
+    and the blinks of the eyes-open condition. The muscle bursts (transient, half of them
+    annotated), line, amplifier and background noise stay.
+    """
     if coupling not in COUPLINGS:
         raise ValueError(f"coupling must be one of {COUPLINGS}, got {coupling!r}")
     if not (float(duration_s).is_integer() and float(sfreq).is_integer()):
@@ -186,8 +188,7 @@ def simulate(
         amp = rng.uniform(80, 200)
         eeg[:, a : a + blink_len] += amp * np.outer(g_eyes, shape)
         eog[a : a + blink_len] += 2 * amp * shape
-    n_bursts = rng.poisson(duration_s / 60 * 2) if nuisance else 0
-    for k, onset in enumerate(rng.uniform(0, duration_s - 3, n_bursts)):
+    for k, onset in enumerate(rng.uniform(0, duration_s - 3, rng.poisson(duration_s / 60 * 2))):
         side = np.array([0.08 if k % 2 else -0.08, 0.0, 0.0])
         a, m = int(onset * sfreq), int(rng.uniform(0.5, 2.0) * sfreq)
         burst = 30.0 * _band(rng, m, sfreq, 20, min(60, sfreq / 2 - 1)) * np.hanning(m)
@@ -338,8 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--no-nuisance",
         action="store_true",
-        help="leave out alpha, blinks and muscle bursts (what differs between recordings "
-        "but not between the rhythm classes)",
+        help="leave out the alpha rhythm and blinks (record-level traits of the eyes-closed / "
+        "eyes-open condition, not of the rhythm classes); muscle bursts stay",
     )
     args = p.parse_args(argv)
     formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
