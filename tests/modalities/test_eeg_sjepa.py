@@ -400,3 +400,15 @@ def test_targets_centre_by_channel_and_second_not_by_each_recordings_montage():
         h = torch.randn(3, n, 8)
         centred = normalize_targets(h, batch, "position_centered")
         assert (centred[1].abs().sum(-1) == 0).all() == (expect == 1)
+
+
+def test_the_eeg_control_config_uses_spectrum_tokens_and_position_centred_targets():
+    """engine/configs/eeg_control.yaml (the EEG gain of docs/results.md) loads and builds."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "engine" / "configs" / "eeg_control.yaml"
+    cfg = load_config(path)
+    opts = method_options(MODALITY, cfg)
+    assert opts.features == "spectrum" and cfg.loss.target_norm == "position_centered"
+    emb = build_embedder(MODALITY, cfg, {"sfreq": 128.0})
+    assert isinstance(emb.features, SpectrumEncoder) and emb.features.bins == 65
