@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.batch import PackedBatch, TokenBatch, TokenPacking, token_packing
-from engine.config import TARGET_NORMS, ModelConfig
+from engine.config import ModelConfig
 from engine.ops import gather_tokens, layer_norm, varlen_attention
 
 
@@ -327,7 +327,10 @@ def normalize_targets(h: torch.Tensor, batch: TokenBatch, norm: str) -> torch.Te
     elif norm == "double_centered":
         h = double_center(h, batch)
     elif norm != "layer_norm":
-        raise ValueError(f"target norm must be one of {', '.join(TARGET_NORMS)}, got {norm!r}")
+        raise ValueError(
+            "target norm must be position_centered, double_centered, layer_norm or "
+            f"position_whitened, got {norm!r}"
+        )
     return F.layer_norm(h, (h.shape[-1],))
 
 
