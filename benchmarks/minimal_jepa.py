@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+import yaml
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -222,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         key, sep, value = item.partition("=")
         if not sep:
             p.error(f"--option expects KEY=VALUE, got {item!r}")
-        options[key] = value
+        options[key] = yaml.safe_load(value)  # numbers and lists as the run config reads them
     torch.set_num_threads(max(1, torch.get_num_threads()))
     tokens, coords = load_tokens(args.data, options)
     enc = train(tokens, coords, args.targets, args.steps, args.seed)
