@@ -17,8 +17,8 @@ and of its own random init on the records' `LABEL` (mean and std pooled token fe
 labelled subjects per draw, 10 draws; `engine.probe.linear_probe`, the evaluation only).
 
 `load(FILE)` returns the trained target encoder and `features(...)` its per-token features, which
-`benchmarks/positive_controls.py` probes beside the engine's. Imports torch, numpy, safetensors,
-`pipelines.shards` and `modalities` (data only).
+`benchmarks/positive_controls.py` probes beside the engine's. Imports torch, numpy, yaml,
+safetensors, `pipelines.shards` and `modalities` (data only); `--probe` adds `engine.probe`.
 """
 
 from __future__ import annotations
