@@ -132,6 +132,9 @@ class MaskedBatches(IterableDataset):
         stats = ds.stats
         opts = method_options(self.modality, self.cfg)
         masker = self.modality.masker(opts)
+        # A masker with `uses_step` (A-JEPA's curriculum) also gets the batch's position in the
+        # stream, a function of the data position that checkpoints restore.
+        uses_step = bool(getattr(masker, "uses_step", False))
         seed = self.cfg.train.seed
         cached = (self.epoch, self.batches(self.epoch))
         per_epoch = len(cached[1])
@@ -143,9 +146,14 @@ class MaskedBatches(IterableDataset):
             if cached[0] != epoch:
                 cached = (epoch, self.batches(epoch))
             samples = []
+            step = epoch * per_epoch + j
             for idx in cached[1][j]:
                 t = self.modality.tokenize(ds[int(idx)], stats, opts)
-                ctx, tgts = masker(sample_rng(seed, epoch, int(idx)), t["coords"])
+                rng = sample_rng(seed, epoch, int(idx))
+                if uses_step:
+                    ctx, tgts = masker(rng, t["coords"], step=step)
+                else:
+                    ctx, tgts = masker(rng, t["coords"])
                 samples.append(Sample(int(idx), t["tokens"], t["coords"], ctx, list(tgts)))
             yield pack(samples, self.modality.position_columns)
 

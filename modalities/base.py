@@ -146,6 +146,9 @@ class Modality:
         """A callable ``(rng: np.random.Generator, coords) -> (context_idx, [target_idx, ...])``.
 
         Index arrays point into the sample's tokens; lengths vary per sample (never truncated).
+        A masker whose attribute `uses_step` is true is called ``(rng, coords, step=k)`` with k
+        the batch's position in the data stream (batches before it, over all epochs; restored
+        exactly on resume): masks that change over training (A-JEPA's curriculum) read it.
         """
         raise NotImplementedError(f"{self.name} has no masker")
 

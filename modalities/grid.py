@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from modalities.options import check_range
+from modalities.options import BlockSpec, check_range
 
 
 def grid_patches(
@@ -126,22 +126,6 @@ def _block_shape(
         h = rows
         w = min(cols, max(1, round(area / h)))
     return h, w
-
-
-@dataclass(frozen=True)
-class BlockSpec:
-    """One group of target blocks: `num` blocks, each covering U(scale) of the grid with a
-    log-uniform aspect (rows / cols) in `aspect`."""
-
-    num: int = 4
-    scale: tuple[float, float] = (0.15, 0.2)
-    aspect: tuple[float, float] = (0.75, 1.5)
-
-    def __post_init__(self) -> None:
-        if self.num < 1:
-            raise ValueError(f"num: must be >= 1, got {self.num}")
-        check_range("scale", self.scale)
-        check_range("aspect", self.aspect, hi=math.inf)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from a mapping, naming unknown keys and bad values by their dotted key (`modalit
 expected [min, max], got 3`); the dataclass's own `__post_init__` checks ranges.
 
 `participants_problems(columns, reserved)`: the check of a reader's participants.tsv columns.
+`BlockSpec`: one group of target blocks of a block masker (grid, fMRI, audio masks).
 
 A modality declares its method options (tokenizer, masker, embedder) as such a dataclass
 (`Modality.method_type`); the run config's `modality:` section is parsed into it and the
@@ -18,6 +19,7 @@ Imports only the standard library.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Iterable, Mapping, Sequence
@@ -166,3 +168,19 @@ def participants_problems(columns: Sequence[Any], reserved: Iterable[str]) -> li
     if len(set(columns)) != len(columns):
         problems.append(f"participants columns repeat a name: {list(columns)}")
     return problems
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockSpec:
+    """One group of target blocks: `num` blocks, each covering U(scale) of the grid with a
+    log-uniform aspect (rows / cols) in `aspect`."""
+
+    num: int = 4
+    scale: tuple[float, float] = (0.15, 0.2)
+    aspect: tuple[float, float] = (0.75, 1.5)
+
+    def __post_init__(self) -> None:
+        if self.num < 1:
+            raise ValueError(f"num: must be >= 1, got {self.num}")
+        check_range("scale", self.scale)
+        check_range("aspect", self.aspect, hi=math.inf)
