@@ -35,6 +35,7 @@ class ModalityNotFound(KeyError):
 
 # name -> module path; each module exposes `MODALITY`, an instance of `Modality`.
 _BUILTIN: dict[str, str] = {
+    "audio": "modalities.audio",
     "eeg": "modalities.eeg",
     "fmri": "modalities.fmri",
 }
