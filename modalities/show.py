@@ -6,8 +6,8 @@ draws for it, so a person can see what the model is asked to predict: with the m
 geometry of a run (`--config RUN_DIR` or a config YAML: its `modality:` section), or the
 modality's defaults. The drawing is the modality's own `draw(ds, index, rng, opts) -> Drawing`
 (`modalities.base.Modality.draw`), found through the one modality registry
-(`modalities.get_modality`, built-ins and installed plugins alike); the fMRI and EEG drawers
-live here.
+(`modalities.get_modality`, built-ins and installed plugins alike); the fMRI, EEG and audio
+drawers live here.
 
 Imports numpy, yaml, pyarrow (`pipelines.shards`) and, inside the drawers, matplotlib (Agg
 backend) and the modality's model pieces. Never imports `engine`.
@@ -264,6 +264,75 @@ def draw_eeg(ds: ShardDataset, index: int, rng: np.random.Generator, opts: Any) 
         + f" of {len(coords)} tokens"
     )
     return Drawing(fig, summary)
+
+
+# --------------------------------------------------------------------------------------------
+# Audio: the log-mel with A-JEPA's two kinds of mask (the curriculum moves from one to the other)
+
+
+def draw_audio(ds: ShardDataset, index: int, rng: np.random.Generator, opts: Any) -> Drawing:
+    """The record's log-mel drawn twice, under a random-block mask and under a time-frequency
+    mask (time strips, frequency bands), each patch tinted as context (green), a target (one
+    colour per target) or unused (grey veil); the titles give the curriculum's probability of
+    each kind at the start and end of the ramp. Masks as the method options `opts`
+    (`AJepaMethod`) draw them."""
+    from modalities.audio.ajepa import CurriculumMasker, tf_probability
+
+    audio = get_modality("audio")
+    plt = _pyplot()
+    record = ds[index]
+    tokens = audio.tokenize(record, ds.stats, opts)  # as training tokenizes it
+    coords = tokens["coords"]
+    masker = CurriculumMasker(opts)
+    mel = np.asarray(record["mel"], dtype=np.float32)
+    n_mels, frames = mel.shape
+    valid = int(record["valid_frames"])
+    pf, pt = opts.patch_freq, opts.patch_time
+    a, b = opts.curriculum_steps
+    p0, p1 = tf_probability(opts, a), tf_probability(opts, b)
+    kinds = [
+        ("random blocks", masker.block(rng, coords), 1 - p0, 1 - p1),
+        ("time-frequency", masker.tf_mask(rng, coords), p0, p1),
+    ]
+    colours = ["#e41a1c", "#377eb8", "#ff7f00", "#984ea3", "#a65628", "#f781bf"]
+    seconds = frames * 0.010
+    fig, axes = plt.subplots(2, 1, figsize=(12, 7), sharex=True)
+    lines = []
+    for ax, (kind, (context, targets), start, end) in zip(axes, kinds, strict=True):
+        ax.imshow(mel, origin="lower", aspect="auto", cmap="magma",
+                  extent=(0, seconds, 0, n_mels))  # fmt: skip
+        role = np.full(len(coords), -2)  # -2 unused, -1 context, k target k
+        role[context] = -1
+        for k, tgt in enumerate(targets):
+            role[tgt] = k
+        for (row, col), r in zip(coords, role, strict=True):
+            x, y = col * pt * 0.010, row * pf
+            if r == -2:
+                face, alpha = "#ffffff", 0.55
+            elif r == -1:
+                face, alpha = "#4daf4a", 0.18
+            else:
+                face, alpha = colours[r % len(colours)], 0.45
+            ax.add_patch(plt.Rectangle((x, y), pt * 0.010, pf, color=face, alpha=alpha, lw=0))
+        if valid < frames:
+            ax.axvline(valid * 0.010, color="w", ls="--", lw=1)
+        ax.set_ylabel("mel bin")
+        ax.set_title(
+            f"{kind}: context {len(context)}, targets "
+            + ", ".join(str(len(t)) for t in targets)
+            + f" of {len(coords)} patches; drawn with p {start:.2f} at step {a}, "
+            f"{end:.2f} at step {b}",
+            fontsize=9,
+        )
+        lines.append(f"{kind} ctx {len(context)} tgt {sum(len(t) for t in targets)}")
+    axes[-1].set_xlabel(f"seconds ({pf} x {pt} patches; dashed: end of real frames)")
+    who = " ".join(f"{k} {record[k]}" for k in ("subject", "label") if record.get(k) is not None)
+    fig.suptitle(
+        f"{ds.root.name} record {index} ({who}): {n_mels} mel bins x {frames} frames, "
+        f"green context, colours targets, veiled unused"
+    )
+    fig.tight_layout()
+    return Drawing(fig, "; ".join(lines) + f" of {len(coords)} tokens")
 
 
 # --------------------------------------------------------------------------------------------

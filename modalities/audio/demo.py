@@ -7,8 +7,9 @@ background between pairs). Two labels, written to `labels.csv` (columns path, so
   (a sine), harmonic (six partials, 1/k), chirp (a glide over a major third) or noise (a band
   of noise a third of an octave wide). One patch of the spectrogram shows it.
 - `direction`, the positive control: whether the second note of every pair lies a fifth above
-  the first ("up") or a fifth below ("down"). Each pair's centre pitch is drawn log-uniformly
-  from 250 to 2000 Hz and its notes sit a half-fifth below and above it, so both classes have
+  the first ("up") or a fifth below ("down"; `interval` sets the step in semitones). Each pair's
+  centre pitch is drawn log-uniformly from 250 to 2000 Hz and its notes sit half the step below
+  and above it, so both classes have
   the same distribution of pitches, of pitch spread and of timing; no 16 x 16 patch (160 ms)
   holds two notes of a pair. Only the order of the two notes in time tells the classes apart,
   and a masked note is predictable from its partner and the file's direction.
@@ -45,7 +46,7 @@ FORMATS = {
 RATES = (16000, 22050, 44100)
 NOTE_S = 0.100
 PAIR_ONSET_S = 0.300
-INTERVAL = 1.5  # a fifth
+INTERVAL_SEMITONES = 7.0  # a fifth
 #: onset-to-onset lag of a pair in 10-ms frames (the oracle's lag)
 PAIR_LAG_FRAMES = round(PAIR_ONSET_S / 0.010)
 
@@ -116,22 +117,33 @@ def _note(rng: np.random.Generator, sound: str, f: float, rate: int) -> np.ndarr
 
 
 def synthesize(
-    rng: np.random.Generator, sound: str, direction: str, seconds: float, rate: int
+    rng: np.random.Generator,
+    sound: str,
+    direction: str,
+    seconds: float,
+    rate: int,
+    nuisance: bool = True,
+    interval: float = INTERVAL_SEMITONES,
 ) -> np.ndarray:
-    """One file's mono signal (peak 1) (module docstring)."""
+    """One file's mono signal (peak 1) (module docstring). `nuisance=False`: every note at the
+    same level and the noise floor at -45 dB (the same random draws are made, so the notes are
+    those of the file with nuisances)."""
     total = int(round(seconds * rate))
     y = np.zeros(total)
     t = rng.uniform(0.05, 0.45)
     while t + PAIR_ONSET_S + NOTE_S < seconds - 0.02:
         centre = float(np.exp(rng.uniform(np.log(250.0), np.log(2000.0))))
-        low, high = centre / np.sqrt(INTERVAL), centre * np.sqrt(INTERVAL)
+        half = 2.0 ** (interval / 24.0)
+        low, high = centre / half, centre * half
         first, second = (low, high) if direction == "up" else (high, low)
         for onset, f in ((t, first), (t + PAIR_ONSET_S, second)):
-            note = _note(rng, sound, f, rate) * 10 ** (rng.uniform(-3, 3) / 20)
+            db = rng.uniform(-3, 3)
+            note = _note(rng, sound, f, rate) * 10 ** ((db if nuisance else 0.0) / 20)
             i = int(round(onset * rate))
             y[i : i + len(note)] += note[: total - i]
         t += PAIR_ONSET_S + NOTE_S + rng.uniform(0.3, 0.5)
-    y += rng.standard_normal(total) * 10 ** (rng.uniform(-50, -35) / 20)
+    floor = rng.uniform(-50, -35)
+    y += rng.standard_normal(total) * 10 ** ((floor if nuisance else -45.0) / 20)
     return y / np.abs(y).max()
 
 
@@ -142,8 +154,12 @@ def generate_cohort(
     seconds: float = 5.12,
     formats: tuple[str, ...] = tuple(FORMATS),
     sounds: tuple[str, ...] = SOUNDS,
+    nuisance: bool = True,
+    interval: float = INTERVAL_SEMITONES,
 ) -> list[str]:
-    """Write `n` files under `out_dir`/<sound>/ and `labels.csv`; return the files' paths."""
+    """Write `n` files under `out_dir`/<sound>/ and `labels.csv`; return the files' paths.
+    `nuisance=False` leaves out the level nuisances (`synthesize`) and the file level and
+    channel gains (peak 0.5 in every channel)."""
     import soundfile as sf
 
     bad = [f for f in formats if f not in FORMATS] + [s for s in sounds if s not in SOUNDS]
@@ -164,8 +180,11 @@ def generate_cohort(
         fmt = formats[(i // 2 + i // (2 * len(sounds))) % len(formats)]
         rate = int(rng.choice(RATES))
         channels = int(rng.integers(1, 3))
-        y = synthesize(rng, sound, direction, seconds, rate) * rng.uniform(0.2, 0.8)
-        data = np.stack([y * rng.uniform(0.8, 1.0) for _ in range(channels)], axis=1)
+        y = synthesize(rng, sound, direction, seconds, rate, nuisance, interval)
+        level = rng.uniform(0.2, 0.8)
+        y = y * (level if nuisance else 0.5)
+        gains = [rng.uniform(0.8, 1.0) for _ in range(channels)]
+        data = np.stack([y * (g if nuisance else 1.0) for g in gains], axis=1)
         rel = f"{sound}/clip-{i:05d}.{fmt}"
         path = out / rel
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -182,7 +201,8 @@ def generate_cohort(
         w.writeheader()
         w.writerows(rows)
     meta = {"version": DEMO_VERSION, "files": n, "seed": seed, "seconds": seconds,
-            "formats": list(formats), "sounds": list(sounds)}  # fmt: skip
+            "formats": list(formats), "sounds": list(sounds), "nuisance": nuisance,
+            "interval": interval}  # fmt: skip
     (out / "demo.json").write_text(json.dumps(meta, indent=1) + "\n")
     return paths
 
@@ -218,6 +238,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--sounds", default=",".join(SOUNDS), help=f"comma-separated of {', '.join(SOUNDS)}"
     )
+    p.add_argument(
+        "--no-nuisance",
+        action="store_true",
+        help="every file and note at one level, one noise floor (-45 dB)",
+    )
+    p.add_argument(
+        "--interval",
+        type=float,
+        default=INTERVAL_SEMITONES,
+        metavar="SEMITONES",
+        help=f"the step between a pair's notes (default {INTERVAL_SEMITONES:g}, a fifth)",
+    )
     args = p.parse_args(argv)
     try:
         paths = generate_cohort(
@@ -227,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
             args.seconds,
             tuple(s.strip() for s in args.formats.split(",") if s.strip()),
             tuple(s.strip() for s in args.sounds.split(",") if s.strip()),
+            nuisance=not args.no_nuisance,
+            interval=args.interval,
         )
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -104,3 +104,42 @@ def test_loader_opens_the_dataset_once_across_epochs(grid_data, monkeypatch):
     assert loader.state_dict() == {"epoch": 2, "batch": 4}
     assert opened == ["first_touch"], opened
     assert sorted(sum(seen[:8], [])) == list(range(64)) == sorted(sum(seen[8:16], []))
+
+
+def test_a_masker_with_uses_step_gets_the_stream_position_and_resume_keeps_it(grid_data):
+    """A-JEPA's curriculum reads the batch's position in the stream: batches before it over all
+    epochs, the same after a resume as in an uninterrupted run."""
+    cfg = _cfg(grid_data, "data.num_workers=0")
+    modality = resolve_modality(cfg.data.modality, "grid")
+    seen: list[int] = []
+
+    class StepMasker:
+        uses_step = True
+
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __call__(self, rng, coords, step):
+            seen.append(step)
+            return self.inner(rng, coords)
+
+    plain = type(modality).masker
+
+    class Stepping(type(modality)):
+        def masker(self, opts):
+            return StepMasker(plain(self, opts))
+
+    stepping = Stepping()
+    loader = JEPALoader(cfg, stepping)
+    it = iter(loader)
+    for _ in range(11):  # 8 batches per epoch: crosses into epoch 1
+        next(it)
+    per_batch = cfg.data.batch_size
+    assert seen == [k for k in range(11) for _ in range(per_batch)]
+    seen.clear()
+    resumed = JEPALoader(cfg, stepping)
+    resumed.load_state_dict({"epoch": 1, "batch": 1})
+    it = iter(resumed)
+    next(it)
+    next(it)
+    assert seen == [k for k in (9, 10) for _ in range(per_batch)]
