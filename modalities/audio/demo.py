@@ -1,25 +1,31 @@
-"""A synthetic cohort of labelled sounds for the audio ingest and A-JEPA's positive control.
+"""A synthetic cohort of labelled sounds for the audio ingest and A-JEPA's positive controls.
 
 Every file holds pairs of short notes (100 ms each, onsets 300 ms apart; 300-500 ms of
-background between pairs). Two labels, written to `labels.csv` (columns path, sound, direction):
+background between pairs), in `voices` independent streams. Two labels per file, written to
+`labels.csv` (columns path, sound and the structural label's name):
 
 - `sound`, the plain class, one per file and also its folder (folder-per-class layout): tone
   (a sine), harmonic (six partials, 1/k), chirp (a glide over a major third) or noise (a band
   of noise a third of an octave wide). One patch of the spectrogram shows it.
-- `direction`, the positive control: whether the second note of every pair lies a fifth above
-  the first ("up") or a fifth below ("down"; `interval` sets the step in semitones). Each pair's
-  centre pitch is drawn log-uniformly from 250 to 2000 Hz and its notes sit half the step below
-  and above it, so both classes have
-  the same distribution of pitches, of pitch spread and of timing; no 16 x 16 patch (160 ms)
-  holds two notes of a pair. Only the order of the two notes in time tells the classes apart,
-  and a masked note is predictable from its partner and the file's direction.
+- the structural label, the positive control (`relation`):
+  - `direction` (default): whether the second note of every pair lies `interval` semitones
+    (default 7, a fifth) above the first ("up") or below it ("down"). Each pair's centre pitch
+    is drawn log-uniformly from 250 to 2000 Hz and its notes sit half the step below and above
+    it, so both classes have the same distribution of pitches, of pitch spread and of timing.
+    Only the order of a pair's two notes in time tells the classes apart.
+  - `coupling`: whether the notes of each pair lie the step apart (up or down at random per
+    pair: "coupled") or are unrelated, each drawn as a coupled pair's notes are
+    ("independent"). A masked note is predictable from its partner only when coupled.
+  No 16 x 16 patch (160 ms) holds two notes of one pair (the notes are 200 ms apart).
 
-Nuisances: each file's sample rate (16, 22.05 or 44.1 kHz), channel count (1 or 2), level
-(peak 0.2-0.8), note levels (+-3 dB), a background noise floor (-50 to -35 dB) and the phase of
-the pairs. Files are written as WAV (16-bit), FLAC, OGG/Vorbis and MP3, each format as
-likely in either class (Ogg's random stream serial is fixed, so the bytes are reproducible).
+Nuisances (`nuisance=False` leaves out all but the first two): each file's sample rate (16,
+22.05 or 44.1 kHz) and channel count (1 or 2), its level (peak 0.2-0.8) and channel gains, note
+levels (+-3 dB), a background noise floor (-50 to -35 dB). Files are written as WAV (16-bit),
+FLAC, OGG/Vorbis and MP3, each format as likely in either class (Ogg's random stream serial is
+fixed, so the bytes are reproducible).
 
-`direction_score` is the control's one-number oracle, read from a record's log-mel.
+`direction_score` and `coupling_score` are the controls' one-number oracles, read from a
+record's log-mel (benchmarks/audio_oracle.py runs them over a dataset).
 `python -m modalities.audio.demo OUT --files N` writes a cohort. Imports numpy and soundfile.
 """
 
@@ -37,6 +43,9 @@ import numpy as np
 DEMO_VERSION = 1
 SOUNDS = ("tone", "harmonic", "chirp", "noise")
 DIRECTIONS = ("up", "down")
+COUPLINGS = ("coupled", "independent")
+#: the structural label: the pairs' direction, or whether their notes are related at all
+RELATIONS = {"direction": DIRECTIONS, "coupling": COUPLINGS}
 FORMATS = {
     "wav": ("WAV", "PCM_16"),
     "flac": ("FLAC", "PCM_16"),
@@ -124,24 +133,34 @@ def synthesize(
     rate: int,
     nuisance: bool = True,
     interval: float = INTERVAL_SEMITONES,
+    voices: int = 1,
 ) -> np.ndarray:
     """One file's mono signal (peak 1) (module docstring). `nuisance=False`: every note at the
     same level and the noise floor at -45 dB (the same random draws are made, so the notes are
     those of the file with nuisances)."""
     total = int(round(seconds * rate))
     y = np.zeros(total)
-    t = rng.uniform(0.05, 0.45)
-    while t + PAIR_ONSET_S + NOTE_S < seconds - 0.02:
-        centre = float(np.exp(rng.uniform(np.log(250.0), np.log(2000.0))))
-        half = 2.0 ** (interval / 24.0)
-        low, high = centre / half, centre * half
-        first, second = (low, high) if direction == "up" else (high, low)
-        for onset, f in ((t, first), (t + PAIR_ONSET_S, second)):
-            db = rng.uniform(-3, 3)
-            note = _note(rng, sound, f, rate) * 10 ** ((db if nuisance else 0.0) / 20)
-            i = int(round(onset * rate))
-            y[i : i + len(note)] += note[: total - i]
-        t += PAIR_ONSET_S + NOTE_S + rng.uniform(0.3, 0.5)
+    for _ in range(voices):
+        t = rng.uniform(0.05, 0.45)
+        while t + PAIR_ONSET_S + NOTE_S < seconds - 0.02:
+            centre = float(np.exp(rng.uniform(np.log(250.0), np.log(2000.0))))
+            half = 2.0 ** (interval / 24.0)
+            low, high = centre / half, centre * half
+            if direction == "independent":  # two unrelated notes, each distributed as above
+                other = float(np.exp(rng.uniform(np.log(250.0), np.log(2000.0))))
+                up = rng.random() < 0.5
+                first = low if up else high
+                second = other / half if rng.random() < 0.5 else other * half
+            elif direction == "coupled":  # the step, up or down at random per pair
+                first, second = (low, high) if rng.random() < 0.5 else (high, low)
+            else:
+                first, second = (low, high) if direction == "up" else (high, low)
+            for onset, f in ((t, first), (t + PAIR_ONSET_S, second)):
+                db = rng.uniform(-3, 3)
+                note = _note(rng, sound, f, rate) * 10 ** ((db if nuisance else 0.0) / 20)
+                i = int(round(onset * rate))
+                y[i : i + len(note)] += note[: total - i]
+            t += PAIR_ONSET_S + NOTE_S + rng.uniform(0.3, 0.5)
     floor = rng.uniform(-50, -35)
     y += rng.standard_normal(total) * 10 ** ((floor if nuisance else -45.0) / 20)
     return y / np.abs(y).max()
@@ -156,12 +175,16 @@ def generate_cohort(
     sounds: tuple[str, ...] = SOUNDS,
     nuisance: bool = True,
     interval: float = INTERVAL_SEMITONES,
+    voices: int = 1,
+    relation: str = "direction",
 ) -> list[str]:
     """Write `n` files under `out_dir`/<sound>/ and `labels.csv`; return the files' paths.
     `nuisance=False` leaves out the level nuisances (`synthesize`) and the file level and
     channel gains (peak 0.5 in every channel)."""
     import soundfile as sf
 
+    if relation not in RELATIONS:
+        raise ValueError(f"unknown relation {relation!r}; known: {', '.join(RELATIONS)}")
     bad = [f for f in formats if f not in FORMATS] + [s for s in sounds if s not in SOUNDS]
     if bad or not formats or not sounds:
         raise ValueError(
@@ -173,14 +196,14 @@ def generate_cohort(
     rows, paths = [], []
     for i in range(n):
         rng = np.random.default_rng([seed, i, 0xA0D10])
-        direction = DIRECTIONS[i % 2]
+        direction = RELATIONS[relation][i % 2]
         sound = sounds[(i // 2) % len(sounds)]
         # both files of a direction pair share sound and format; each block of pairs shifts
         # the format against the sound, so 16 files hold every sound in two formats
         fmt = formats[(i // 2 + i // (2 * len(sounds))) % len(formats)]
         rate = int(rng.choice(RATES))
         channels = int(rng.integers(1, 3))
-        y = synthesize(rng, sound, direction, seconds, rate, nuisance, interval)
+        y = synthesize(rng, sound, direction, seconds, rate, nuisance, interval, voices)
         level = rng.uniform(0.2, 0.8)
         y = y * (level if nuisance else 0.5)
         gains = [rng.uniform(0.8, 1.0) for _ in range(channels)]
@@ -194,15 +217,15 @@ def generate_cohort(
         if container == "OGG":
             fix_ogg_serial(tmp, 0x4A455041 + i)
         tmp.replace(path)
-        rows.append({"path": rel, "sound": sound, "direction": direction})
+        rows.append({"path": rel, "sound": sound, relation: direction})
         paths.append(str(path))
     with open(out / "labels.csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=["path", "sound", "direction"])
+        w = csv.DictWriter(f, fieldnames=["path", "sound", relation])
         w.writeheader()
         w.writerows(rows)
     meta = {"version": DEMO_VERSION, "files": n, "seed": seed, "seconds": seconds,
             "formats": list(formats), "sounds": list(sounds), "nuisance": nuisance,
-            "interval": interval}  # fmt: skip
+            "interval": interval, "voices": voices, "relation": relation}  # fmt: skip
     (out / "demo.json").write_text(json.dumps(meta, indent=1) + "\n")
     return paths
 
@@ -221,6 +244,34 @@ def direction_score(mel: np.ndarray, valid_frames: int | None = None) -> float:
     if not both.any():
         return 0.0
     return float((centroid[lag:] - centroid[:-lag])[both].mean())
+
+
+def coupling_score(
+    mel: np.ndarray, valid_frames: int | None = None, interval: float = INTERVAL_SEMITONES
+) -> float:
+    """The coupling control's oracle from one log-mel [n_mels, frames]: over frame pairs one
+    pair lag apart that both hold a note, the share whose loudest mel bins lie `interval`
+    semitones apart (within a semitone and a half, for the mel grid's coarseness)."""
+    from modalities.audio.fbank import LOW_FREQ
+
+    x = np.asarray(mel, dtype=np.float64)[:, : valid_frames or None]
+    n_mels = len(x)
+    lo, hi = 1127.0 * np.log(1 + LOW_FREQ / 700.0), 1127.0 * np.log(1 + 8000.0 / 700.0)
+    centres = 700.0 * (
+        np.exp((lo + (hi - lo) * np.arange(1, n_mels + 1) / (n_mels + 1)) / 1127.0) - 1
+    )
+    loud = x.max(axis=0)
+    note = loud > np.median(loud) + 3.0
+    # the lowest bin within ~13 dB of the frame's loudest: a harmonic note's fundamental (the
+    # wide high-frequency filters can sum more energy from its upper partials)
+    lowest = np.argmax(x > loud[None, :] - 3.0, axis=0)
+    peak = np.log2(centres[lowest]) * 12.0  # semitones
+    lag = PAIR_LAG_FRAMES
+    both = note[:-lag] & note[lag:]
+    if not both.any():
+        return 0.0
+    step = np.abs(peak[lag:] - peak[:-lag])[both]
+    return float(np.mean(np.abs(step - interval) < 1.5))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -250,6 +301,19 @@ def main(argv: list[str] | None = None) -> int:
         metavar="SEMITONES",
         help=f"the step between a pair's notes (default {INTERVAL_SEMITONES:g}, a fifth)",
     )
+    p.add_argument(
+        "--voices",
+        type=int,
+        default=1,
+        help="independent streams of pairs in each file, all in the file's direction (default 1)",
+    )
+    p.add_argument(
+        "--relation",
+        choices=tuple(RELATIONS),
+        default="direction",
+        help="the structural label: direction (up / down, default) or coupling (a pair's notes "
+        "a step apart, or unrelated)",
+    )
     args = p.parse_args(argv)
     try:
         paths = generate_cohort(
@@ -261,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
             tuple(s.strip() for s in args.sounds.split(",") if s.strip()),
             nuisance=not args.no_nuisance,
             interval=args.interval,
+            voices=args.voices,
+            relation=args.relation,
         )
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
