@@ -228,7 +228,13 @@ def _init_ray(cfg: IngestConfig):
         kwargs["address"] = address
     elif cfg.num_cpus:
         kwargs["num_cpus"] = cfg.num_cpus
-    ray.init(**kwargs)
+    try:
+        ray.init(**kwargs)
+    except ConnectionError as e:
+        raise IngestError(
+            f"cannot reach the Ray cluster at {address!r} ({e}); check --address / RAY_ADDRESS "
+            "(`ray status` on the head node prints the address to use)"
+        ) from None
     return ray, True
 
 

@@ -35,16 +35,16 @@ def fit_audio_stats(batches: Iterable[pa.RecordBatch]) -> dict[str, Any]:
     for batch in batches:
         if batch.num_rows == 0:
             continue
-        mel = _tensor(batch.column("mel")).astype(np.float64)  # [B, M, F]
+        mel = _tensor(batch.column("mel"))  # [B, M, F] float16, a view of the shard
         valid = np.asarray(batch.column("valid_frames").to_numpy(zero_copy_only=False))
-        real = np.arange(mel.shape[2])[None, :] < valid[:, None]  # [B, F]
-        masked = mel * real[:, None, :]
         if s1 is None:
             s1 = np.zeros(mel.shape[1])
             s2 = np.zeros(mel.shape[1])
             sample_rate = int(batch.column("sample_rate")[0].as_py())
-        s1 += masked.sum(axis=(0, 2))
-        s2 += (masked * mel).sum(axis=(0, 2))
+        for i in range(len(mel)):  # one segment at a time: no batch-sized float64 copies
+            x = mel[i, :, : int(valid[i])].astype(np.float32)
+            s1 += x.sum(axis=1, dtype=np.float64)
+            s2 += np.einsum("mf,mf->m", x, x, dtype=np.float64)
         frames += int(valid.sum())
         segments += batch.num_rows
         seconds += float(valid.sum()) * 0.010
