@@ -116,14 +116,16 @@ def test_training_loss_falls_and_run_dir_is_complete(trained_run):
 
 
 def test_kill_and_resume_is_exact_one_process(grid_data, tmp_path):
+    # checkpoints every n steps to 3n: the kill after the first leaves two to go, so it lands
+    # before the run ends even when a loaded machine wakes this process late
     n = 4
     twin, killed = tmp_path / "twin", tmp_path / "killed"
-    run_cli(train_args(grid_data, twin, 2 * n, n))
-    run_and_kill_after(train_args(grid_data, killed, 2 * n, n), killed, n, 2 * n)
-    run_cli(train_args(grid_data, killed, 2 * n, n, "--resume", "auto"))
+    run_cli(train_args(grid_data, twin, 3 * n, n))
+    run_and_kill_after(train_args(grid_data, killed, 3 * n, n), killed, n, 3 * n)
+    run_cli(train_args(grid_data, killed, 3 * n, n, "--resume", "auto"))
     assert losses(killed) == losses(twin)
-    assert [s for s, _ in losses(twin)] == list(range(1, 2 * n + 1))
-    assert_same_final_state(twin, killed, 2 * n)
+    assert [s for s, _ in losses(twin)] == list(range(1, 3 * n + 1))
+    assert_same_final_state(twin, killed, 3 * n)
 
 
 def test_kill_and_resume_is_exact_two_processes_zero2(grid_data, tmp_path):
@@ -139,17 +141,17 @@ def test_kill_and_resume_is_exact_two_processes_zero2(grid_data, tmp_path):
             str(free_port()),
             "-m",
             *train_args(
-                grid_data, out, 2 * n, n, "data.batch_size=4", "train.zero_stage=2", *extra
+                grid_data, out, 3 * n, n, "data.batch_size=4", "train.zero_stage=2", *extra
             ),
         ]
 
     run_cli(args(twin))
-    run_and_kill_after(args(killed), killed, n, 2 * n)
+    run_and_kill_after(args(killed), killed, n, 3 * n)
     run_cli(args(killed, "--resume", "auto"))
     assert losses(killed) == losses(twin)
-    assert_same_final_state(twin, killed, 2 * n)
+    assert_same_final_state(twin, killed, 3 * n)
     assert (
-        len(list((twin / "checkpoints" / f"step-{2 * n:08d}" / "ds").glob("zero_pp_rank_*"))) == 2
+        len(list((twin / "checkpoints" / f"step-{3 * n:08d}" / "ds").glob("zero_pp_rank_*"))) == 2
     )
 
 
