@@ -2,7 +2,8 @@
 
 A checkpoint is a directory `RUN_DIR/checkpoints/step-NNNNNNNN/` holding
   ds/                 DeepSpeed's checkpoint (module, optimizer partitions per rank)
-  target.safetensors  the fp32 EMA target encoder
+  target.safetensors  the fp32 EMA target encoder (ZeRO 0-2), or under ZeRO-3 its partitions:
+  target-rank-R.safetensors + target-layout.json (see engine.zero3; `consolidate_target`)
   state.json          step, skips, data position, EMA step, world size, the resolved config
   rng-rank-R.json     torch / numpy / python (and CUDA) RNG states of rank R
 It is written under `.tmp-step-NNNNNNNN` and renamed once every rank has finished, so a checkpoint
@@ -161,13 +162,15 @@ def save_checkpoint(
     run_dir: str | Path,
     step: int,
     engine: Any,
-    target: torch.nn.Module,
+    target: Any,
     state: dict[str, Any],
     rank: int,
     keep: int = 0,
 ) -> Path:
     """Write checkpoint `step` collectively (every rank calls this); returns its final path.
 
+    `target`: the EMA target encoder (an nn.Module, saved by rank 0) or a ZeRO-3
+    `engine.zero3.PartitionedTarget` (every rank saves its partitions).
     `state` is the trainer state (JSON-serialisable) saved by rank 0. Every rank saves its RNG.
     After the rename, all but the `keep` newest complete checkpoints are deleted (0 keeps all).
     """
@@ -180,9 +183,12 @@ def save_checkpoint(
     dist.barrier()
     engine.save_checkpoint(str(tmp), tag=DS_TAG, save_latest=False)
     _write_json(tmp / f"rng-rank-{rank}.json", capture_rng())
+    if not isinstance(target, torch.nn.Module):
+        target.save(tmp, rank)
     if rank == 0:
-        tensors = {k: v.detach().float().contiguous() for k, v in target.state_dict().items()}
-        save_file(tensors, str(tmp / "target.safetensors"))
+        if isinstance(target, torch.nn.Module):
+            tensors = {k: v.detach().float().contiguous() for k, v in target.state_dict().items()}
+            save_file(tensors, str(tmp / "target.safetensors"))
         # state.json marks completeness inside the directory as well; written last.
         _write_json(tmp / "state.json", state)
     dist.barrier()
@@ -214,8 +220,47 @@ def load_target(path: str | Path, target: torch.nn.Module) -> None:
     target.load_state_dict(load_file(str(p)), strict=True)
 
 
+def consolidate_target(path: str | Path) -> dict[str, torch.Tensor]:
+    """The full fp32 EMA target of checkpoint `path`: `target.safetensors`, or under ZeRO-3 its
+    per-rank partitions joined (rank r holds elements [r s, (r + 1) s) of every flattened
+    parameter, s = ceil(numel / world); the last rank's tail is padding)."""
+    path = Path(path)
+    whole = path / "target.safetensors"
+    layout_path = path / "target-layout.json"
+    if whole.is_file() or not layout_path.is_file():
+        if not whole.is_file():
+            raise CheckpointError(f"{whole}: missing (and no ZeRO-3 target partitions)")
+        return load_file(str(whole))
+    try:
+        layout = json.loads(layout_path.read_text())
+        world, params = int(layout["world"]), layout["params"]
+    except (OSError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{layout_path}: unreadable ZeRO-3 target layout ({e})") from e
+    parts = []
+    for r in range(world):
+        p = path / f"target-rank-{r}.safetensors"
+        if not p.is_file():
+            raise CheckpointError(f"{p}: missing (the target was saved by {world} ranks)")
+        parts.append(load_file(str(p))["flat"])
+    expected = sum(int(e["partition"]) for e in params)
+    for r, flat in enumerate(parts):
+        if flat.numel() != expected:
+            raise CheckpointError(
+                f"{path}: target-rank-{r}.safetensors holds {flat.numel()} values, the layout "
+                f"says {expected}"
+            )
+    out, offset = {}, 0
+    for e in params:
+        n = int(e["partition"])
+        shape = torch.Size(e["shape"])
+        joined = torch.cat([flat[offset : offset + n] for flat in parts])
+        out[e["name"]] = joined[: shape.numel()].reshape(shape).clone()
+        offset += n
+    return out
+
+
 def load_checkpoint(
-    path: str | Path, engine: Any, target: torch.nn.Module, rank: int, world: int
+    path: str | Path, engine: Any, target: Any, rank: int, world: int
 ) -> dict[str, Any]:
     """Restore module, optimizer, EMA target and this rank's RNG; return the trainer state."""
     path = Path(path)
@@ -230,7 +275,13 @@ def load_checkpoint(
     )
     if loaded is None:
         raise CheckpointError(f"{path}: DeepSpeed could not load {path / DS_TAG}")
-    load_target(path, target)
+    if isinstance(target, torch.nn.Module):
+        load_target(path, target)
+    else:
+        try:
+            target.load(path, rank)
+        except RuntimeError as e:
+            raise CheckpointError(str(e)) from e
     rng_path = path / f"rng-rank-{rank}.json"
     try:
         restore_rng(json.loads(rng_path.read_text()))

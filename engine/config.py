@@ -372,13 +372,6 @@ def validate(cfg: Config) -> None:
         _check(0 <= v <= 1, key, "must be in [0, 1]", v)
     _check(t.zero_stage in (0, 1, 2, 3), "train.zero_stage", "must be 0, 1, 2 or 3", t.zero_stage)
     _check(
-        t.zero_stage != 3,
-        "train.zero_stage",
-        "ZeRO-3 partitions the parameters, and the fp32 EMA target is updated from full "
-        "parameters outside DeepSpeed; use stage 0, 1 or 2",
-        t.zero_stage,
-    )
-    _check(
         t.precision in ("auto", "fp32", "bf16"), "train.precision", "auto|fp32|bf16", t.precision
     )
     _check(t.nonfinite in ("stop", "skip"), "train.nonfinite", "stop|skip", t.nonfinite)
@@ -389,8 +382,9 @@ def validate(cfg: Config) -> None:
 
 
 def kernel_notes(cfg: Config) -> list[str]:
-    """What in `cfg` keeps a GPU run off the Triton attention kernel (it runs, on the slower
-    torch reference): head dims (width / heads) the kernel does not take, naming the keys."""
+    """What in `cfg` keeps a GPU run off its fastest path: head dims (width / heads) the Triton
+    attention kernel does not take (that attention runs on the slower torch reference), naming
+    the keys; ZeRO-3, which turns the CUDA-graph step off."""
     from kernels.attention import SUPPORTED_HEAD_DIMS
 
     m, out = cfg.model, []
@@ -404,6 +398,13 @@ def kernel_notes(cfg: Config) -> list[str]:
                 f"attention kernel takes {SUPPORTED_HEAD_DIMS}; that attention runs on the torch "
                 "reference on GPU (same result, slower)"
             )
+    t = cfg.train
+    if t.zero_stage == 3 and (t.cuda_graph_step or t.cuda_graph_target):
+        out.append(
+            "train.zero_stage=3: the step and the target forward run eagerly, not from CUDA "
+            "graphs (ZeRO-3 gathers each layer's parameters from Python hooks, which a graph "
+            "cannot replay)"
+        )
     return out
 
 

@@ -24,9 +24,13 @@ Imports torch and `engine.model`.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from engine.batch import TokenBatch
 from engine.model import Encoder, center_by_position
@@ -121,11 +125,23 @@ def constant_share(x: torch.Tensor) -> float:
 
 
 @torch.no_grad()
+def _whole(module: nn.Module) -> AbstractContextManager[Any]:
+    return nullcontext()
+
+
 def attention_entropy(
-    encoder: Encoder, tokens: torch.Tensor, coords: torch.Tensor, max_queries: int = 256
+    encoder: Encoder,
+    tokens: torch.Tensor,
+    coords: torch.Tensor,
+    gathered: Callable[[nn.Module], AbstractContextManager[Any]] | None = None,
+    max_queries: int = 256,
 ) -> list[float]:
     """Per layer, the mean over heads and (up to `max_queries` evenly spaced) queries of the
-    attention entropy over log(N), for one sample's N tokens [N, P] with coords [N, c]."""
+    attention entropy over log(N), for one sample's N tokens [N, P] with coords [N, c].
+    `gathered(block)`: a context in which a block's weights are whole (ZeRO-3 partitions them;
+    `engine.zero3.gathered`), entered only around the weights read here."""
+    if gathered is None:
+        gathered = _whole
     x = encoder.embed(tokens[None], coords[None])[0].float()
     n = len(x)
     if n < 2:
@@ -134,8 +150,9 @@ def attention_entropy(
     rows = torch.linspace(0, n - 1, min(n, max_queries), device=x.device).round().long()
     out = []
     for blk in encoder.blocks:
-        y = F.layer_norm(x, (x.shape[-1],), blk.norm1.weight.float(), blk.norm1.bias.float())
-        qkv = F.linear(y, blk.attn.qkv.weight.float(), blk.attn.qkv.bias.float())
+        with gathered(blk.norm1), gathered(blk.attn.qkv):
+            y = F.layer_norm(x, (x.shape[-1],), blk.norm1.weight.float(), blk.norm1.bias.float())
+            qkv = F.linear(y, blk.attn.qkv.weight.float(), blk.attn.qkv.bias.float())
         heads = blk.attn.heads
         q, k, _ = qkv.view(n, 3, heads, -1).unbind(1)
         scores = torch.einsum("qhd,khd->hqk", q[rows], k) / math.sqrt(q.shape[-1])

@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from engine.checkpoint import (
     DS_TAG,
     CheckpointError,
+    consolidate_target,
     latest_checkpoint,
     read_state,
     weights_only_loads,
@@ -53,12 +54,13 @@ def _checkpoint_dir(path: Path) -> Path:
 
 def _checkpoint_weights(ckpt: Path, which: str, zero_stage: int) -> dict[str, torch.Tensor]:
     """The encoder's fp32 weights in checkpoint `ckpt`. target: the EMA target we save
-    ourselves. context: the trained encoder inside DeepSpeed's checkpoint; under ZeRO (stage >=
-    1) through DeepSpeed's own consolidation (`deepspeed.utils.zero_to_fp32`: the fp32 master
-    weights merged from every rank's optimizer partition, so a bf16 run exports its fp32
-    masters, not the bf16 module copy), at stage 0 from the module states it writes."""
+    ourselves (under ZeRO-3 as per-rank partitions, joined here). context: the trained encoder
+    inside DeepSpeed's checkpoint; under ZeRO (stage >= 1) through DeepSpeed's own consolidation
+    (`deepspeed.utils.zero_to_fp32`: the fp32 master weights merged from every rank's optimizer
+    partition, so a bf16 run exports its fp32 masters, not the bf16 module copy), at stage 0
+    from the module states it writes."""
     if which == "target":
-        return load_file(str(ckpt / "target.safetensors"))
+        return consolidate_target(ckpt)
     if which != "context":
         raise ValueError(f"encoder must be 'target' or 'context', got {which!r}")
     prefix = "encoder."

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 from engine.config import ConfigError, load_config, save_config
@@ -79,6 +80,13 @@ def run(argv: list[str]) -> int:
     from engine.launch import setup_distributed, teardown_distributed
 
     info = setup_distributed()
+    # DeepSpeed's ZeRO-3 calls the collectives torch renamed; torch warns on every call.
+    warnings.filterwarnings(
+        "ignore",
+        message=r"`torch\.distributed\.(all_gather_into_tensor|reduce_scatter_tensor)` is "
+        "deprecated",
+        category=FutureWarning,
+    )
     try:
         from engine.trainer import Trainer
 

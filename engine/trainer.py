@@ -45,6 +45,7 @@ from engine.model import JEPA, Encoder, encode_targets, set_fused_layernorm
 from engine.objective import collapse_stats, jepa_loss, mae_targets
 from engine.ops import EMATarget
 from engine.schedules import cosine_ramp, warmup_cosine
+from engine.zero3 import PartitionedTarget, gathered
 from modalities.options import options_to_dict
 from pipelines.shards import ShardDataset
 
@@ -133,9 +134,12 @@ class Trainer:
         set_fused_layernorm(model, cfg.train.fused_layernorm)
         # The module's forward hands batches to the graphs (eager on CPU), so DeepSpeed's engine
         # still wraps every call. With several ranks they replay or run eagerly together.
+        # ZeRO-3 gathers each layer's parameters from Python hooks, which no graph replays: its
+        # step runs eagerly (engine.config.kernel_notes says so on a GPU).
+        self.zero3 = cfg.train.zero_stage == 3
         model.cuda_graphs = GraphedJEPA(
             model,
-            cfg.train.cuda_graph_step,
+            cfg.train.cuda_graph_step and not self.zero3,
             ratio=cfg.train.cuda_graph_ratio,
             max_graphs=cfg.train.cuda_graph_buckets,
             agree=self._every_rank if info.world > 1 else None,
@@ -144,11 +148,24 @@ class Trainer:
         # below bf16 resolution, and the engine must not shard or cast it.
         # MAE has no target encoder: the copy then follows the context encoder exactly
         # (momentum 0), so probes and exports of "the target" read the trained encoder.
-        self.target: Encoder = copy.deepcopy(model.encoder).float().requires_grad_(False)
+        # Under ZeRO-3 the target is partitioned like the context encoder, each rank updating
+        # its own partitions (engine.zero3); it is built here, before DeepSpeed partitions the
+        # context encoder, from the same full weights.
         ema = (0.0, 0.0) if self.mae else (cfg.ema.start, cfg.ema.end)
-        self.ema = EMATarget(self.target, cfg.train.steps, *ema)
+        full = copy.deepcopy(model.encoder).float().requires_grad_(False)
+        self.target: Encoder | PartitionedTarget
+        if self.zero3:
+            self.target = PartitionedTarget(full, cfg.data.batch_size, cfg.train.steps, *ema)
+            self.ema: EMATarget | PartitionedTarget = self.target
+        else:
+            self.target = full
+            self.ema = EMATarget(self.target, cfg.train.steps, *ema)
         # Whitening's eigendecomposition checks its result on the host: no graph capture.
-        graph_target = cfg.train.cuda_graph_target and cfg.loss.target_norm != "position_whitened"
+        graph_target = (
+            cfg.train.cuda_graph_target
+            and cfg.loss.target_norm != "position_whitened"
+            and not self.zero3
+        )
         self.target_features = GraphedTargetFeatures(
             self.target, graph_target, norm=cfg.loss.target_norm
         )
@@ -159,6 +176,8 @@ class Trainer:
             model=model, optimizer=optimizer, config=deepspeed_config(cfg, self.bf16)
         )
         install_safe_loader(self.engine)
+        if isinstance(self.target, PartitionedTarget):
+            self.target.bind(self.engine.module.encoder)
         self.loader = JEPALoader(cfg, self.modality, info.rank, info.world)
         self.state = RunState()
         if resume is not None:
@@ -260,7 +279,10 @@ class Trainer:
             self.engine.backward(loss)
             self.engine.step()
             losses.append(loss.detach())
-        momentum = self.ema.update(self.engine.module.encoder)
+        if isinstance(self.ema, PartitionedTarget):
+            momentum = self.ema.update()  # this rank's partitions only: no communication
+        else:
+            momentum = self.ema.update(self.engine.module.encoder)
         self.state.step += 1
         mean_loss = torch.stack(losses).mean().reshape(1)
         if self.info.world > 1:
@@ -286,7 +308,12 @@ class Trainer:
         h = encode_targets(self.target, batch)
         out: dict[str, Any] = target_diagnostics(h, tgt, batch)
         n0 = int(batch.n_tokens[0])
-        ent = attention_entropy(self.target, batch.tokens[0, :n0], batch.coords[0, :n0])
+        if isinstance(self.target, PartitionedTarget):
+            ent = attention_entropy(
+                self.target.encoder, batch.tokens[0, :n0], batch.coords[0, :n0], gathered
+            )
+        else:
+            ent = attention_entropy(self.target, batch.tokens[0, :n0], batch.coords[0, :n0])
         out.update({f"attn_entropy_{i}": v for i, v in enumerate(ent)})
         if self.info.rank == 0:
             record = {**out, "target_std": target_std}
