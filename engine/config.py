@@ -114,6 +114,15 @@ class TrainConfig:
     log_every: int = resumable(1)
     seed: int = 0
     zero_stage: int = 2
+    # gradients reduced (ZeRO-3: reduce-scattered) per bucket, in elements (DeepSpeed's default)
+    zero_bucket: int = 500_000_000
+    # ZeRO-3 only, DeepSpeed's defaults: at most this many parameters gathered at once per rank;
+    # a gathered parameter used again within this many parameters stays gathered (between the
+    # forward and the backward too: the defaults keep a model under 1e9 parameters whole through
+    # its step); this many parameters fetched ahead. Smaller: less memory, more communication.
+    zero3_max_live: int = 1_000_000_000
+    zero3_reuse_distance: int = 1_000_000_000
+    zero3_prefetch: int = 50_000_000
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
     nonfinite: str = "stop"  # stop | skip (skip the micro-batch on every rank and count it)
     # with nonfinite=skip: stop once this many micro-batches were skipped
@@ -371,6 +380,9 @@ def validate(cfg: Config) -> None:
     for key, v in (("ema.start", cfg.ema.start), ("ema.end", cfg.ema.end)):
         _check(0 <= v <= 1, key, "must be in [0, 1]", v)
     _check(t.zero_stage in (0, 1, 2, 3), "train.zero_stage", "must be 0, 1, 2 or 3", t.zero_stage)
+    _check(t.zero_bucket > 0, "train.zero_bucket", "must be > 0", t.zero_bucket)
+    for key in ("zero3_max_live", "zero3_reuse_distance", "zero3_prefetch"):
+        _check(getattr(t, key) >= 0, f"train.{key}", "must be >= 0", getattr(t, key))
     _check(
         t.precision in ("auto", "fp32", "bf16"), "train.precision", "auto|fp32|bf16", t.precision
     )

@@ -95,11 +95,21 @@ def param_groups(model: torch.nn.Module) -> list[dict[str, Any]]:
 
 
 def deepspeed_config(cfg: Config, bf16: bool) -> dict[str, Any]:
+    t = cfg.train
+    zero: dict[str, Any] = {"stage": t.zero_stage}
+    if t.zero_stage >= 1:
+        zero.update(reduce_bucket_size=t.zero_bucket, allgather_bucket_size=t.zero_bucket)
+    if t.zero_stage == 3:
+        zero.update(
+            stage3_max_live_parameters=t.zero3_max_live,
+            stage3_max_reuse_distance=t.zero3_reuse_distance,
+            stage3_prefetch_bucket_size=t.zero3_prefetch,
+        )
     return {
         "train_micro_batch_size_per_gpu": cfg.data.batch_size,
         "gradient_accumulation_steps": cfg.optim.grad_accum,
         "gradient_clipping": cfg.optim.grad_clip,
-        "zero_optimization": {"stage": cfg.train.zero_stage},
+        "zero_optimization": zero,
         "bf16": {"enabled": bf16},
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 2**62,
@@ -155,7 +165,9 @@ class Trainer:
         full = copy.deepcopy(model.encoder).float().requires_grad_(False)
         self.target: Encoder | PartitionedTarget
         if self.zero3:
-            self.target = PartitionedTarget(full, cfg.data.batch_size, cfg.train.steps, *ema)
+            self.target = PartitionedTarget(
+                full, cfg.data.batch_size, cfg.train.steps, *ema, prefetch=cfg.train.zero3_prefetch
+            )
             self.ema: EMATarget | PartitionedTarget = self.target
         else:
             self.target = full

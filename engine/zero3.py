@@ -42,10 +42,11 @@ def target_part_name(rank: int) -> str:
     return f"target-rank-{rank}.safetensors"
 
 
-def target_deepspeed_config(micro_batch: int) -> dict[str, Any]:
+def target_deepspeed_config(micro_batch: int, prefetch: int = 50_000_000) -> dict[str, Any]:
     """The target engine's config: ZeRO-3, fp32 partitions, nothing kept gathered between
     forwards (a persistent parameter would keep a full copy that the EMA, which writes the
-    partitions, never updates)."""
+    partitions, never updates; a no-grad forward uses each parameter once, so none is kept for
+    reuse either), `prefetch` parameters fetched ahead."""
     return {
         "train_micro_batch_size_per_gpu": micro_batch,
         "gradient_accumulation_steps": 1,
@@ -53,6 +54,7 @@ def target_deepspeed_config(micro_batch: int) -> dict[str, Any]:
             "stage": 3,
             "stage3_param_persistence_threshold": 0,
             "stage3_model_persistence_threshold": 0,
+            "stage3_prefetch_bucket_size": prefetch,
         },
         "bf16": {"enabled": False},
         "steps_per_print": 2**62,
@@ -67,7 +69,9 @@ class _TargetModule(nn.Module):
         super().__init__()
         self.encoder = encoder
 
-    def forward(self, tokens, coords, n_tokens, packing=None):  # noqa: ANN001, ANN201
+    def forward(
+        self, tokens: torch.Tensor, coords: torch.Tensor, n_tokens: Any, packing: Any = None
+    ) -> torch.Tensor:
         return self.encoder.forward_all(tokens, coords, n_tokens, packing)
 
 
@@ -86,18 +90,20 @@ class PartitionedTarget:
         total_steps: int,
         start: float,
         end: float,
+        prefetch: int = 50_000_000,
     ) -> None:
         import deepspeed
 
         logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
         module = _TargetModule(target.float().requires_grad_(False))
         self.engine, _, _, _ = deepspeed.initialize(
-            model=module, config=target_deepspeed_config(micro_batch)
+            model=module, config=target_deepspeed_config(micro_batch, prefetch)
         )
         self.module: _TargetModule = self.engine.module
         self.encoder: Encoder = self.module.encoder
         self.names = [n for n, _ in self.encoder.named_parameters()]
         params = list(self.encoder.parameters())
+        self._params = params
         sizes = [int(p.ds_tensor.numel()) for p in params]
         device = params[0].ds_tensor.device
         # One flat fp32 buffer holds every partition of this rank; each parameter's ds_tensor
@@ -157,11 +163,21 @@ class PartitionedTarget:
         """One EMA step on this rank's partitions (no communication); returns the momentum."""
         if not self._sources:
             raise RuntimeError("ZeRO-3 target: bind(context_encoder) before update()")
+        # A target parameter still gathered (DeepSpeed keeps one when it expects reuse) would
+        # give the next forward its old whole copy: release it, the partitions are the truth.
+        from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+
+        held = [p for p in self._params if p.ds_status != ZeroParamStatus.NOT_AVAILABLE]
+        if held:
+            held[0].partition(held)
         # ds_tensor objects persist, but the optimizer may re-point their storage: read them
         # each step (the kernel's launch tables are cached by address).
         return self.ema.update([p.ds_tensor for p in self._sources])
 
-    def forward_all(self, tokens, coords, n_tokens, packing=None):  # noqa: ANN001, ANN201
+    def forward_all(
+        self, tokens: torch.Tensor, coords: torch.Tensor, n_tokens: Any, packing: Any = None
+    ) -> torch.Tensor:
+        """`Encoder.forward_all` on the gathered EMA partitions (every rank calls it)."""
         return self.module(tokens, coords, n_tokens, packing)
 
     def parameter_share(self) -> float:

@@ -58,9 +58,24 @@ def test_bad_yaml_key_is_named(tmp_path):
         load_config(f)
 
 
-def test_zero3_is_refused_with_the_reason():
-    with pytest.raises(ConfigError, match=r"train\.zero_stage: ZeRO-3 partitions the parameters"):
-        load_config(overrides=["train.zero_stage=3"])
+def test_zero_stage_and_its_buckets_are_checked():
+    assert load_config(overrides=["train.zero_stage=3"]).train.zero_stage == 3
+    with pytest.raises(ConfigError, match=r"train\.zero_stage: must be 0, 1, 2 or 3"):
+        load_config(overrides=["train.zero_stage=4"])
+    with pytest.raises(ConfigError, match=r"train\.zero_bucket: must be > 0"):
+        load_config(overrides=["train.zero_bucket=0"])
+    with pytest.raises(ConfigError, match=r"train\.zero3_reuse_distance: must be >= 0"):
+        load_config(overrides=["train.zero3_reuse_distance=-1"])
+
+
+def test_zero3_note_says_the_cuda_graph_step_is_off():
+    from engine.config import kernel_notes
+
+    notes = kernel_notes(load_config(overrides=["train.zero_stage=3"]))
+    assert any("train.zero_stage=3" in n and "eagerly" in n for n in notes)
+    assert not any("zero_stage" in n for n in kernel_notes(load_config()))
+    off = ["train.zero_stage=3", "train.cuda_graph_step=false", "train.cuda_graph_target=false"]
+    assert not any("zero_stage" in n for n in kernel_notes(load_config(overrides=off)))
 
 
 def test_kernel_notes_name_head_dims_the_attention_kernel_lacks():

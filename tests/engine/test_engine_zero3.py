@@ -16,7 +16,6 @@ from safetensors.torch import load_file, save_file
 from test_engine_train import losses, run_and_kill_after
 
 from engine.checkpoint import CheckpointError, consolidate_target
-from engine.config import kernel_notes, load_config
 from engine.export import load_encoder
 
 pytestmark = pytest.mark.slow
@@ -151,10 +150,3 @@ def test_damaged_partitions_are_named(runs, tmp_path):
     (bad / "target-layout.json").write_text("{")
     with pytest.raises(CheckpointError, match="unreadable ZeRO-3 target layout"):
         consolidate_target(bad)
-
-
-def test_zero3_note_says_the_cuda_graph_step_is_off():
-    cfg = load_config(None, ["train.zero_stage=3"], {"data.path": "x"})
-    assert any("train.zero_stage=3" in n and "eagerly" in n for n in kernel_notes(cfg))
-    cfg = load_config(None, ["train.zero_stage=2"], {"data.path": "x"})
-    assert not any("zero_stage" in n for n in kernel_notes(cfg))
