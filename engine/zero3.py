@@ -211,8 +211,8 @@ class PartitionedTarget:
 
 
 def gathered(module: nn.Module) -> Any:
-    """A context in which `module`'s own parameters (not its children's) are whole on every
-    rank: for code that reads weights without calling the module (engine.diagnostics)."""
+    """A context in which `module`'s parameters are whole on every rank: for code that reads
+    weights without calling the module (engine.diagnostics)."""
     import deepspeed
 
     return deepspeed.zero.GatheredParameters(list(module.parameters()))
