@@ -16,12 +16,15 @@ Imports torch, safetensors, deepspeed (lazily: only the functions that touch the
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
+import pickle
 import random
 import re
 import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -259,22 +262,73 @@ def consolidate_target(path: str | Path) -> dict[str, torch.Tensor]:
     return out
 
 
+UNIVERSAL_TAG = "ds-universal"
+
+
+def universal_tag(path: str | Path, rank: int) -> str:
+    """Convert checkpoint `path`'s DeepSpeed ZeRO-1/2 files into DeepSpeed's universal format
+    (`path/ds-universal`: every parameter's fp32 weights and Adam moments whole, which any world
+    size re-partitions), once: rank 0 converts, every rank waits; returns the tag to load.
+    DeepSpeed's converter unpickles; here it reads tensors and DeepSpeed's own types only."""
+    path = Path(path)
+    out = path / UNIVERSAL_TAG
+    if rank == 0 and not (out / "zero").is_dir():
+        from deepspeed.checkpoint.ds_to_universal import main as convert
+
+        tmp = path / f".{UNIVERSAL_TAG}-tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        args = argparse.Namespace(
+            input_folder=str(path / DS_TAG),
+            output_folder=str(tmp),
+            num_extract_workers=1,  # in this process: the weights-only loads hold
+            num_merge_workers=1,
+            keep_temp_folder=False,
+            strict=True,
+            inject_missing_state=True,  # checkpoints written without Megatron's extra state
+        )
+        try:
+            with weights_only_loads(), contextlib.redirect_stdout(sys.stderr):
+                convert(args)
+        except (pickle.UnpicklingError, RuntimeError, OSError, AssertionError, KeyError) as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise CheckpointError(
+                f"{path / DS_TAG}: cannot convert to a universal checkpoint for another world "
+                f"size ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+            ) from e
+        os.replace(tmp, out)
+    dist.barrier()
+    return UNIVERSAL_TAG
+
+
 def load_checkpoint(
-    path: str | Path, engine: Any, target: Any, rank: int, world: int
+    path: str | Path,
+    engine: Any,
+    target: Any,
+    rank: int,
+    world: int,
+    elastic: bool = False,
+    tag: str = DS_TAG,
 ) -> dict[str, Any]:
-    """Restore module, optimizer, EMA target and this rank's RNG; return the trainer state."""
+    """Restore module, optimizer, EMA target and this rank's RNG; return the trainer state.
+
+    `elastic`: the checkpoint was saved at another world size (the caller checked that it can
+    continue: engine.trainer); DeepSpeed re-partitions the optimizer state, and a rank the
+    checkpoint has no RNG state for takes rank 0's (nothing in the step draws from these
+    generators: masks are seeded per sample, engine.data.sample_rng)."""
     path = Path(path)
     state = read_state(path)
-    if state.get("world") != world:
+    if state.get("world") != world and not elastic:
         raise CheckpointError(
             f"{path}: saved by {state.get('world')} processes, this run has {world}; exact resume "
             "needs the same world size"
         )
-    loaded, _ = engine.load_checkpoint(
-        str(path), tag=DS_TAG, load_optimizer_states=True, load_lr_scheduler_states=False
-    )
+    # DeepSpeed reads a universal checkpoint's parameter files with a plain torch.load.
+    with weights_only_loads() if tag != DS_TAG else contextlib.nullcontext():
+        loaded, _ = engine.load_checkpoint(
+            str(path), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=False
+        )
     if loaded is None:
-        raise CheckpointError(f"{path}: DeepSpeed could not load {path / DS_TAG}")
+        raise CheckpointError(f"{path}: DeepSpeed could not load {path / tag}")
     if isinstance(target, torch.nn.Module):
         load_target(path, target)
     else:
@@ -283,6 +337,8 @@ def load_checkpoint(
         except RuntimeError as e:
             raise CheckpointError(str(e)) from e
     rng_path = path / f"rng-rank-{rank}.json"
+    if elastic and not rng_path.is_file():
+        rng_path = path / "rng-rank-0.json"
     try:
         restore_rng(json.loads(rng_path.read_text()))
     except (OSError, ValueError, KeyError) as e:

@@ -23,11 +23,13 @@ import torch.distributed as dist
 
 from engine.batch import PackedBatch
 from engine.checkpoint import (
+    DS_TAG,
     CheckpointError,
     install_safe_loader,
     load_checkpoint,
     read_state,
     save_checkpoint,
+    universal_tag,
 )
 from engine.config import Config, flatten, is_legacy_key, kernel_notes, resumable_keys
 from engine.data import (
@@ -94,7 +96,9 @@ def param_groups(model: torch.nn.Module) -> list[dict[str, Any]]:
     return [{"params": decay, "weight_decay": 0.0}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def deepspeed_config(cfg: Config, bf16: bool) -> dict[str, Any]:
+def deepspeed_config(cfg: Config, bf16: bool, load_universal: bool = False) -> dict[str, Any]:
+    """`load_universal`: this run resumes from DeepSpeed's universal checkpoint (a ZeRO-1/2
+    checkpoint saved at another world size, converted: engine.checkpoint.universal_tag)."""
     t = cfg.train
     zero: dict[str, Any] = {"stage": t.zero_stage}
     if t.zero_stage >= 1:
@@ -113,6 +117,7 @@ def deepspeed_config(cfg: Config, bf16: bool) -> dict[str, Any]:
         "bf16": {"enabled": bf16},
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 2**62,
+        "checkpoint": {"load_universal": load_universal},
     }
 
 
@@ -184,8 +189,17 @@ class Trainer:
         self._warned: set[str] = set()
         o = cfg.optim
         optimizer = torch.optim.AdamW(param_groups(model), lr=o.lr, betas=tuple(o.betas), eps=o.eps)
+        # A ZeRO-1/2 checkpoint from another world size loads through DeepSpeed's universal
+        # format, which the engine must be told of when it is built.
+        self.universal = (
+            resume is not None
+            and cfg.train.zero_stage in (1, 2)
+            and int(read_state(resume).get("world", 0)) != info.world
+        )
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
-            model=model, optimizer=optimizer, config=deepspeed_config(cfg, self.bf16)
+            model=model,
+            optimizer=optimizer,
+            config=deepspeed_config(cfg, self.bf16, self.universal),
         )
         install_safe_loader(self.engine)
         if isinstance(self.target, PartitionedTarget):
@@ -212,15 +226,58 @@ class Trainer:
         self.modality.masker(opts)(sample_rng(0, 0, 0), t["coords"])
         return int(t["tokens"].shape[1])
 
+    def _elastic(self, saved: dict[str, Any], path: Path) -> dict[str, Any]:
+        """Check that a checkpoint saved at another world size can continue here; return its
+        config with the per-rank batch size this run uses (the global batch must not change)."""
+        old_world, world = int(saved.get("world", 0)), self.info.world
+        where = f"{path}: saved by {old_world} processes, this run has {world}"
+        if self.zero3:
+            raise CheckpointError(
+                f"{where}; a ZeRO-3 checkpoint resumes only at its own world size (elastic "
+                "resume covers ZeRO stages 0-2)"
+            )
+        config = copy.deepcopy(saved["config"])
+        old_batch = int(config["data"]["batch_size"])
+        old_global, new_global = old_world * old_batch, world * self.cfg.data.batch_size
+        if old_global != new_global:
+            hint = (
+                f"; set data.batch_size={old_global // world}"
+                if old_global % world == 0
+                else f"; {old_global} samples do not split over {world} processes"
+            )
+            raise CheckpointError(
+                f"{where}; the global batch must stay {old_global} samples ({old_world} x "
+                f"{old_batch}), this run's is {new_global} ({world} x "
+                f"{self.cfg.data.batch_size}){hint}"
+            )
+        config["data"]["batch_size"] = self.cfg.data.batch_size
+        return config
+
     def _resume(self, path: Path) -> None:
         saved = read_state(path)
+        elastic = int(saved.get("world", 0)) != self.info.world
         check_resumable(
-            saved["config"],
+            self._elastic(saved, path) if elastic else saved["config"],
             self.cfg,
             path,
             lambda section: options_to_dict(self.modality.method_options(section)),
         )
-        state = load_checkpoint(path, self.engine, self.target, self.info.rank, self.info.world)
+        tag = universal_tag(path, self.info.rank) if self.universal else DS_TAG
+        state = load_checkpoint(
+            path, self.engine, self.target, self.info.rank, self.info.world, elastic, tag
+        )
+        if elastic:
+            # samples consumed per rank: the same global count spread over this world
+            run = dict(state["run"])
+            run["samples"] = run["samples"] * int(state["world"]) // self.info.world
+            state = {**state, "run": run}
+            if self.info.rank == 0:
+                print(
+                    f"engine.train: elastic resume: {state['world']} -> {self.info.world} "
+                    f"processes at step {run['step']}, global batch unchanged",
+                    file=sys.stderr,
+                    flush=True,
+                )
         self.state = RunState(**state["run"])
         self.ema.step = int(state["ema_step"])
         self.loader.load_state_dict(state["data"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -125,6 +126,16 @@ def test_zero3_export_and_probe_read_the_partitions(runs, grid_data, tmp_path):
         + ["--folds", "2"]
     )
     assert "target features" in proc.stdout and "accuracy" in proc.stdout
+
+
+def test_zero3_resume_on_another_world_size_is_refused(runs, grid_data, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(runs["zero3"], run)
+    args = train_args(grid_data, run, 4 * N, N, "data.batch_size=8", "train.zero_stage=3")
+    proc = run_cli([*args, "--resume", "auto"], check=False)
+    assert proc.returncode == 1
+    assert "saved by 2 processes, this run has 1" in proc.stderr
+    assert "a ZeRO-3 checkpoint resumes only at its own world size" in proc.stderr
 
 
 def _copy_ckpt(src: Path, dst: Path) -> Path:
