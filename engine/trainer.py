@@ -193,7 +193,7 @@ class Trainer:
         # format, which the engine must be told of when it is built.
         self.universal = (
             resume is not None
-            and cfg.train.zero_stage in (1, 2)
+            and cfg.train.zero_stage in (1, 2, 3)
             and int(read_state(resume).get("world", 0)) != info.world
         )
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
@@ -231,11 +231,6 @@ class Trainer:
         config with the per-rank batch size this run uses (the global batch must not change)."""
         old_world, world = int(saved.get("world", 0)), self.info.world
         where = f"{path}: saved by {old_world} processes, this run has {world}"
-        if self.zero3:
-            raise CheckpointError(
-                f"{where}; a ZeRO-3 checkpoint resumes only at its own world size (elastic "
-                "resume covers ZeRO stages 0-2)"
-            )
         config = copy.deepcopy(saved["config"])
         old_batch = int(config["data"]["batch_size"])
         old_global, new_global = old_world * old_batch, world * self.cfg.data.batch_size

@@ -187,6 +187,27 @@ class PartitionedTarget:
 
     # -- checkpoints
 
+    def load_whole(self, tensors: dict[str, torch.Tensor], rank: int) -> None:
+        """Set this rank's partitions from the whole target (`name -> tensor`), partitioned as
+        DeepSpeed partitions: rank r holds elements [r s, (r + 1) s) of each flattened
+        parameter, s = ceil(numel / world)."""
+        missing = [e["name"] for e in self.layout if e["name"] not in tensors]
+        if missing:
+            raise RuntimeError(f"the saved EMA target lacks {', '.join(missing[:3])}")
+        offset = 0
+        with torch.no_grad():
+            for e in self.layout:
+                whole = tensors[e["name"]]
+                if list(whole.shape) != e["shape"]:
+                    raise RuntimeError(
+                        f"the saved EMA target's {e['name']} is {tuple(whole.shape)}, this "
+                        f"model's {tuple(e['shape'])}"
+                    )
+                n = e["partition"]
+                part = _slice(whole.reshape(-1).float(), rank, n)
+                self.flat.narrow(0, offset, n).copy_(part)
+                offset += n
+
     def save(self, directory: Path, rank: int) -> None:
         """Write this rank's buffer; rank 0 also writes the layout."""
         save_file({"flat": self.flat.detach().cpu()}, str(directory / target_part_name(rank)))
@@ -195,7 +216,17 @@ class PartitionedTarget:
             (directory / TARGET_LAYOUT).write_text(json.dumps(layout))
 
     def load(self, directory: Path, rank: int) -> None:
-        """Restore this rank's buffer from a checkpoint written at the same world size."""
+        """Restore this rank's partitions: its own buffer from a checkpoint written at this world
+        size, else the slices of the whole target that this rank holds (elastic resume)."""
+        layout_path = directory / TARGET_LAYOUT
+        saved_world = None
+        if layout_path.is_file():
+            saved_world = int(json.loads(layout_path.read_text()).get("world", 0))
+        if saved_world != self.world:
+            from engine.checkpoint import consolidate_target
+
+            self.load_whole(consolidate_target(directory), rank)
+            return
         path = directory / target_part_name(rank)
         try:
             saved = load_file(str(path))["flat"]
@@ -216,3 +247,11 @@ def gathered(module: nn.Module) -> Any:
     import deepspeed
 
     return deepspeed.zero.GatheredParameters(list(module.parameters()))
+
+
+def _slice(flat: torch.Tensor, rank: int, size: int) -> torch.Tensor:
+    """Elements [rank * size, (rank + 1) * size) of `flat`, zero-padded past its end."""
+    out = flat.new_zeros(size)
+    part = flat[rank * size : (rank + 1) * size]
+    out[: part.numel()] = part
+    return out
