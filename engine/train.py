@@ -36,6 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
         "fresh when it has none); or a checkpoint directory",
     )
     p.add_argument("--config", help="YAML file of config values")
+    # The `deepspeed` launcher passes --local_rank=N unless told --no_local_rank; the process's
+    # place comes from the environment it also sets (engine.launch), so the flag is accepted
+    # and ignored.
+    p.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
     p.add_argument("overrides", nargs="*", metavar="section.key=value")
     return p
 
