@@ -3,7 +3,7 @@
 AudioMAE and A-JEPA normalise their inputs as (x - mean) / (2 std) with one mean and std over the
 whole dataset; `fit_audio_stats` computes them (and per-mel-bin ones, for inspection) in one pass
 over the written records, in float64 sums, counting only the `valid_frames` of each segment (the
-padding of the last segment is not data). Imports numpy and pyarrow only.
+padding of the last segment is not data). Imports numpy, pyarrow and pipelines.shards.
 """
 
 from __future__ import annotations
@@ -15,11 +15,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-
-def _tensor(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    return column.to_numpy_ndarray()
+from pipelines.shards import tensor_column_to_numpy
 
 
 def fit_audio_stats(batches: Iterable[pa.RecordBatch]) -> dict[str, Any]:
@@ -35,7 +31,7 @@ def fit_audio_stats(batches: Iterable[pa.RecordBatch]) -> dict[str, Any]:
     for batch in batches:
         if batch.num_rows == 0:
             continue
-        mel = _tensor(batch.column("mel"))  # [B, M, F] float16, a view of the shard
+        mel = tensor_column_to_numpy(batch.column("mel"))  # [B, M, F] float16, a view of the shard
         valid = np.asarray(batch.column("valid_frames").to_numpy(zero_copy_only=False))
         if s1 is None:
             s1 = np.zeros(mel.shape[1])

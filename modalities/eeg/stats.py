@@ -4,7 +4,7 @@
 channel, over the windows where the channel is present) is estimated from a deterministic
 subsample: a fixed number of evenly spaced samples per channel per window, halved whenever the
 kept sample grows past `MAX_KEPT` values per channel, so memory stays bounded on any dataset size
-and the result depends only on the data. Imports numpy and pyarrow only.
+and the result depends only on the data. Imports numpy, pyarrow and pipelines.shards.
 """
 
 from __future__ import annotations
@@ -16,16 +16,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from pipelines.shards import tensor_column_to_numpy
+
 #: Evenly spaced samples kept per channel per window before any halving.
 SAMPLES_PER_WINDOW = 64
 #: At most this many values per channel are kept for the quantiles.
 MAX_KEPT = 1 << 20
-
-
-def _tensor(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    return column.to_numpy_ndarray()
 
 
 class _Subsample:
@@ -92,9 +88,9 @@ def fit_eeg_stats(batches: Iterable[pa.RecordBatch]) -> dict[str, Any]:
     for batch in batches:
         if batch.num_rows == 0:
             continue
-        eeg = _tensor(batch.column("eeg"))
-        mask = _tensor(batch.column("channel_mask"))
-        pos = _tensor(batch.column("positions")).astype(np.float64)
+        eeg = tensor_column_to_numpy(batch.column("eeg"))
+        mask = tensor_column_to_numpy(batch.column("channel_mask"))
+        pos = tensor_column_to_numpy(batch.column("positions")).astype(np.float64)
         if channels is None:
             channels = batch.column("channels")[0].as_py()
             sample = _Subsample(len(channels))
