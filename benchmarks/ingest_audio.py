@@ -39,7 +39,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 # benchmarks/kernels.py would shadow the `kernels` package: import measure, then drop this folder
 sys.path.insert(0, str(HERE))
-from measure import run_measured  # noqa: E402
+from measure import run_measured, same_code_command  # noqa: E402
 
 sys.path.remove(str(HERE))
 
@@ -72,32 +72,6 @@ def make_cohort(root: Path, mb: float, seed: int) -> list[Path]:
         marker.write_text("ok")
     return sorted(root.glob("*.flac"))
 
-
-SAME_CODE = r"""
-import sys, pathlib, json
-from modalities import ReadContext, get_modality
-from pipelines.shards import ShardWriter, records_to_table
-from pipelines.worker import full_schema
-import pyarrow as pa
-out, files = pathlib.Path(sys.argv[1]), sys.argv[2:]
-m = get_modality("audio"); opts = m.options_type()
-schema = full_schema(m.schema(opts))
-w = ShardWriter(out, schema)
-for f in files:
-    ctx = ReadContext(source=f, local_path=f, size=pathlib.Path(f).stat().st_size,
-                      max_file_bytes=16 * 2**30)
-    recs = [{"id": f"{f}#{i}", "source": f, **r} for i, r in enumerate(m.read(ctx, opts))]
-    for lo in range(0, len(recs), 64):
-        w.write(records_to_table(recs[lo:lo + 64], schema))
-w.close()
-def batches():
-    for s in w.shards:
-        with pa.memory_map(str(out / s.file)) as src:
-            r = pa.ipc.open_file(src)
-            for j in range(r.num_record_batches):
-                yield r.get_batch(j)
-(out / "stats.json").write_text(json.dumps(m.fit_stats(batches(), opts)))
-"""
 
 LIBROSA_LOOP = r"""
 import sys, pathlib, numpy as np, pyarrow as pa, librosa
@@ -179,7 +153,7 @@ def main() -> int:
     runs = {
         "ingest": lambda out: [py, "-m", "pipelines.ingest", "audio", "--input", str(args.cohort),
                                "--output", out, "--num-cpus", "2", "--quiet"],
-        "same-code": lambda out: [py, "-c", SAME_CODE, out, *map(str, files)],
+        "same-code": lambda out: same_code_command(py, "audio", out, files),
         "librosa-loop": lambda out: [py, "-c", LIBROSA_LOOP, out, *map(str, files)],
         "decode-floor": lambda out: [py, "-c", DECODE_FLOOR, out, *map(str, files)],
         "ingest-warm": lambda out: [py, "-m", "pipelines.ingest", "audio", "--input",

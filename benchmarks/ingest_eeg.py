@@ -30,7 +30,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from measure import run_measured  # noqa: E402  (benchmarks/ is on sys.path)
+from measure import run_measured, same_code_command  # noqa: E402  (benchmarks/ is on sys.path)
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -59,32 +59,6 @@ def make_cohort(root: Path, mb: float, seed: int) -> list[Path]:
         marker.write_text("ok")
     return sorted(root.rglob("*.edf"))
 
-
-SAME_CODE = r"""
-import sys, pathlib, json
-from modalities import ReadContext, get_modality
-from pipelines.shards import ShardWriter, records_to_table
-from pipelines.worker import full_schema
-import pyarrow as pa
-out, files = pathlib.Path(sys.argv[1]), sys.argv[2:]
-m = get_modality("eeg"); opts = m.options_type()
-schema = full_schema(m.schema(opts))
-w = ShardWriter(out, schema)
-for f in files:
-    ctx = ReadContext(source=f, local_path=f, size=pathlib.Path(f).stat().st_size,
-                      max_file_bytes=16 * 2**30)
-    recs = [{"id": f"{f}#{i}", "source": f, **r} for i, r in enumerate(m.read(ctx, opts))]
-    for lo in range(0, len(recs), 64):
-        w.write(records_to_table(recs[lo:lo + 64], schema))
-w.close()
-def batches():
-    for s in w.shards:
-        with pa.memory_map(str(out / s.file)) as src:
-            r = pa.ipc.open_file(src)
-            for j in range(r.num_record_batches):
-                yield r.get_batch(j)
-(out / "stats.json").write_text(json.dumps(m.fit_stats(batches(), opts)))
-"""
 
 MNE_LOOP = r"""
 import sys, pathlib, numpy as np, pyarrow as pa, mne
@@ -133,7 +107,7 @@ def main() -> int:
     runs = {
         "ingest": lambda out: [py, "-m", "pipelines.ingest", "eeg", "--input", str(args.cohort),
                                "--output", out, "--num-cpus", "2", "--quiet"],
-        "same-code": lambda out: [py, "-c", SAME_CODE, out, *map(str, files)],
+        "same-code": lambda out: same_code_command(py, "eeg", out, files),
         "mne-loop": lambda out: [py, "-c", MNE_LOOP, out, *map(str, files)],
     }  # fmt: skip
     results = {}

@@ -47,3 +47,37 @@ def run_measured(cmd: list[str], env: dict[str, str] | None = None) -> dict[str,
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{err.decode()[-3000:]}")
     return {"seconds": seconds, "peak_rss_mb": peak / 2**20, "stdout": out.decode().strip()}
+
+
+# The ingest's own per-file work (the modality's reader, the shard writer, the stats) in one
+# plain process, no Ray: `python -c SAME_CODE MODALITY OUT FILE...`. What an ingest with 2 CPUs
+# is compared against besides the library loop (docs/benchmarks.md).
+SAME_CODE = r"""
+import sys, pathlib, json
+from modalities import ReadContext, get_modality
+from pipelines.shards import ShardWriter, records_to_table
+from pipelines.worker import full_schema
+import pyarrow as pa
+name, out, files = sys.argv[1], pathlib.Path(sys.argv[2]), sys.argv[3:]
+m = get_modality(name); opts = m.options_type()
+schema = full_schema(m.schema(opts))
+w = ShardWriter(out, schema)
+for f in files:
+    ctx = ReadContext(source=f, local_path=f, size=pathlib.Path(f).stat().st_size,
+                      max_file_bytes=16 * 2**30)
+    recs = [{"id": f"{f}#{i}", "source": f, **r} for i, r in enumerate(m.read(ctx, opts))]
+    for lo in range(0, len(recs), 64):
+        w.write(records_to_table(recs[lo:lo + 64], schema))
+w.close()
+def batches():
+    for s in w.shards:
+        with pa.memory_map(str(out / s.file)) as src:
+            r = pa.ipc.open_file(src)
+            for j in range(r.num_record_batches):
+                yield r.get_batch(j)
+(out / "stats.json").write_text(json.dumps(m.fit_stats(batches(), opts)))
+"""
+
+
+def same_code_command(python: str, modality: str, out: str, files: list[Path]) -> list[str]:
+    return [python, "-c", SAME_CODE, modality, out, *map(str, files)]
