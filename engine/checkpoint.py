@@ -20,7 +20,6 @@ import argparse
 import contextlib
 import json
 import os
-import pickle
 import random
 import re
 import shutil
@@ -32,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 CHECKPOINTS = "checkpoints"
@@ -220,7 +220,15 @@ def load_target(path: str | Path, target: torch.nn.Module) -> None:
     p = Path(path) / "target.safetensors"
     if not p.is_file():
         raise CheckpointError(f"{p}: missing")
-    target.load_state_dict(load_file(str(p)), strict=True)
+    target.load_state_dict(read_tensors(p), strict=True)
+
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors; CheckpointError naming the file when it is unreadable."""
+    try:
+        return load_file(str(path))
+    except (OSError, SafetensorError) as e:
+        raise CheckpointError(f"{path}: unreadable ({e})") from e
 
 
 def consolidate_target(path: str | Path) -> dict[str, torch.Tensor]:
@@ -230,10 +238,16 @@ def consolidate_target(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     whole = path / "target.safetensors"
     layout_path = path / "target-layout.json"
-    if whole.is_file() or not layout_path.is_file():
-        if not whole.is_file():
-            raise CheckpointError(f"{whole}: missing (and no ZeRO-3 target partitions)")
-        return load_file(str(whole))
+    if whole.is_file():
+        return read_tensors(whole)
+    if not layout_path.is_file():
+        parts = sorted(p.name for p in path.glob("target-rank-*.safetensors"))
+        if parts:
+            raise CheckpointError(
+                f"{layout_path}: missing, so the ZeRO-3 target partitions ({', '.join(parts)}) "
+                "cannot be joined"
+            )
+        raise CheckpointError(f"{whole}: missing (and no ZeRO-3 target partitions)")
     try:
         layout = json.loads(layout_path.read_text())
         world, params = int(layout["world"]), layout["params"]
@@ -244,7 +258,10 @@ def consolidate_target(path: str | Path) -> dict[str, torch.Tensor]:
         p = path / f"target-rank-{r}.safetensors"
         if not p.is_file():
             raise CheckpointError(f"{p}: missing (the target was saved by {world} ranks)")
-        parts.append(load_file(str(p))["flat"])
+        flat = read_tensors(p).get("flat")
+        if flat is None:
+            raise CheckpointError(f"{p}: holds no 'flat' tensor (not a ZeRO-3 target partition)")
+        parts.append(flat)
     expected = sum(int(e["partition"]) for e in params)
     for r, flat in enumerate(parts):
         if flat.numel() != expected:
@@ -266,17 +283,19 @@ UNIVERSAL_TAG = "ds-universal"
 
 
 def universal_tag(path: str | Path, rank: int) -> str:
-    """Convert checkpoint `path`'s DeepSpeed ZeRO-1/2 files into DeepSpeed's universal format
-    (`path/ds-universal`: every parameter's fp32 weights and Adam moments whole, which any world
-    size re-partitions), once: rank 0 converts, every rank waits; returns the tag to load.
+    """Convert checkpoint `path`'s DeepSpeed ZeRO files (stages 1-3) into DeepSpeed's universal
+    format (`path/ds-universal`: every parameter's fp32 weights and Adam moments whole, which
+    any world size re-partitions), once: rank 0 converts while every rank waits for its word
+    (one broadcast, so a failed conversion stops every rank, not rank 0 alone; the wait is
+    bounded by the process group's timeout: 30 min on gloo, 10 on NCCL); returns the tag to load.
     DeepSpeed's converter unpickles; here it reads tensors and DeepSpeed's own types only."""
     path = Path(path)
     out = path / UNIVERSAL_TAG
+    error: str | None = None
     if rank == 0 and not (out / "zero").is_dir():
         from deepspeed.checkpoint.ds_to_universal import main as convert
 
         tmp = path / f".{UNIVERSAL_TAG}-tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
         args = argparse.Namespace(
             input_folder=str(path / DS_TAG),
             output_folder=str(tmp),
@@ -287,16 +306,21 @@ def universal_tag(path: str | Path, rank: int) -> str:
             inject_missing_state=True,  # checkpoints written without Megatron's extra state
         )
         try:
+            shutil.rmtree(tmp, ignore_errors=True)
             with weights_only_loads(), contextlib.redirect_stdout(sys.stderr):
                 convert(args)
-        except (pickle.UnpicklingError, RuntimeError, OSError, AssertionError, KeyError) as e:
+            os.replace(tmp, out)
+        except Exception as e:  # every rank must hear of any failure, or the others hang
             shutil.rmtree(tmp, ignore_errors=True)
-            raise CheckpointError(
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            error = (
                 f"{path / DS_TAG}: cannot convert to a universal checkpoint for another world "
-                f"size ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
-            ) from e
-        os.replace(tmp, out)
-    dist.barrier()
+                f"size ({reason})"
+            )
+    word = [error]
+    dist.broadcast_object_list(word, src=0)
+    if word[0] is not None:
+        raise CheckpointError(word[0])
     return UNIVERSAL_TAG
 
 

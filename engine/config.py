@@ -115,14 +115,16 @@ class TrainConfig:
     seed: int = 0
     zero_stage: int = 2
     # gradients reduced (ZeRO-3: reduce-scattered) per bucket, in elements (DeepSpeed's default)
-    zero_bucket: int = 500_000_000
+    # (memory and communication only: the sums are the same, so a resume may change it, and a
+    # checkpoint written before the key existed resumes)
+    zero_bucket: int = resumable(500_000_000)
     # ZeRO-3 only, DeepSpeed's defaults: at most this many parameters gathered at once per rank;
     # a gathered parameter used again within this many parameters stays gathered (between the
     # forward and the backward too: the defaults keep a model under 1e9 parameters whole through
     # its step); this many parameters fetched ahead. Smaller: less memory, more communication.
-    zero3_max_live: int = 1_000_000_000
-    zero3_reuse_distance: int = 1_000_000_000
-    zero3_prefetch: int = 50_000_000
+    zero3_max_live: int = resumable(1_000_000_000)
+    zero3_reuse_distance: int = resumable(1_000_000_000)
+    zero3_prefetch: int = resumable(50_000_000)
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
     nonfinite: str = "stop"  # stop | skip (skip the micro-batch on every rank and count it)
     # with nonfinite=skip: stop once this many micro-batches were skipped

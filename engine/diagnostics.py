@@ -124,11 +124,11 @@ def constant_share(x: torch.Tensor) -> float:
     return float((x.mean(0) ** 2).sum() / energy)
 
 
-@torch.no_grad()
 def _whole(module: nn.Module) -> AbstractContextManager[Any]:
     return nullcontext()
 
 
+@torch.no_grad()
 def attention_entropy(
     encoder: Encoder,
     tokens: torch.Tensor,
@@ -139,13 +139,15 @@ def attention_entropy(
     """Per layer, the mean over heads and (up to `max_queries` evenly spaced) queries of the
     attention entropy over log(N), for one sample's N tokens [N, P] with coords [N, c].
     `gathered(block)`: a context in which a block's weights are whole (ZeRO-3 partitions them;
-    `engine.zero3.gathered`), entered only around the weights read here."""
+    `engine.zero3.gathered`), entered only around the weights read here. Under ZeRO-3 every
+    gather is a collective, so every rank runs every layer whatever its sample's length (a
+    sample of one token scores 0.0)."""
     if gathered is None:
         gathered = _whole
+    if len(tokens) == 0:
+        return [0.0 for _ in encoder.blocks]
     x = encoder.embed(tokens[None], coords[None])[0].float()
     n = len(x)
-    if n < 2:
-        return [0.0 for _ in encoder.blocks]
     cu = torch.tensor([0, n], dtype=torch.int32, device=x.device)
     rows = torch.linspace(0, n - 1, min(n, max_queries), device=x.device).round().long()
     out = []
@@ -153,12 +155,15 @@ def attention_entropy(
         with gathered(blk.norm1), gathered(blk.attn.qkv):
             y = F.layer_norm(x, (x.shape[-1],), blk.norm1.weight.float(), blk.norm1.bias.float())
             qkv = F.linear(y, blk.attn.qkv.weight.float(), blk.attn.qkv.bias.float())
-        heads = blk.attn.heads
-        q, k, _ = qkv.view(n, 3, heads, -1).unbind(1)
-        scores = torch.einsum("qhd,khd->hqk", q[rows], k) / math.sqrt(q.shape[-1])
-        p = scores.softmax(-1)
-        ent = -(p * p.clamp_min(1e-30).log()).sum(-1)
-        out.append(float(ent.mean() / math.log(n)))
+        if n < 2:
+            out.append(0.0)
+        else:
+            heads = blk.attn.heads
+            q, k, _ = qkv.view(n, 3, heads, -1).unbind(1)
+            scores = torch.einsum("qhd,khd->hqk", q[rows], k) / math.sqrt(q.shape[-1])
+            p = scores.softmax(-1)
+            ent = -(p * p.clamp_min(1e-30).log()).sum(-1)
+            out.append(float(ent.mean() / math.log(n)))
         x = blk(x, cu, n).float()
     return out
 

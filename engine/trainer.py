@@ -97,7 +97,7 @@ def param_groups(model: torch.nn.Module) -> list[dict[str, Any]]:
 
 
 def deepspeed_config(cfg: Config, bf16: bool, load_universal: bool = False) -> dict[str, Any]:
-    """`load_universal`: this run resumes from DeepSpeed's universal checkpoint (a ZeRO-1/2
+    """`load_universal`: this run resumes from DeepSpeed's universal checkpoint (a ZeRO-1/2/3
     checkpoint saved at another world size, converted: engine.checkpoint.universal_tag)."""
     t = cfg.train
     zero: dict[str, Any] = {"stage": t.zero_stage}
@@ -189,7 +189,7 @@ class Trainer:
         self._warned: set[str] = set()
         o = cfg.optim
         optimizer = torch.optim.AdamW(param_groups(model), lr=o.lr, betas=tuple(o.betas), eps=o.eps)
-        # A ZeRO-1/2 checkpoint from another world size loads through DeepSpeed's universal
+        # A ZeRO-1/2/3 checkpoint from another world size loads through DeepSpeed's universal
         # format, which the engine must be told of when it is built.
         self.universal = (
             resume is not None

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from engine.model import Encoder
@@ -167,7 +167,7 @@ class PartitionedTarget:
         # give the next forward its old whole copy: release it, the partitions are the truth.
         from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
 
-        held = [p for p in self._params if p.ds_status != ZeroParamStatus.NOT_AVAILABLE]
+        held = [p for p in self._params if p.ds_status == ZeroParamStatus.AVAILABLE]
         if held:
             held[0].partition(held)
         # ds_tensor objects persist, but the optimizer may re-point their storage: read them
@@ -222,16 +222,18 @@ class PartitionedTarget:
         saved_world = None
         if layout_path.is_file():
             saved_world = int(json.loads(layout_path.read_text()).get("world", 0))
-        if saved_world != self.world:
-            from engine.checkpoint import consolidate_target
+        from engine.checkpoint import consolidate_target, read_tensors
 
-            self.load_whole(consolidate_target(directory), rank)
+        if saved_world != self.world:
+            try:
+                self.load_whole(consolidate_target(directory), rank)
+            except RuntimeError as e:
+                raise RuntimeError(f"{directory}: {e}") from e
             return
         path = directory / target_part_name(rank)
-        try:
-            saved = load_file(str(path))["flat"]
-        except (OSError, KeyError) as e:
-            raise RuntimeError(f"{path}: unreadable EMA target partition ({e})") from e
+        saved = read_tensors(path).get("flat")
+        if saved is None:
+            raise RuntimeError(f"{path}: holds no 'flat' tensor (not a ZeRO-3 target partition)")
         if saved.shape != self.flat.shape:
             raise RuntimeError(
                 f"{path}: holds {saved.numel()} values, this rank's EMA partitions "

@@ -108,6 +108,13 @@ def test_resume_check_names_the_changed_keys_and_allows_resumable_ones(tmp_path)
     changed = load_config(None, ["model.embed_dim=64", "model.num_heads=4", "train.steps=5"])
     with pytest.raises(CheckpointError, match=r"model.embed_dim: 192 -> 64.*model.num_heads"):
         check_resumable(saved, changed, tmp_path)
+    # a checkpoint written before the ZeRO bucket and gather knobs existed resumes, and the
+    # knobs may change on resume (memory and communication only)
+    older = Config().to_dict()
+    for key in ("zero_bucket", "zero3_max_live", "zero3_reuse_distance", "zero3_prefetch"):
+        del older["train"][key]
+    check_resumable(older, load_config(), tmp_path)
+    check_resumable(saved, load_config(None, ["train.zero3_reuse_distance=0"]), tmp_path)
 
 
 def test_masks_and_patch_geometry_are_the_modalitys_and_say_where_they_went():

@@ -2,7 +2,7 @@
 gloo) with the same global batch: the global sample sequence continues exactly, DeepSpeed's
 optimizer state is re-partitioned (ZeRO-2 through DeepSpeed's universal checkpoint), the run
 follows the uninterrupted one; a changed global batch is refused with the reason (ZeRO-3's
-refusal: test_engine_zero3)."""
+elastic resume: test_engine_zero3)."""
 
 from __future__ import annotations
 
