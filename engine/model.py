@@ -18,6 +18,7 @@ load with plain torch.
 from __future__ import annotations
 
 import math
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
@@ -117,6 +118,19 @@ def _init_weights(module: nn.Module, blocks: nn.ModuleList, scheme: str = "fan_i
         blk.fc2.weight.data.div_(math.sqrt(2.0 * i))
 
 
+def _writable(module: nn.Module) -> AbstractContextManager[Any]:
+    """A context in which `module`'s parameters can be (re)initialised. A model built under
+    DeepSpeed's `zero.Init` (ZeRO-3) has its submodules' parameters partitioned as soon as each
+    is built, so a parent re-drawing its children's weights must gather them first (every rank
+    draws the same values from the same seed; rank 0's are kept). Otherwise: nothing to do."""
+    params = [p for p in module.parameters() if hasattr(p, "ds_id")]
+    if not params:
+        return nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(params, modifier_rank=0)
+
+
 def _param_dtype(module: nn.Module) -> torch.dtype:
     return next(module.parameters()).dtype
 
@@ -131,11 +145,13 @@ class Encoder(nn.Module):
             Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio) for _ in range(cfg.depth)
         )
         self.norm = LayerNorm(cfg.embed_dim)
-        _init_weights(self, self.blocks, cfg.init)
-        # The generic init above also re-draws the embedder's layers; an embedder whose start
-        # matters (S-JEPA's channel embedding starts as the electrodes' xyz encoding) restores it.
-        if hasattr(embedder, "init_weights"):
-            embedder.init_weights()
+        with _writable(self):
+            _init_weights(self, self.blocks, cfg.init)
+            # The generic init above also re-draws the embedder's layers; an embedder whose
+            # start matters (S-JEPA's channel embedding starts as the electrodes' xyz encoding)
+            # restores it.
+            if hasattr(embedder, "init_weights"):
+                embedder.init_weights()
 
     def embed(self, tokens: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
         """[B, N, P] tokens -> [B, N, D] embeddings with positions."""
@@ -195,7 +211,8 @@ class Predictor(nn.Module):
         self.norm = LayerNorm(cfg.pred_dim, autocast_output=True)  # feeds self.out
         # JEPA predicts target features (encoder width); MAE predicts the target patches.
         self.out = nn.Linear(cfg.pred_dim, out_dim or cfg.embed_dim)
-        _init_weights(self, self.blocks, cfg.init)
+        with _writable(self):
+            _init_weights(self, self.blocks, cfg.init)
         nn.init.trunc_normal_(self.mask_token, std=0.02)
 
     def forward(

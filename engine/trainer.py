@@ -47,7 +47,7 @@ from engine.model import JEPA, Encoder, encode_targets, set_fused_layernorm
 from engine.objective import collapse_stats, jepa_loss, mae_targets
 from engine.ops import EMATarget
 from engine.schedules import cosine_ramp, warmup_cosine
-from engine.zero3 import PartitionedTarget, gathered
+from engine.zero3 import PartitionedTarget, gathered, target_deepspeed_config
 from modalities.options import options_to_dict
 from pipelines.shards import ShardDataset
 
@@ -90,9 +90,14 @@ def check_resumable(
 
 
 def param_groups(model: torch.nn.Module) -> list[dict[str, Any]]:
-    """AdamW groups: matrices decay; biases, norms and other 1-D parameters do not (I-JEPA)."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    """AdamW groups: matrices decay; biases, norms and other 1-D parameters do not (I-JEPA).
+    A parameter built under ZeRO-3's zero.Init is an empty placeholder: its shape is `ds_shape`."""
+
+    def ndim(p: torch.Tensor) -> int:
+        return len(getattr(p, "ds_shape", p.shape))
+
+    decay = [p for p in model.parameters() if p.requires_grad and ndim(p) >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and ndim(p) < 2]
     return [{"params": decay, "weight_decay": 0.0}, {"params": no_decay, "weight_decay": 0.0}]
 
 
@@ -144,14 +149,26 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
         self.mae = cfg.loss.objective == "mae"
         out_dim = patch_dim if self.mae else None  # MAE's predictor outputs patches
-        model = JEPA(build_embedder(self.modality, cfg, self.stats), cfg.model, out_dim)
+        self.zero3 = cfg.train.zero_stage == 3
+        # A ZeRO-1/2/3 checkpoint from another world size loads through DeepSpeed's universal
+        # format, which the engine must be told of when it is built.
+        self.universal = (
+            resume is not None
+            and cfg.train.zero_stage in (1, 2, 3)
+            and int(read_state(resume).get("world", 0)) != info.world
+        )
+        ds_config = deepspeed_config(cfg, self.bf16, self.universal)
+        # Under ZeRO-3 the model is built partitioned (deepspeed.zero.Init: each layer's
+        # parameters are split over the ranks as soon as it is built), so no rank ever holds it
+        # whole: a model larger than one device starts.
+        with deepspeed.zero.Init(config_dict_or_path=ds_config) if self.zero3 else nullcontext():
+            model = JEPA(build_embedder(self.modality, cfg, self.stats), cfg.model, out_dim)
         model = model.to(info.device)
         set_fused_layernorm(model, cfg.train.fused_layernorm)
         # The module's forward hands batches to the graphs (eager on CPU), so DeepSpeed's engine
         # still wraps every call. With several ranks they replay or run eagerly together.
         # ZeRO-3 gathers each layer's parameters from Python hooks, which no graph replays: its
         # step runs eagerly (engine.config.kernel_notes says so on a GPU).
-        self.zero3 = cfg.train.zero_stage == 3
         model.cuda_graphs = GraphedJEPA(
             model,
             cfg.train.cuda_graph_step and not self.zero3,
@@ -164,18 +181,21 @@ class Trainer:
         # MAE has no target encoder: the copy then follows the context encoder exactly
         # (momentum 0), so probes and exports of "the target" read the trained encoder.
         # Under ZeRO-3 the target is partitioned like the context encoder, each rank updating
-        # its own partitions (engine.zero3); it is built here, before DeepSpeed partitions the
-        # context encoder, from the same full weights.
+        # its own partitions (engine.zero3): an encoder built partitioned (its own draws leave
+        # the seeded stream untouched) that takes the context encoder's partitions at bind().
         ema = (0.0, 0.0) if self.mae else (cfg.ema.start, cfg.ema.end)
-        full = copy.deepcopy(model.encoder).float().requires_grad_(False)
         self.target: Encoder | PartitionedTarget
         if self.zero3:
+            devices = [info.device] if info.device.type == "cuda" else []
+            tcfg = target_deepspeed_config(cfg.data.batch_size, cfg.train.zero3_prefetch)
+            with torch.random.fork_rng(devices), deepspeed.zero.Init(config_dict_or_path=tcfg):
+                built = Encoder(build_embedder(self.modality, cfg, self.stats), cfg.model)
             self.target = PartitionedTarget(
-                full, cfg.data.batch_size, cfg.train.steps, *ema, prefetch=cfg.train.zero3_prefetch
+                built, cfg.data.batch_size, cfg.train.steps, *ema, prefetch=cfg.train.zero3_prefetch
             )
             self.ema: EMATarget | PartitionedTarget = self.target
         else:
-            self.target = full
+            self.target = copy.deepcopy(model.encoder).float().requires_grad_(False)
             self.ema = EMATarget(self.target, cfg.train.steps, *ema)
         # Whitening's eigendecomposition checks its result on the host: no graph capture.
         graph_target = (
@@ -189,17 +209,8 @@ class Trainer:
         self._warned: set[str] = set()
         o = cfg.optim
         optimizer = torch.optim.AdamW(param_groups(model), lr=o.lr, betas=tuple(o.betas), eps=o.eps)
-        # A ZeRO-1/2/3 checkpoint from another world size loads through DeepSpeed's universal
-        # format, which the engine must be told of when it is built.
-        self.universal = (
-            resume is not None
-            and cfg.train.zero_stage in (1, 2, 3)
-            and int(read_state(resume).get("world", 0)) != info.world
-        )
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
-            model=model,
-            optimizer=optimizer,
-            config=deepspeed_config(cfg, self.bf16, self.universal),
+            model=model, optimizer=optimizer, config=ds_config
         )
         install_safe_loader(self.engine)
         if isinstance(self.target, PartitionedTarget):

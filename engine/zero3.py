@@ -78,9 +78,11 @@ class _TargetModule(nn.Module):
 class PartitionedTarget:
     """The fp32 EMA target encoder partitioned like the context encoder under ZeRO-3.
 
-    Build it from a full copy of the encoder before DeepSpeed partitions the context encoder
-    (`target` below is that copy), then call `bind(context_encoder)` once the trainer's engine
-    exists. `update()` is one EMA step on this rank's partitions; `forward_all` runs the target.
+    Build it from an encoder of the same shape (built under `deepspeed.zero.Init` with
+    `target_deepspeed_config`, so it is never whole on any rank, or a whole one, which DeepSpeed
+    partitions here), then call `bind(context_encoder)` once the trainer's engine exists: the
+    target starts as the context encoder's weights. `update()` is one EMA step on this rank's
+    partitions; `forward_all` runs the target.
     """
 
     def __init__(
@@ -144,6 +146,13 @@ class PartitionedTarget:
                     f"as {entry['partition']} of {tuple(entry['shape'])}"
                 )
         self._sources = sources
+        # The EMA starts from the context encoder's weights, partition by partition.
+        with torch.no_grad():
+            offset = 0
+            for src, entry in zip(sources, self.layout, strict=True):
+                n = entry["partition"]
+                self.flat.narrow(0, offset, n).copy_(src.ds_tensor.detach().reshape(-1).float())
+                offset += n
 
     # -- per step
 
