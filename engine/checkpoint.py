@@ -3,7 +3,8 @@
 A checkpoint is a directory `RUN_DIR/checkpoints/step-NNNNNNNN/` holding
   ds/                 DeepSpeed's checkpoint (module, optimizer partitions per rank)
   target.safetensors  the fp32 EMA target encoder (ZeRO 0-2), or under ZeRO-3 its partitions:
-  target-rank-R.safetensors + target-layout.json (see engine.zero3; `consolidate_target`)
+  target-rank-R.safetensors + target-layout.json (+ target-buffers.safetensors, the encoder's
+  persistent buffers) (see engine.zero3; `consolidate_target`)
   state.json          step, skips, data position, EMA step, world size, the resolved config
   rng-rank-R.json     torch / numpy / python (and CUDA) RNG states of rank R
 It is written under `.tmp-step-NNNNNNNN` and renamed once every rank has finished, so a checkpoint
@@ -269,7 +270,9 @@ def consolidate_target(path: str | Path) -> dict[str, torch.Tensor]:
                 f"{path}: target-rank-{r}.safetensors holds {flat.numel()} values, the layout "
                 f"says {expected}"
             )
-    out, offset = {}, 0
+    buffers = path / "target-buffers.safetensors"  # the encoder's persistent buffers, whole
+    out = read_tensors(buffers) if buffers.is_file() else {}
+    offset = 0
     for e in params:
         n = int(e["partition"])
         shape = torch.Size(e["shape"])

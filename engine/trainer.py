@@ -158,11 +158,14 @@ class Trainer:
             and int(read_state(resume).get("world", 0)) != info.world
         )
         ds_config = deepspeed_config(cfg, self.bf16, self.universal)
-        # Under ZeRO-3 the model is built partitioned (deepspeed.zero.Init: each layer's
-        # parameters are split over the ranks as soon as it is built), so no rank ever holds it
-        # whole: a model larger than one device starts.
+        # Under ZeRO-3 the trunk is built partitioned (deepspeed.zero.Init: each layer's
+        # parameters are split over the ranks as soon as it is built), so no rank holds the
+        # model whole: a model larger than one device starts. The modality's embedder is built
+        # first and whole (it is small, and may set its own layers' weights as it is built, as
+        # S-JEPA's channel embedding does); DeepSpeed partitions it at initialize.
+        embedder = build_embedder(self.modality, cfg, self.stats)
         with deepspeed.zero.Init(config_dict_or_path=ds_config) if self.zero3 else nullcontext():
-            model = JEPA(build_embedder(self.modality, cfg, self.stats), cfg.model, out_dim)
+            model = JEPA(embedder, cfg.model, out_dim)
         model = model.to(info.device)
         set_fused_layernorm(model, cfg.train.fused_layernorm)
         # The module's forward hands batches to the graphs (eager on CPU), so DeepSpeed's engine
@@ -188,8 +191,10 @@ class Trainer:
         if self.zero3:
             devices = [info.device] if info.device.type == "cuda" else []
             tcfg = target_deepspeed_config(cfg.data.batch_size, cfg.train.zero3_prefetch)
-            with torch.random.fork_rng(devices), deepspeed.zero.Init(config_dict_or_path=tcfg):
-                built = Encoder(build_embedder(self.modality, cfg, self.stats), cfg.model)
+            with torch.random.fork_rng(devices):
+                target_embedder = build_embedder(self.modality, cfg, self.stats)
+                with deepspeed.zero.Init(config_dict_or_path=tcfg):
+                    built = Encoder(target_embedder, cfg.model)
             self.target = PartitionedTarget(
                 built, cfg.data.batch_size, cfg.train.steps, *ema, prefetch=cfg.train.zero3_prefetch
             )

@@ -36,6 +36,7 @@ from engine.model import Encoder
 from engine.ops import EMATarget
 
 TARGET_LAYOUT = "target-layout.json"
+TARGET_BUFFERS = "target-buffers.safetensors"
 
 
 def target_part_name(rank: int) -> str:
@@ -218,11 +219,21 @@ class PartitionedTarget:
                 offset += n
 
     def save(self, directory: Path, rank: int) -> None:
-        """Write this rank's buffer; rank 0 also writes the layout."""
+        """Write this rank's buffer; rank 0 also writes the layout and the encoder's persistent
+        buffers (whole on every rank, not partitioned: fMRI's gradient positions), which the
+        consolidated target carries like the whole one does."""
         save_file({"flat": self.flat.detach().cpu()}, str(directory / target_part_name(rank)))
         if rank == 0:
             layout = {"world": self.world, "params": self.layout}
             (directory / TARGET_LAYOUT).write_text(json.dumps(layout))
+            buffers = {n for n, _ in self.encoder.named_buffers()}
+            state = {
+                k: v.detach().cpu().contiguous()
+                for k, v in self.encoder.state_dict().items()
+                if k in buffers
+            }
+            if state:
+                save_file(state, str(directory / TARGET_BUFFERS))
 
     def load(self, directory: Path, rank: int) -> None:
         """Restore this rank's partitions: its own buffer from a checkpoint written at this world

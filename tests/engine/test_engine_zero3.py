@@ -214,3 +214,18 @@ def test_slices_for_a_new_world_invert_the_consolidation():
             assert all(p.numel() == size for p in parts)
             assert torch.equal(torch.cat(parts)[:numel], flat)
             assert not torch.cat(parts)[numel:].any()  # the padding is zeros
+
+
+def test_consolidation_carries_the_encoders_buffers(tmp_path):
+    # Buffers (fMRI's gradient positions) are whole on every rank; rank 0 saves them beside the
+    # partitions and the joined target holds them, as target.safetensors does under ZeRO-2.
+    w = torch.arange(10, dtype=torch.float32).reshape(2, 5)
+    layout = {"world": 2, "params": [{"name": "w", "shape": [2, 5], "partition": 5}]}
+    (tmp_path / "target-layout.json").write_text(json.dumps(layout))
+    save_file({"flat": w.reshape(-1)[:5].clone()}, str(tmp_path / "target-rank-0.safetensors"))
+    save_file({"flat": w.reshape(-1)[5:].clone()}, str(tmp_path / "target-rank-1.safetensors"))
+    grads = torch.randn(3, 4)
+    save_file({"embedder.gradients": grads}, str(tmp_path / "target-buffers.safetensors"))
+    out = consolidate_target(tmp_path)
+    assert sorted(out) == ["embedder.gradients", "w"]
+    assert torch.equal(out["w"], w) and torch.equal(out["embedder.gradients"], grads)
