@@ -98,6 +98,25 @@ def train_args(data: Path, out: Path, steps: int, save_every: int, *extra: str) 
     ]
 
 
+PAIR_STEPS, PAIR_SAVE = 24, 8
+
+
+def pair_args(data: Path, out: Path, *extra: str) -> list[str]:
+    """torchrun, 2 processes of batch 4 (global batch 8), PAIR_STEPS steps, checkpoints every
+    PAIR_SAVE: the shape of the 2-rank runs that several tests compare with one another."""
+    train = train_args(data, out, PAIR_STEPS, PAIR_SAVE, "data.batch_size=4", *extra)
+    return ["torchrun", "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", *train]
+
+
+@pytest.fixture(scope="session")
+def pair_run(grid_data, tmp_path_factory) -> Path:
+    """One 2-rank ZeRO-2 run (`pair_args`) shared by the ZeRO-3, elastic and launcher tests:
+    read-only, copy it before resuming it."""
+    out = tmp_path_factory.mktemp("pair") / "zero2"
+    run_cli(pair_args(data=grid_data, out=out))
+    return out
+
+
 @pytest.fixture(scope="session")
 def trained_run(grid_data, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "trained"

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import free_port, run_cli, train_args
+from conftest import PAIR_SAVE, PAIR_STEPS, pair_args, run_cli, train_args
 from grid_testing import MODALITY
 from test_engine_train import losses
 
@@ -22,19 +22,16 @@ from engine.export import load_encoder
 
 pytestmark = pytest.mark.slow
 
-N = 4  # checkpoints every N steps, runs of 3N (64 records, global batch 8: 8 steps an epoch)
+N = PAIR_SAVE  # checkpoints every N steps, runs of 3N (64 records, global batch 8: 8 steps an
+assert PAIR_STEPS == 3 * N  # epoch)
 GLOBAL = 8
 
 
 def _args(data: Path, out: Path, ranks: int, *extra: str) -> list[str]:
-    train = train_args(
-        data, out, 3 * N, N, f"data.batch_size={GLOBAL // ranks}", "optim.lr=2e-3", *extra
-    )
-    if ranks == 1:
-        return train
-    return ["torchrun", "--nproc_per_node", str(ranks), "--master_port", str(free_port()), "-m"] + (
-        train
-    )
+    """The shared 2-rank run's shape (conftest.pair_args) on `ranks` processes."""
+    if ranks == 2:
+        return pair_args(data, out, *extra)
+    return train_args(data, out, 3 * N, N, f"data.batch_size={GLOBAL // ranks}", *extra)
 
 
 def _flat(run: Path, step: int) -> torch.Tensor:
@@ -51,9 +48,13 @@ def _resume_elsewhere(twin: Path, out: Path, step: int) -> None:
 
 
 @pytest.mark.parametrize("ranks,then", [(2, 1), (1, 2)])
-def test_resume_on_another_world_size_continues_the_run(grid_data, tmp_path, ranks, then):
-    twin, moved = tmp_path / "twin", tmp_path / "moved"
-    run_cli(_args(grid_data, twin, ranks))
+def test_resume_on_another_world_size_continues_the_run(grid_data, pair_run, tmp_path, ranks, then):
+    moved = tmp_path / "moved"
+    if ranks == 2:
+        twin = pair_run  # read-only: the resumed run is a copy
+    else:
+        twin = tmp_path / "twin"
+        run_cli(_args(grid_data, twin, ranks))
     _resume_elsewhere(twin, moved, 2 * N)
     if then == 1:  # 2 x 4 -> 1 x 4 would halve the global batch: refused, naming the fix
         bad = train_args(grid_data, moved, 3 * N, N, "data.batch_size=4", "--resume", "auto")

@@ -13,16 +13,17 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, command, engine_env, free_port, run_cli, train_args
+from conftest import PAIR_SAVE, PAIR_STEPS, REPO, command, engine_env, free_port, train_args
 from test_engine_train import losses
 
 pytestmark = pytest.mark.slow
 
-STEPS = 4
+STEPS = PAIR_STEPS
 
 
 def _train(data: Path, out: Path) -> list[str]:
-    return train_args(data, out, STEPS, STEPS, "data.batch_size=4", "optim.lr=2e-3")
+    """The shared one-node run's training arguments (conftest.pair_args), without torchrun."""
+    return train_args(data, out, PAIR_STEPS, PAIR_SAVE, "data.batch_size=4")
 
 
 def _two_nodes(cmds: list[list[str]], env: dict[str, str]) -> None:
@@ -55,11 +56,8 @@ def _check_two_ranks(run: Path) -> None:
     assert (ckpt / "rng-rank-0.json").is_file() and (ckpt / "rng-rank-1.json").is_file()
 
 
-def test_two_nodes_train_as_one_node_with_two_processes(grid_data, tmp_path):
-    one = tmp_path / "one-node"
-    single = ["torchrun", "--nproc_per_node", "2", "--master_port", str(free_port()), "-m"]
-    run_cli(single + _train(grid_data, one))
-    reference = losses(one)
+def test_two_nodes_train_as_one_node_with_two_processes(grid_data, pair_run, tmp_path):
+    reference = losses(pair_run)  # one node, two processes
     assert [s for s, _ in reference] == list(range(1, STEPS + 1))
 
     # torchrun on each node: the same rendezvous endpoint and id, its own node rank

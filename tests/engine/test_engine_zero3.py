@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import free_port, run_cli, train_args
+from conftest import PAIR_SAVE, PAIR_STEPS, pair_args, run_cli, train_args
 from safetensors.torch import load_file, save_file
 from test_engine_train import losses, run_and_kill_after
 
@@ -21,28 +21,20 @@ from engine.export import load_encoder
 
 pytestmark = pytest.mark.slow
 
-N = 8  # checkpoints every N steps, runs of 3N
+N = PAIR_SAVE  # checkpoints every N steps, runs of 3N
+assert PAIR_STEPS == 3 * N
 
 
 def _args(data: Path, out: Path, stage: int, *extra: str) -> list[str]:
-    return [
-        "torchrun",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        str(free_port()),
-        "-m",
-        *train_args(data, out, 3 * N, N, "data.batch_size=4", f"train.zero_stage={stage}", *extra),
-    ]
+    return pair_args(data, out, f"train.zero_stage={stage}", *extra)
 
 
 @pytest.fixture(scope="module")
-def runs(grid_data, tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("zero3")
-    out = {"zero2": root / "zero2", "zero3": root / "zero3"}
-    for stage, run in ((2, out["zero2"]), (3, out["zero3"])):
-        run_cli(_args(grid_data, run, stage))
-    return out
+def runs(grid_data, pair_run, tmp_path_factory) -> dict[str, Path]:
+    """The shared 2-rank ZeRO-2 run and the same run under ZeRO-3."""
+    zero3 = tmp_path_factory.mktemp("zero3") / "zero3"
+    run_cli(_args(grid_data, zero3, 3))
+    return {"zero2": pair_run, "zero3": zero3}
 
 
 def _ckpt(run: Path, step: int = 3 * N) -> Path:
