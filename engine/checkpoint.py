@@ -232,17 +232,35 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: unreadable ({e})") from e
 
 
+# A ZeRO-3 target on disk (engine.zero3 writes it): each rank's flat fp32 buffer, rank 0's layout
+# (name, shape, partition size per parameter; the world size) and the encoder's buffers.
+TARGET_LAYOUT = "target-layout.json"
+TARGET_BUFFERS = "target-buffers.safetensors"
+
+
+def target_part_name(rank: int) -> str:
+    return f"target-rank-{rank}.safetensors"
+
+
+def read_target_partition(path: Path) -> torch.Tensor:
+    """One rank's flat EMA target buffer; CheckpointError naming the file when it is not one."""
+    flat = read_tensors(path).get("flat")
+    if flat is None:
+        raise CheckpointError(f"{path}: holds no 'flat' tensor (not a ZeRO-3 target partition)")
+    return flat
+
+
 def consolidate_target(path: str | Path) -> dict[str, torch.Tensor]:
     """The full fp32 EMA target of checkpoint `path`: `target.safetensors`, or under ZeRO-3 its
     per-rank partitions joined (rank r holds elements [r s, (r + 1) s) of every flattened
     parameter, s = ceil(numel / world); the last rank's tail is padding)."""
     path = Path(path)
     whole = path / "target.safetensors"
-    layout_path = path / "target-layout.json"
+    layout_path = path / TARGET_LAYOUT
     if whole.is_file():
         return read_tensors(whole)
     if not layout_path.is_file():
-        parts = sorted(p.name for p in path.glob("target-rank-*.safetensors"))
+        parts = sorted(p.name for p in path.glob(target_part_name("*")))
         if parts:
             raise CheckpointError(
                 f"{layout_path}: missing, so the ZeRO-3 target partitions ({', '.join(parts)}) "
@@ -256,21 +274,18 @@ def consolidate_target(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{layout_path}: unreadable ZeRO-3 target layout ({e})") from e
     parts = []
     for r in range(world):
-        p = path / f"target-rank-{r}.safetensors"
+        p = path / target_part_name(r)
         if not p.is_file():
             raise CheckpointError(f"{p}: missing (the target was saved by {world} ranks)")
-        flat = read_tensors(p).get("flat")
-        if flat is None:
-            raise CheckpointError(f"{p}: holds no 'flat' tensor (not a ZeRO-3 target partition)")
-        parts.append(flat)
+        parts.append(read_target_partition(p))
     expected = sum(int(e["partition"]) for e in params)
     for r, flat in enumerate(parts):
         if flat.numel() != expected:
             raise CheckpointError(
-                f"{path}: target-rank-{r}.safetensors holds {flat.numel()} values, the layout "
+                f"{path}: {target_part_name(r)} holds {flat.numel()} values, the layout "
                 f"says {expected}"
             )
-    buffers = path / "target-buffers.safetensors"  # the encoder's persistent buffers, whole
+    buffers = path / TARGET_BUFFERS  # the encoder's persistent buffers, whole
     out = read_tensors(buffers) if buffers.is_file() else {}
     offset = 0
     for e in params:

@@ -133,7 +133,7 @@ def attention_entropy(
     encoder: Encoder,
     tokens: torch.Tensor,
     coords: torch.Tensor,
-    gathered: Callable[[nn.Module], AbstractContextManager[Any]] | None = None,
+    gathered: Callable[[nn.Module], AbstractContextManager[Any]] = _whole,
     max_queries: int = 256,
 ) -> list[float]:
     """Per layer, the mean over heads and (up to `max_queries` evenly spaced) queries of the
@@ -142,8 +142,6 @@ def attention_entropy(
     `engine.zero3.gathered`), entered only around the weights read here. Under ZeRO-3 every
     gather is a collective, so every rank runs every layer whatever its sample's length (a
     sample of one token scores 0.0)."""
-    if gathered is None:
-        gathered = _whole
     if len(tokens) == 0:
         return [0.0 for _ in encoder.blocks]
     x = encoder.embed(tokens[None], coords[None])[0].float()

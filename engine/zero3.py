@@ -18,7 +18,8 @@ update needs no communication at all:
   (`target-layout.json`: name, shape and partition size per parameter, and the world size);
   `engine.checkpoint.consolidate_target` joins them into full tensors for export and probes.
 
-Imports torch, deepspeed (the caller has set DS_ACCELERATOR), engine.model and kernels.
+Imports torch, deepspeed (the caller has set DS_ACCELERATOR), engine.checkpoint (the on-disk
+names), engine.model and kernels.
 """
 
 from __future__ import annotations
@@ -32,15 +33,15 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from engine.checkpoint import (
+    TARGET_BUFFERS,
+    TARGET_LAYOUT,
+    consolidate_target,
+    read_target_partition,
+    target_part_name,
+)
 from engine.model import Encoder
 from engine.ops import EMATarget
-
-TARGET_LAYOUT = "target-layout.json"
-TARGET_BUFFERS = "target-buffers.safetensors"
-
-
-def target_part_name(rank: int) -> str:
-    return f"target-rank-{rank}.safetensors"
 
 
 def target_deepspeed_config(micro_batch: int, prefetch: int = 50_000_000) -> dict[str, Any]:
@@ -242,8 +243,6 @@ class PartitionedTarget:
         saved_world = None
         if layout_path.is_file():
             saved_world = int(json.loads(layout_path.read_text()).get("world", 0))
-        from engine.checkpoint import consolidate_target, read_tensors
-
         if saved_world != self.world:
             try:
                 self.load_whole(consolidate_target(directory), rank)
@@ -251,9 +250,7 @@ class PartitionedTarget:
                 raise RuntimeError(f"{directory}: {e}") from e
             return
         path = directory / target_part_name(rank)
-        saved = read_tensors(path).get("flat")
-        if saved is None:
-            raise RuntimeError(f"{path}: holds no 'flat' tensor (not a ZeRO-3 target partition)")
+        saved = read_target_partition(path)
         if saved.shape != self.flat.shape:
             raise RuntimeError(
                 f"{path}: holds {saved.numel()} values, this rank's EMA partitions "
