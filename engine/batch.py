@@ -136,8 +136,9 @@ class PackedBatch(TokenBatch):
     indexes rows of cat([context features, mask tokens]), cu_pred [S+1] delimits the S
     sequences (max_pred the longest) and pred_out [Tt] picks the mask-token rows, in tgt order.
     cu_ctx_seq: None, or (in a batch padded to a size bucket) the context's attention sequences,
-    the real samples' followed by the padding rows' own. A padded batch (`engine.graphs.pad_batch`)
-    has None for what only the unpadded one carries: n_tokens, packing, pos_group, index.
+    the real samples' followed by the padding rows' own. modality: see the field. A padded
+    batch (`engine.graphs.pad_batch`) has None for what only the unpadded one carries:
+    n_tokens, packing, pos_group, index.
     """
 
     index: torch.Tensor
@@ -151,6 +152,8 @@ class PackedBatch(TokenBatch):
     max_pred: int
     pred_out: torch.Tensor
     cu_ctx_seq: torch.Tensor | None = None
+    # the samples' modality in a run of several (which embedder reads them); "" in a run of one
+    modality: str = ""
 
     #: the tensors `engine.graphs.pad_batch` pads (and a captured step graph reads)
     PADDED: ClassVar[tuple[str, ...]] = (
@@ -215,9 +218,11 @@ def pack_tokens(
     )
 
 
-def pack(samples: Sequence[Sample], position_columns: Sequence[int] | None = None) -> PackedBatch:
+def pack(
+    samples: Sequence[Sample], position_columns: Sequence[int] | None = None, modality: str = ""
+) -> PackedBatch:
     """Pack masked samples into one variable-length `PackedBatch` (nothing truncated);
-    `position_columns`: see `pack_tokens`."""
+    `position_columns`: see `pack_tokens`; `modality`: the samples' (a run of several)."""
     base = pack_tokens([s.tokens for s in samples], [s.coords for s in samples], position_columns)
     lc = [len(s.context) for s in samples]
     blocks = [(b, t) for b, s in enumerate(samples) for t in s.targets]
@@ -249,4 +254,5 @@ def pack(samples: Sequence[Sample], position_columns: Sequence[int] | None = Non
         cu_pred=_cu(lp),
         max_pred=max(lp),
         pred_out=cat(pred_out),
+        modality=modality,
     )

@@ -35,10 +35,30 @@ def resumable(default: Any) -> Any:
 
 
 @dataclass
+class SourceConfig:
+    """One dataset of a run that mixes several (`data.sources`)."""
+
+    path: str = ""  # dataset directory
+    weight: float = 1.0  # its share of each epoch's samples, relative to the other sources'
+
+
+#: how `data.sources` meet in a batch: sample (any source's samples share a batch; one modality
+#: only) | modality (each batch holds one modality's samples, its sources mixed)
+MIXES = ("sample", "modality")
+
+
+@dataclass
 class DataConfig:
     path: str = resumable("")  # dataset directory (usually given as --data)
+    # Several datasets in one run (instead of `path`): cohorts of one modality, or several
+    # modalities sharing the trunk (each its own embedder and masker). Each epoch draws
+    # sum(records) samples, source s its weight's share (a small source repeats, a large one is
+    # cut; engine.data.epoch_batches). Paths may change on resume (a moved dataset); weights not.
+    sources: list[SourceConfig] = field(default_factory=list)
+    mix: str = "sample"  # sample | modality (see MIXES); several modalities need modality
     # "" = the registered modality named by the dataset's manifest; or "package.module:ATTR"
-    # for a Modality object outside the registry.
+    # for a Modality object outside the registry; with several modalities, name=SPEC pairs,
+    # comma-separated (engine.data.resolve_modality).
     modality: str = ""
     batch_size: int = 32  # samples per micro-batch per rank
     # DataLoader worker processes (0 = tokenize in the main process)
@@ -212,6 +232,16 @@ def _section_types(cls: type) -> dict[str, Any]:
 
 def _set(cfg: Config, key: str, value: Any) -> None:
     parts = key.split(".")
+    if len(parts) == 3 and parts[0] == "modality":
+        # A run of several modalities keeps each one's options under its name:
+        # modality.fmri.patch_len (engine.data.modality_section).
+        keyed = cfg.modality.setdefault(parts[1], {})
+        if not isinstance(keyed, dict):
+            raise ConfigError(
+                f"{key}: modality.{parts[1]} is an option ({keyed!r}), not a modality's section"
+            )
+        keyed[parts[2]] = _plain(key, value)
+        return
     if len(parts) != 2:
         raise ConfigError(f"{key}: keys look like section.name, e.g. optim.lr")
     section_name, name = parts
@@ -226,6 +256,8 @@ def _set(cfg: Config, key: str, value: Any) -> None:
     section = getattr(cfg, section_name)
     if isinstance(section, dict):
         # The free-form `modality` section: store the YAML value; the modality validates it.
+        if isinstance(section.get(name), dict):
+            raise ConfigError(f"{key}: modality.{name} is a modality's section of options")
         section[name] = _plain(key, value)
         return
     fields = _section_types(type(section))
@@ -345,6 +377,14 @@ def validate(cfg: Config) -> None:
     _check(
         d.verify in ("first_touch", "all", "none"), "data.verify", "first_touch|all|none", d.verify
     )
+    _check(d.mix in MIXES, "data.mix", "|".join(MIXES), d.mix)
+    if d.sources:
+        _check(not d.path, "data.path", "give data.path or data.sources, not both", d.path)
+        for i, src in enumerate(d.sources):
+            _check(bool(src.path), f"data.sources[{i}].path", "must name a dataset", src.path)
+            _check(src.weight > 0, f"data.sources[{i}].weight", "must be > 0", src.weight)
+        paths = [src.path for src in d.sources]
+        _check(len(set(paths)) == len(paths), "data.sources", "lists a dataset twice", paths)
     _check(
         m.embed_dim % m.num_heads == 0,
         "model.num_heads",

@@ -135,16 +135,18 @@ def attention_entropy(
     coords: torch.Tensor,
     gathered: Callable[[nn.Module], AbstractContextManager[Any]] = _whole,
     max_queries: int = 256,
+    modality: str = "",
 ) -> list[float]:
     """Per layer, the mean over heads and (up to `max_queries` evenly spaced) queries of the
     attention entropy over log(N), for one sample's N tokens [N, P] with coords [N, c].
     `gathered(block)`: a context in which a block's weights are whole (ZeRO-3 partitions them;
     `engine.zero3.gathered`), entered only around the weights read here. Under ZeRO-3 every
     gather is a collective, so every rank runs every layer whatever its sample's length (a
-    sample of one token scores 0.0)."""
+    sample of one token scores 0.0). `modality`: which embedder reads the tokens (a shared
+    trunk's; `Encoder.embedder_of`)."""
     if len(tokens) == 0:
         return [0.0 for _ in encoder.blocks]
-    x = encoder.embed(tokens[None], coords[None])[0].float()
+    x = encoder.embed(tokens[None], coords[None], modality)[0].float()
     n = len(x)
     cu = torch.tensor([0, n], dtype=torch.int32, device=x.device)
     rows = torch.linspace(0, n - 1, min(n, max_queries), device=x.device).round().long()

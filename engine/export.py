@@ -102,8 +102,47 @@ def _build(
     return encoder.eval().requires_grad_(False)
 
 
-def load_encoder(path: str | Path, which: str = "target") -> tuple[Encoder, Config, Modality]:
-    """An encoder from an export directory, a checkpoint directory or a run directory."""
+def _chosen(names: list[str], modality: str | None, where: Path) -> str:
+    """The modality to load from a trunk that embeds `names` (a run of several modalities)."""
+    if modality is None:
+        raise CheckpointError(
+            f"{where}: this run's shared trunk embeds {', '.join(names)}; name the modality "
+            "to load (engine.export --modality, or the dataset a probe reads)"
+        )
+    if modality not in names:
+        raise CheckpointError(
+            f"{where}: this run's shared trunk embeds {', '.join(names)}, not {modality!r}"
+        )
+    return modality
+
+
+def _one_embedder(weights: dict[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:
+    """A shared trunk's weights with only modality `name`'s embedder, under `embedder.*`:
+    the state dict of that modality's own encoder."""
+    out = {}
+    for k, v in weights.items():
+        if k.startswith("embedder."):
+            head, _, rest = k[len("embedder.") :].partition(".")
+            if head == name:
+                out[f"embedder.{rest}"] = v
+        else:
+            out[k] = v
+    return out
+
+
+def _check_same(have: str, modality: str | None, where: Path) -> None:
+    if modality is not None and modality != have:
+        raise CheckpointError(
+            f"{where}: its encoder was trained on {have!r} records, not {modality!r}"
+        )
+
+
+def load_encoder(
+    path: str | Path, which: str = "target", modality: str | None = None
+) -> tuple[Encoder, Config, Modality]:
+    """An encoder from an export directory, a checkpoint directory or a run directory.
+    `modality`: the manifest's modality name of the records it will read; from a run of several
+    modalities (a shared trunk) it picks the embedder, otherwise it must be the run's own."""
     path = Path(path)
     meta_path = path / "config.json"
     if meta_path.is_file() and (path / "encoder.safetensors").is_file():
@@ -112,23 +151,36 @@ def load_encoder(path: str | Path, which: str = "target") -> tuple[Encoder, Conf
             raise CheckpointError(f"{meta_path}: not a {EXPORT_FORMAT} v{EXPORT_VERSION} export")
         if meta["encoder"] != which:
             raise CheckpointError(f"{path}: this export holds the {meta['encoder']} encoder")
+        _check_same(meta["modality"], modality, path)
         cfg = config_from_dict(meta["config"])
-        modality = _modality(cfg, meta["modality"])
+        mod = _modality(cfg, meta["modality"])
         weights = load_file(str(path / "encoder.safetensors"))
-        return _build(cfg, modality, weights, meta.get("stats")), cfg, modality
+        return _build(cfg, mod, weights, meta.get("stats")), cfg, mod
     ckpt = _checkpoint_dir(path)
     state = read_state(ckpt)
     cfg = config_from_dict(state["config"])
-    modality = _modality(cfg, state["modality"])
     weights = _checkpoint_weights(ckpt, which, cfg.train.zero_stage)
-    return _build(cfg, modality, weights, state.get("stats")), cfg, modality
+    shared = state.get("embedders")
+    if shared:  # a trunk shared by several modalities: the chosen one's embedder
+        name = _chosen(list(shared), modality, ckpt)
+        mod = _modality(cfg, name)
+        return _build(cfg, mod, _one_embedder(weights, name), shared[name]), cfg, mod
+    _check_same(state["modality"], modality, ckpt)
+    mod = _modality(cfg, state["modality"])
+    return _build(cfg, mod, weights, state.get("stats")), cfg, mod
 
 
-def export(run_dir: str | Path, out: str | Path, which: str = "target") -> Path:
-    """Write OUT/encoder.safetensors and OUT/config.json; returns OUT."""
+def export(
+    run_dir: str | Path, out: str | Path, which: str = "target", modality: str | None = None
+) -> Path:
+    """Write OUT/encoder.safetensors and OUT/config.json; returns OUT. `modality`: which
+    modality's encoder (its embedder and the shared trunk) a run of several modalities exports."""
     ckpt = _checkpoint_dir(Path(run_dir))
     state = read_state(ckpt)
-    encoder, cfg, modality = load_encoder(ckpt, which)  # proves the weights load strictly
+    # proves the weights load strictly
+    encoder, cfg, mod = load_encoder(ckpt, which, modality)
+    name = modality if state.get("embedders") else state["modality"]
+    stats = state["embedders"][name] if state.get("embedders") else state.get("stats")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.contiguous() for k, v in encoder.state_dict().items()}
@@ -138,16 +190,19 @@ def export(run_dir: str | Path, out: str | Path, which: str = "target") -> Path:
         "version": EXPORT_VERSION,
         "encoder": which,
         "step": state["run"]["step"],
-        "modality": state["modality"],
+        "modality": name,
         # the modality's options resolved (defaults filled in, an older run's model.patch_len /
-        # mask.* mapped), so the export reads back without knowing how they were written
+        # mask.* mapped; a shared trunk's one modality's), so the export reads back without
+        # knowing how they were written
         "config": {
             **cfg.to_dict(),
-            "modality": options_to_dict(method_options(modality, cfg)),
+            "modality": options_to_dict(method_options(mod, cfg)),
         },
-        "stats": state.get("stats"),
+        "stats": stats,
         "checkpoint": str(ckpt),
     }
+    if state.get("embedders"):
+        meta["trunk_modalities"] = list(state["embedders"])
     (out / "config.json").write_text(json.dumps(meta, indent=2))
     return out
 
@@ -165,9 +220,13 @@ def main(argv: list[str] | None = None) -> int:
         default="target",
         help="the EMA target encoder (default, what I-JEPA evaluates) or the context one",
     )
+    p.add_argument(
+        "--modality",
+        help="a run of several modalities (a shared trunk): whose embedder to export with it",
+    )
     args = p.parse_args(argv)
     try:
-        out = export(args.run_dir, args.out, args.encoder)
+        out = export(args.run_dir, args.out, args.encoder, args.modality)
     except (CheckpointError, ValueError, OSError, RuntimeError) as e:
         print(f"engine.export: error: {e}", file=sys.stderr)
         return 1

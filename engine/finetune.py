@@ -228,13 +228,9 @@ def _default_json(checkpoint: str, args: argparse.Namespace) -> Path:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Fine-tune the pretrained and the random-init encoder on every fold; the results."""
-    encoder, cfg, modality = load_encoder(args.checkpoint, args.encoder)
     ds = ShardDataset(args.data)
-    if ds.modality != modality.name:
-        raise ValueError(
-            f"{args.data} holds {ds.modality!r} records, but the checkpoint's encoder was "
-            f"trained on {modality.name!r}"
-        )
+    # the dataset's modality: its embedder, when the run trained several on one trunk
+    encoder, cfg, modality = load_encoder(args.checkpoint, args.encoder, ds.modality)
     labels = read_column(ds, args.data, args.label)
     keep = np.asarray([v is not None for v in labels])
     if not keep.any():

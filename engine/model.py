@@ -136,11 +136,16 @@ def _param_dtype(module: nn.Module) -> torch.dtype:
 
 
 class Encoder(nn.Module):
-    """Embedder (patch embedding + positions), transformer blocks and a final LayerNorm."""
+    """Embedder (patch embedding + positions), transformer blocks and a final LayerNorm.
 
-    def __init__(self, embedder: nn.Module, cfg: ModelConfig) -> None:
+    `embedder`: the modality's; or, for a run of several modalities sharing the trunk, a
+    {modality name: embedder} mapping (an `nn.ModuleDict`, state-dict keys
+    `embedder.<name>.*`), one picked per call by the `modality` argument (`embedder_of`).
+    """
+
+    def __init__(self, embedder: nn.Module | dict[str, nn.Module], cfg: ModelConfig) -> None:
         super().__init__()
-        self.embedder = embedder
+        self.embedder = nn.ModuleDict(embedder) if isinstance(embedder, dict) else embedder
         self.blocks = nn.ModuleList(
             Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio) for _ in range(cfg.depth)
         )
@@ -150,12 +155,28 @@ class Encoder(nn.Module):
             # The generic init above also re-draws the embedder's layers; an embedder whose
             # start matters (S-JEPA's channel embedding starts as the electrodes' xyz encoding)
             # restores it.
-            if hasattr(embedder, "init_weights"):
-                embedder.init_weights()
+            each = embedder.values() if isinstance(embedder, dict) else [embedder]
+            for emb in each:
+                if hasattr(emb, "init_weights"):
+                    emb.init_weights()
 
-    def embed(self, tokens: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+    @property
+    def modalities(self) -> list[str]:
+        """The modality names of a shared trunk's embedders; [] for one modality's encoder."""
+        return list(self.embedder.keys()) if isinstance(self.embedder, nn.ModuleDict) else []
+
+    def embedder_of(self, modality: str = "") -> nn.Module:
+        """The embedder of `modality` ("" for one modality's encoder)."""
+        if not isinstance(self.embedder, nn.ModuleDict):
+            return self.embedder
+        if modality not in self.embedder:
+            known = ", ".join(self.embedder.keys())
+            raise KeyError(f"this encoder embeds {known}, not {modality or 'an unnamed one'!r}")
+        return self.embedder[modality]
+
+    def embed(self, tokens: torch.Tensor, coords: torch.Tensor, modality: str = "") -> torch.Tensor:
         """[B, N, P] tokens -> [B, N, D] embeddings with positions."""
-        return self.embedder(tokens.to(_param_dtype(self)), coords)
+        return self.embedder_of(modality)(tokens.to(_param_dtype(self)), coords)
 
     def encode(self, x: torch.Tensor, cu: torch.Tensor, max_len: int) -> torch.Tensor:
         """Packed embeddings [T, D] -> packed features [T, D]."""
@@ -169,14 +190,16 @@ class Encoder(nn.Module):
         coords: torch.Tensor,
         n_tokens: torch.Tensor | None,
         packing: TokenPacking | None = None,
+        modality: str = "",
     ) -> torch.Tensor:
         """Encode every token of every sample: [B, N, D] features (zeros at padding).
+        `modality`: which embedder reads them (`embedder_of`).
 
         `packing` is built on the host with the batch (`engine.batch.token_packing`); with it this
         runs without a device-to-host sync (which would stall the GPU's launch queue). Without
         it, it is derived from `n_tokens` here (which is unread when `packing` is given).
         """
-        x = self.embed(tokens, coords)
+        x = self.embed(tokens, coords, modality)
         b, n, d = x.shape
         if packing is None:
             packing = token_packing(n_tokens.cpu().tolist(), n)
@@ -252,12 +275,12 @@ class JEPA(nn.Module):
 
     def forward_eager(self, batch: PackedBatch) -> torch.Tensor:
         enc = self.encoder
-        x = enc.embed(batch.tokens, batch.coords)
+        x = enc.embed(batch.tokens, batch.coords, batch.modality)
         ctx = gather_tokens(x, batch.ctx_idx, batch.cu_ctx, unique_indices=True)
         # A batch padded to a fixed size (engine.graphs.pad_batch) runs its padding rows as
         # sequences of their own: "cu_ctx_seq" delimits the attention's sequences then.
         ctx = enc.encode(ctx, batch.context_seqs, batch.max_ctx)
-        positions = enc.embedder.position(batch.coords).to(ctx.dtype)
+        positions = enc.embedder_of(batch.modality).position(batch.coords).to(ctx.dtype)
         return self.predictor(ctx, positions, batch)
 
 
@@ -353,7 +376,9 @@ def normalize_targets(h: torch.Tensor, batch: TokenBatch, norm: str) -> torch.Te
 
 def encode_targets(target: Encoder, batch: TokenBatch) -> torch.Tensor:
     """Every token's target-encoder features, [B, N, D] (zeros at padding), before normalising."""
-    return target.forward_all(batch.tokens, batch.coords, batch.n_tokens, batch.packing)
+    return target.forward_all(
+        batch.tokens, batch.coords, batch.n_tokens, batch.packing, getattr(batch, "modality", "")
+    )
 
 
 @torch.no_grad()

@@ -385,9 +385,10 @@ def token_probe(
     }
 
 
-def _default_json(checkpoint: str, args: argparse.Namespace) -> Path:
+def _default_json(checkpoint: str, args: argparse.Namespace, mixed: bool = False) -> Path:
     """Next to the checkpoint probed: the export or checkpoint directory, or a run directory's
-    latest checkpoint."""
+    latest checkpoint. `mixed`: the run read several datasets (`data.sources`), so the name
+    says which one this probe read."""
     from engine.checkpoint import latest_checkpoint
 
     path = Path(checkpoint)
@@ -398,6 +399,7 @@ def _default_json(checkpoint: str, args: argparse.Namespace) -> Path:
         name += f"-{args.pool}"
     name += "-random-init" if args.random_init else f"-{args.encoder}"
     name += f"-labels{args.labels}" if args.labels else ""
+    name += f"-{Path(args.data).name}" if mixed else ""
     return path / f"{name}.json"
 
 
@@ -476,8 +478,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.random_init and args.baseline:
         p.error("--random-init probes only the baseline; --baseline probes both")
     try:
-        encoder, cfg, modality = load_encoder(args.checkpoint, args.encoder)
         ds = ShardDataset(args.data)
+        # the dataset's modality: its embedder, when the run trained several on one trunk
+        encoder, cfg, modality = load_encoder(args.checkpoint, args.encoder, ds.modality)
         labels = read_column(ds, args.data, args.label)
         group_col = args.group_by
         if group_col == "auto":
@@ -505,7 +508,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     for name, res in results.items():
         print(_describe(args, res, name, group_col))
-    out = Path(args.json) if args.json else _default_json(args.checkpoint, args)
+    mixed = bool(cfg.data.sources)
+    out = Path(args.json) if args.json else _default_json(args.checkpoint, args, mixed)
     record = {
         "checkpoint": str(args.checkpoint),
         "data": str(args.data),

@@ -1,7 +1,11 @@
 """`python -m engine.train`: JEPA pretraining on a shard dataset directory.
 
-    python -m engine.train --data DIR [--out RUN_DIR] [--steps N] [--save-every N]
-                           [--resume auto|PATH] [--config FILE.yaml] [section.key=value ...]
+    python -m engine.train --data DIR [--data DIR2 ... [--weights W1,W2,...]] [--out RUN_DIR]
+                           [--steps N] [--save-every N] [--resume auto|PATH]
+                           [--config FILE.yaml] [section.key=value ...]
+
+Several --data mix datasets in one run (`data.sources`: cohorts of one modality, or several
+modalities on one trunk with data.mix=modality; docs/engine.md).
 
 One CPU process needs no launcher; the same command runs under `torchrun --nproc_per_node K` or
 `deepspeed`. The run directory receives config.yaml, checkpoints/, metrics.jsonl, tensorboard/
@@ -26,8 +30,18 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Any config key is reachable as section.key=value, e.g. optim.lr=5e-4 "
         "model.depth=4 train.zero_stage=1 (see docs/engine.md).",
     )
-    p.add_argument("--data", required=True, help="dataset directory (index.json + shards/)")
-    p.add_argument("--out", help="run directory (default: runs/<dataset name>)")
+    p.add_argument(
+        "--data",
+        action="append",
+        help="dataset directory (index.json + shards/); several mix datasets in one run "
+        "(data.sources); or set data.path / data.sources in --config",
+    )
+    p.add_argument(
+        "--weights",
+        help="with several --data: each one's share of an epoch's samples, comma-separated "
+        "(default: equal)",
+    )
+    p.add_argument("--out", help="run directory (default: runs/<dataset name>[+<name>...])")
     p.add_argument("--steps", type=int, help="optimizer steps (train.steps)")
     p.add_argument("--save-every", type=int, help="checkpoint interval (train.save_every)")
     p.add_argument(
@@ -62,6 +76,24 @@ def resolve_resume(arg: str | None, run_dir: Path) -> Path | None:
     return path
 
 
+def data_values(data: list[str], weights: str | None) -> dict[str, object]:
+    """Config values of --data (given once: data.path; several times: data.sources) and
+    --weights; ConfigError for weights that do not fit."""
+    if weights is not None and len(data) < 2:
+        raise ConfigError("--weights: give it with two or more --data")
+    if len(data) == 1:
+        return {"data.path": data[0]}
+    if not data:
+        return {}
+    try:
+        w = [float(x) for x in weights.split(",")] if weights else [1.0] * len(data)
+    except ValueError:
+        raise ConfigError(f"--weights: expected numbers like 2,1, got {weights!r}") from None
+    if len(w) != len(data):
+        raise ConfigError(f"--weights: {len(w)} weights for {len(data)} --data")
+    return {"data.sources": [{"path": d, "weight": x} for d, x in zip(data, w, strict=True)]}
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """The CLI's arguments; `section.key=value` overrides may sit before and after the flags."""
     return build_parser().parse_intermixed_args(argv)
@@ -71,14 +103,18 @@ def run(argv: list[str]) -> int:
     from pipelines.shards import local_path
 
     args = parse_args(argv)
-    data_dir = local_path(args.data)  # an object-store URL is refused, not read as a folder
-    values: dict[str, object] = {"data.path": args.data}
+    values: dict[str, object] = data_values(args.data or [], args.weights)
     if args.steps is not None:
         values["train.steps"] = args.steps
     if args.save_every is not None:
         values["train.save_every"] = args.save_every
     cfg = load_config(args.config, args.overrides, values)
-    run_dir = local_path(args.out, "run") if args.out else Path("runs") / data_dir.resolve().name
+    paths = [s.path for s in cfg.data.sources] or [cfg.data.path]
+    if not paths[0]:
+        raise ConfigError("data.path: name the dataset with --data DIR (or in --config)")
+    # an object-store URL is refused, not read as a folder
+    names = [local_path(p).resolve().name for p in paths]
+    run_dir = local_path(args.out, "run") if args.out else Path("runs") / "+".join(names)
 
     # Only now, on the CLI path: pick DeepSpeed's accelerator and join (or make) the group.
     from engine.launch import setup_distributed, teardown_distributed

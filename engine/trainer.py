@@ -31,12 +31,21 @@ from engine.checkpoint import (
     save_checkpoint,
     universal_tag,
 )
-from engine.config import Config, flatten, is_legacy_key, kernel_notes, resumable_keys
+from engine.config import (
+    Config,
+    ConfigError,
+    flatten,
+    is_legacy_key,
+    kernel_notes,
+    resumable_keys,
+)
 from engine.data import (
+    DataSources,
     JEPALoader,
     build_embedder,
+    is_keyed,
     method_options,
-    resolve_modality,
+    modality_section,
     sample_rng,
 )
 from engine.diagnostics import attention_entropy, check, target_diagnostics
@@ -78,6 +87,13 @@ def check_resumable(
             "engine.export, but an exact resume needs the version that wrote it"
         )
     saved, current = dict(saved), cfg.to_dict()
+    # data.sources' paths may change (a moved dataset), like data.path; count and weights not
+    for tree in (saved, current):
+        if "data" in tree and tree["data"].get("sources"):
+            tree["data"] = {
+                **tree["data"],
+                "sources": [{"weight": s.get("weight")} for s in tree["data"]["sources"]],
+            }
     if resolve is not None:
         saved["modality"] = resolve(saved.get("modality") or {})
         current["modality"] = resolve(current["modality"])
@@ -87,6 +103,30 @@ def check_resumable(
     if bad:
         detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in bad)
         raise CheckpointError(f"{where}: cannot resume exactly, the config changed ({detail})")
+
+
+def check_several(cfg: Config, names: list[str]) -> None:
+    """A shared trunk over several modalities (`names`): ConfigError naming what it does not
+    support yet (MAE, ZeRO-3) and options not under a modality's name."""
+    listed = ", ".join(names)
+    if cfg.loss.objective == "mae":
+        raise ConfigError(
+            f"loss.objective=mae: MAE's predictor regresses one modality's patches; these "
+            f"sources hold {listed} (use the jepa objective)"
+        )
+    if cfg.train.zero_stage == 3:
+        raise ConfigError(
+            f"train.zero_stage=3 with several modalities ({listed}) is not supported yet: "
+            "ZeRO-3 replays a trace of the parameters each forward fetches, and each batch "
+            "here runs one modality's embedder and leaves the others unused (untried); use "
+            "train.zero_stage=2"
+        )
+    if cfg.modality and not is_keyed(cfg.modality):
+        key = next(iter(cfg.modality))
+        raise ConfigError(
+            f"modality.{key}: with several modalities ({listed}) each one's options sit "
+            f"under its name (modality.{names[0]}.{key})"
+        )
 
 
 def param_groups(model: torch.nn.Module) -> list[dict[str, Any]]:
@@ -132,13 +172,25 @@ class Trainer:
 
         logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
         self.cfg, self.run_dir, self.info = cfg, run_dir, info
-        ds = ShardDataset(cfg.data.path, verify=cfg.data.verify)
-        self.modality = resolve_modality(cfg.data.modality, ds.modality)
-        self.modality_name = ds.modality
+        # One dataset (data.path) or several (data.sources): cohorts of one modality, or
+        # several modalities sharing the trunk, each with its own embedder and masker.
+        self.sources = DataSources(cfg)
+        datasets = [ShardDataset(s.path, verify=cfg.data.verify) for s in self.sources.sources]
+        self.modality_name = self.sources.names[0]
+        self.modality = self.sources.modalities[self.modality_name]
+        self.several = self.sources.several
+        if self.several:
+            check_several(cfg, self.sources.names)
         # Saved with every checkpoint: some embedders are built from them (Brain-JEPA's
-        # gradient positions), and a trained encoder must load without its dataset.
-        self.stats = ds.stats
-        patch_dim = self._check_first_record(ds)
+        # gradient positions), and a trained encoder must load without its dataset. Each
+        # modality's embedder is built from its first source's statistics.
+        by_name = {
+            n: datasets[self.sources.sources.index(self.sources.first(n))].stats
+            for n in self.sources.names
+        }
+        self.stats = by_name[self.modality_name]
+        self.embedder_stats = by_name if self.several else None
+        patch_dim = max(self._check_first_record(ds) for ds in datasets)
         self.bf16 = cfg.train.precision == "bf16" or (
             cfg.train.precision == "auto" and info.device.type == "cuda"
         )
@@ -163,7 +215,7 @@ class Trainer:
         # model whole: a model larger than one device starts. The modality's embedder is built
         # first and whole (it is small, and may set its own layers' weights as it is built, as
         # S-JEPA's channel embedding does); DeepSpeed partitions it at initialize.
-        embedder = build_embedder(self.modality, cfg, self.stats)
+        embedder = self._embedders()
         with deepspeed.zero.Init(config_dict_or_path=ds_config) if self.zero3 else nullcontext():
             model = JEPA(embedder, cfg.model, out_dim)
         model = model.to(info.device)
@@ -174,7 +226,7 @@ class Trainer:
         # step runs eagerly (engine.config.kernel_notes says so on a GPU).
         model.cuda_graphs = GraphedJEPA(
             model,
-            cfg.train.cuda_graph_step and not self.zero3,
+            cfg.train.cuda_graph_step and not self.zero3 and not self.several,
             ratio=cfg.train.cuda_graph_ratio,
             max_graphs=cfg.train.cuda_graph_buckets,
             agree=self._every_rank if info.world > 1 else None,
@@ -192,7 +244,7 @@ class Trainer:
             devices = [info.device] if info.device.type == "cuda" else []
             tcfg = target_deepspeed_config(cfg.data.batch_size, cfg.train.zero3_prefetch)
             with torch.random.fork_rng(devices):
-                target_embedder = build_embedder(self.modality, cfg, self.stats)
+                target_embedder = self._embedders()
                 with deepspeed.zero.Init(config_dict_or_path=tcfg):
                     built = Encoder(target_embedder, cfg.model)
             self.target = PartitionedTarget(
@@ -207,6 +259,7 @@ class Trainer:
             cfg.train.cuda_graph_target
             and cfg.loss.target_norm != "position_whitened"
             and not self.zero3
+            and not self.several
         )
         self.target_features = GraphedTargetFeatures(
             self.target, graph_target, norm=cfg.loss.target_norm
@@ -220,7 +273,7 @@ class Trainer:
         install_safe_loader(self.engine)
         if isinstance(self.target, PartitionedTarget):
             self.target.bind(self.engine.module.encoder)
-        self.loader = JEPALoader(cfg, self.modality, info.rank, info.world)
+        self.loader = JEPALoader(cfg, None, info.rank, info.world, self.sources)
         self.state = RunState()
         if resume is not None:
             self._resume(resume)
@@ -236,11 +289,22 @@ class Trainer:
         """Tokenize and mask record 0 here, so a modality/config mismatch fails before workers;
         returns the token width (what MAE's predictor regresses)."""
         if len(ds) == 0:
-            raise ValueError(f"{self.cfg.data.path}: the dataset has no records")
-        opts = method_options(self.modality, self.cfg)  # ConfigError names a bad modality.* key
-        t = self.modality.tokenize(ds[0], ds.stats, opts)
-        self.modality.masker(opts)(sample_rng(0, 0, 0), t["coords"])
+            raise ValueError(f"{ds.root}: the dataset has no records")
+        modality = self.sources.modalities[ds.modality]
+        opts = method_options(modality, self.cfg)  # ConfigError names a bad modality.* key
+        t = modality.tokenize(ds[0], ds.stats, opts)
+        modality.masker(opts)(sample_rng(0, 0, 0), t["coords"])
         return int(t["tokens"].shape[1])
+
+    def _embedders(self) -> Any:
+        """The modality's embedder, or a {name: embedder} mapping for a shared trunk."""
+        if not self.several:
+            return build_embedder(self.modality, self.cfg, self.stats)
+        assert self.embedder_stats is not None
+        return {
+            n: build_embedder(self.sources.modalities[n], self.cfg, self.embedder_stats[n])
+            for n in self.sources.names
+        }
 
     def _elastic(self, saved: dict[str, Any], path: Path) -> dict[str, Any]:
         """Check that a checkpoint saved at another world size can continue here; return its
@@ -264,6 +328,16 @@ class Trainer:
         config["data"]["batch_size"] = self.cfg.data.batch_size
         return config
 
+    def _resolved_options(self, section: dict[str, Any]) -> dict[str, Any]:
+        """A `modality:` section as its modalities' parsed options, plain values."""
+        mods = self.sources.modalities
+        if self.several:
+            return {
+                n: options_to_dict(mods[n].method_options(modality_section(section, n)))
+                for n in self.sources.names
+            }
+        return options_to_dict(self.modality.method_options(section))
+
     def _resume(self, path: Path) -> None:
         saved = read_state(path)
         elastic = int(saved.get("world", 0)) != self.info.world
@@ -271,7 +345,7 @@ class Trainer:
             self._elastic(saved, path) if elastic else saved["config"],
             self.cfg,
             path,
-            lambda section: options_to_dict(self.modality.method_options(section)),
+            self._resolved_options,
         )
         tag = universal_tag(path, self.info.rank) if self.universal else DS_TAG
         state = load_checkpoint(
@@ -341,6 +415,7 @@ class Trainer:
         c = self.cfg
         sched = self._set_schedules(self.state.step)
         losses: list[torch.Tensor] = []
+        kinds: list[str] = []  # each micro-batch's modality (a run of several)
         while len(losses) < c.optim.grad_accum:
             batch = next(batches)
             self.state.samples += batch.n_samples
@@ -359,16 +434,23 @@ class Trainer:
             self.engine.backward(loss)
             self.engine.step()
             losses.append(loss.detach())
+            kinds.append(batch.modality)
         if isinstance(self.ema, PartitionedTarget):
             momentum = self.ema.update()  # this rank's partitions only: no communication
         else:
             momentum = self.ema.update(self.engine.module.encoder)
         self.state.step += 1
-        mean_loss = torch.stack(losses).mean().reshape(1)
+        # Every rank's micro-batch k is a slice of the same global batch, so of one modality:
+        # each modality's mean is reduced like the overall one.
+        stacked = torch.stack(losses)
+        names = sorted(set(kinds)) if self.several else []
+        picks = [torch.tensor([k == n for k in kinds], device=stacked.device) for n in names]
+        means = torch.stack([stacked.mean()] + [stacked[m].mean() for m in picks])
         if self.info.world > 1:
-            dist.all_reduce(mean_loss)
-            mean_loss /= self.info.world
-        out = {"loss": float(mean_loss), **sched, "momentum": momentum}
+            dist.all_reduce(means)
+            means /= self.info.world
+        out = {"loss": float(means[0]), **sched, "momentum": momentum}
+        out.update({f"loss_{n}": float(v) for n, v in zip(names, means[1:], strict=True)})
         grad_norm = self.engine.get_global_grad_norm()
         if grad_norm is not None:
             out["grad_norm"] = float(grad_norm)
@@ -390,10 +472,16 @@ class Trainer:
         n0 = int(batch.n_tokens[0])
         if isinstance(self.target, PartitionedTarget):
             ent = attention_entropy(
-                self.target.encoder, batch.tokens[0, :n0], batch.coords[0, :n0], gathered
+                self.target.encoder,
+                batch.tokens[0, :n0],
+                batch.coords[0, :n0],
+                gathered,
+                modality=batch.modality,
             )
         else:
-            ent = attention_entropy(self.target, batch.tokens[0, :n0], batch.coords[0, :n0])
+            ent = attention_entropy(
+                self.target, batch.tokens[0, :n0], batch.coords[0, :n0], modality=batch.modality
+            )
         out.update({f"attn_entropy_{i}": v for i, v in enumerate(ent)})
         if self.info.rank == 0:
             record = {**out, "target_std": target_std}
@@ -421,6 +509,8 @@ class Trainer:
             "config": self.cfg.to_dict(),
             "stats": self.stats,
         }
+        if self.embedder_stats is not None:  # a shared trunk: each modality's statistics
+            state["embedders"] = self.embedder_stats
         return save_checkpoint(
             self.run_dir,
             self.state.step,

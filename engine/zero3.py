@@ -72,9 +72,14 @@ class _TargetModule(nn.Module):
         self.encoder = encoder
 
     def forward(
-        self, tokens: torch.Tensor, coords: torch.Tensor, n_tokens: Any, packing: Any = None
+        self,
+        tokens: torch.Tensor,
+        coords: torch.Tensor,
+        n_tokens: Any,
+        packing: Any = None,
+        modality: str = "",
     ) -> torch.Tensor:
-        return self.encoder.forward_all(tokens, coords, n_tokens, packing)
+        return self.encoder.forward_all(tokens, coords, n_tokens, packing, modality)
 
 
 class PartitionedTarget:
@@ -185,11 +190,10 @@ class PartitionedTarget:
         # each step (the kernel's launch tables are cached by address).
         return self.ema.update([p.ds_tensor for p in self._sources])
 
-    def forward_all(
-        self, tokens: torch.Tensor, coords: torch.Tensor, n_tokens: Any, packing: Any = None
-    ) -> torch.Tensor:
-        """`Encoder.forward_all` on the gathered EMA partitions (every rank calls it)."""
-        return self.module(tokens, coords, n_tokens, packing)
+    def forward_all(self, *args: Any) -> torch.Tensor:
+        """`Encoder.forward_all(tokens, coords, n_tokens, packing, modality)` on the gathered
+        EMA partitions (every rank calls it)."""
+        return self.module(*args)
 
     def parameter_share(self) -> float:
         """This rank's buffer size over the target's parameter count (1/world plus padding)."""

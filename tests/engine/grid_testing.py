@@ -30,6 +30,18 @@ class GridTestModality(GridPieces, Modality):
 MODALITY = GridTestModality()
 
 
+class OtherGridModality(GridTestModality):
+    """A second modality (its own manifest name, embedder and masker) for runs that mix
+    modalities on one trunk."""
+
+    name = "grid2"
+
+
+MODALITY2 = OtherGridModality()
+#: `data.modality` of a run over both test modalities
+BOTH_SPEC = "grid=grid_testing:MODALITY,grid2=grid_testing:MODALITY2"
+
+
 def grid_schema(rows: int, frames: int) -> pa.Schema:
     return pa.schema(
         [
@@ -69,11 +81,12 @@ def write_grid_dataset(
     seed: int = 0,
     shard_bytes: int = 32 * 1024,
     nan_at: int | None = None,
+    modality: str = "grid",
 ) -> Path:
     stats = {"roi_median": [0.0] * rows, "roi_iqr": [1.0] * rows}
     write_dataset(
         root,
-        "grid",
+        modality,
         grid_schema(rows, frames),
         grid_records(n, rows, frames, seed, nan_at),
         stats=stats,

@@ -93,7 +93,7 @@ def _constant_label(root):
     [
         (
             "other modality",
-            "holds 'eeg' records, but the checkpoint's encoder was trained on 'grid'",
+            "its encoder was trained on 'grid' records, not 'eeg'",
         ),
         ("missing label", "no column 'nope'"),
         ("constant label", "single class"),
