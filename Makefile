@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 # deepspeed's requirement, read from pyproject.toml (one place pins it)
 DEEPSPEED := $(shell grep -o '"deepspeed[^"]*"' pyproject.toml)
 
-.PHONY: demo test lint bench clean-demo
+.PHONY: demo test lint bench clean-demo wheelhouse
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -48,3 +48,17 @@ bench: $(STAMP)
 	$(PY) benchmarks/ingest_fmri.py
 	$(PY) -m kernels.bench
 	$(PY) benchmarks/train_fmri.py
+
+# Wheels for a GPU machine without network whose Python (WHEEL_PY) already has torch: DeepSpeed as
+# installed here (built as pure Python; its ops are JIT-built where used, and the engine uses
+# none) and what it needs beyond such a machine's usual packages.
+# `python benchmarks/gpu_train.py --wheelhouse wheelhouse` installs them there offline.
+WHEEL_PY ?= 3.12
+wheelhouse: $(STAMP)
+	rm -rf wheelhouse && mkdir -p wheelhouse
+	DS_BUILD_OPS=0 $(PY) -m pip wheel --quiet --no-deps --no-build-isolation -w wheelhouse \
+		"deepspeed==$$($(PY) -c 'from importlib.metadata import version; print(version("deepspeed"))')"
+	$(PY) -m pip download --quiet --only-binary=:all: --python-version $(WHEEL_PY) \
+		--implementation cp --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
+		--platform manylinux_2_28_x86_64 -d wheelhouse \
+		hjson pydantic einops msgpack py-cpuinfo nvidia-ml-py ninja
