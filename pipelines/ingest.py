@@ -2,8 +2,9 @@
 
 The plan (sorted sources) runs as a Ray Data `map_batches` over one source per task: read and
 preprocess on workers, ordered results back to the driver, which cuts shards (pipelines.shards)
-and commits the manifest last. `ray.init()` without an address starts a local instance; with
-`--address` (or RAY_ADDRESS) the same job runs on a cluster.
+and commits the manifest last. With `--address` (or RAY_ADDRESS) the job runs on that cluster;
+without, it joins a Ray instance already running on this machine (`ray start --head`: no start-up
+cost per job) or starts one; `--num-cpus N` always starts a fresh local instance of N CPUs.
 
 Resume: after every committed shard a journal records how far the plan got (sources done, and
 records of the current source already in shards). Running the same command again reuses the
@@ -89,10 +90,14 @@ class IngestResult:
     resumed: bool = False
     up_to_date: bool = False
     errors: list[dict[str, Any]] = field(default_factory=list)
+    # Ray nodes whose workers read this run's sources (a cluster spreads them over several)
+    nodes: set[str] = field(default_factory=set)
 
     def summary(self, modality: str) -> str:
         mbps = self.input_bytes / 1e6 / self.seconds if self.seconds > 0 else 0.0
         extra = " (already complete)" if self.up_to_date else (" (resumed)" if self.resumed else "")
+        if len(self.nodes) > 1:
+            extra += f", read on {len(self.nodes)} Ray nodes"
         return (
             f"ingest {modality}: {self.sources_ok} sources ok, {self.sources_quarantined} "
             f"quarantined, {self.records} records, {self.shards} shards, "
@@ -227,7 +232,9 @@ def _init_ray(cfg: IngestConfig):
     if address:
         kwargs["address"] = address
     elif cfg.num_cpus:
-        kwargs["num_cpus"] = cfg.num_cpus
+        # a fresh local instance of that size, even beside a running one (which a plain
+        # ray.init() would join)
+        kwargs.update(address="local", num_cpus=cfg.num_cpus)
     try:
         ray.init(**kwargs)
     except ConnectionError as e:
@@ -282,7 +289,7 @@ def run_ingest(cfg: IngestConfig) -> IngestResult:
     todo = sources[next_source:]
     if todo:
         result.input_bytes = sum(s.size for s in todo)
-        _run_plan(cfg, modality, todo, next_source, skip, writer, results, out, fp)
+        _run_plan(cfg, modality, todo, next_source, skip, writer, results, out, fp, result.nodes)
     writer.close()
     shards = writer.shards
 
@@ -347,7 +354,11 @@ def _run_plan(
     results: dict[int, dict[str, Any]],
     out: Path,
     fp: str,
+    nodes: set[str],
 ) -> None:
+    """Read `todo` on Ray (sources numbered from `first`; the first one's `skip` records
+    already committed), cut shards from the records in plan order, journal each commit; the
+    ids of the nodes that read are added to `nodes`."""
     ray, started = _init_ray(cfg)
     try:
         from ray.data import DataContext
@@ -377,6 +388,8 @@ def _run_plan(
         for row in ds.iter_rows():
             index = int(row["index"])
             payload = row.pop("payload")
+            if row["node"]:
+                nodes.add(str(row["node"]))
             results[index] = {k: row[k] for k in ("status", "reason", "exception", "records")}
             results[index]["records"] = int(results[index]["records"])
             if row["status"] != "ok":
@@ -479,10 +492,15 @@ def build_parser(modality_name: str | None = None) -> argparse.ArgumentParser:
     p.add_argument(
         "--address",
         default=None,
-        help="Ray cluster address (default: RAY_ADDRESS, else a local Ray instance)",
+        help="Ray cluster address (default: RAY_ADDRESS, else a Ray instance running on this "
+        "machine, else a new local one)",
     )
     p.add_argument(
-        "--num-cpus", type=int, default=None, help="CPUs of the local Ray instance (default: all)"
+        "--num-cpus",
+        type=int,
+        default=None,
+        help="start a fresh local Ray instance with this many CPUs (default: join one running "
+        "on this machine, or start one with all CPUs)",
     )
     p.add_argument(
         "--shard-size",

@@ -27,6 +27,7 @@ RESULT_SCHEMA = pa.schema(
         ("records", pa.int64()),
         ("seconds", pa.float64()),
         ("payload", pa.large_binary()),
+        ("node", pa.string()),  # the Ray node that read the source ("" outside Ray)
     ]
 )
 
@@ -101,7 +102,9 @@ def read_batch(
     options: dict[str, Any],
     max_file_bytes: int,
 ) -> pa.Table:
-    """Ray Data `map_batches` entry point: one result row per source in the batch."""
+    """Ray Data `map_batches` entry point: one result row per source in the batch, with the
+    id of the Ray node that read it."""
+    node = _node_id()
     rows = [
         read_source(
             int(batch["index"][i]),
@@ -113,7 +116,17 @@ def read_batch(
         )
         for i in range(len(batch["index"]))
     ]
-    return pa.Table.from_pylist(rows, schema=RESULT_SCHEMA)
+    return pa.Table.from_pylist([{**r, "node": node} for r in rows], schema=RESULT_SCHEMA)
+
+
+def _node_id() -> str:
+    """This worker's Ray node id, "" when not running under Ray."""
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+    except ImportError:
+        return ""
 
 
 def payload_table(payload: bytes) -> pa.Table:

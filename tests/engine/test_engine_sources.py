@@ -255,3 +255,21 @@ def test_a_shared_trunk_trains_resumes_exactly_and_probes_each_modality(cohorts,
         check=False,
     )
     assert wrong.returncode == 1 and "trained on 'grid2' records, not 'grid'" in wrong.stderr
+
+
+def test_a_mixed_run_keeps_its_global_sample_sequence_at_any_world_size(cohorts):
+    """The global batch is the unit of the mix: 2 ranks of 4 read, together, what 1 rank of 8
+    reads (what an elastic resume relies on)."""
+    a, _, c = cohorts
+    extra = ("data.mix=modality", "data.num_workers=0")
+    mods = {"grid": MODALITY, "grid2": MODALITY2}
+    one = iter(JEPALoader(_cfg([a, c], "1,2", *extra, "data.batch_size=8"), mods, 0, 1))
+    two = [
+        iter(JEPALoader(_cfg([a, c], "1,2", *extra, "data.batch_size=4"), mods, r, 2))
+        for r in range(2)
+    ]
+    for _ in range(12):
+        whole = next(one)
+        halves = [next(it) for it in two]
+        assert whole.index.tolist() == halves[0].index.tolist() + halves[1].index.tolist()
+        assert whole.modality == halves[0].modality == halves[1].modality
