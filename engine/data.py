@@ -134,8 +134,8 @@ def rank_batches(batches: np.ndarray, rank: int, world: int, batch_size: int) ->
 
 @dataclass(frozen=True)
 class DataSource:
-    """One dataset of a run: where it is, its weight, its manifest's modality, its shards' rows
-    and, for the run's records, the first index (`offset`) of its records."""
+    """One dataset of a run: its local directory, its weight, its manifest's modality, its
+    shards' rows and, for the run's records, the first index (`offset`) of its records."""
 
     path: str
     weight: float
@@ -168,7 +168,9 @@ class DataSources:
             rows = tuple(s.rows for s in ds.shards)
             if d.sources and sum(rows) == 0:
                 raise ConfigError(f"data.sources[{i}]: {spec.path} has no records")
-            self.sources.append(DataSource(spec.path, spec.weight, ds.modality, rows, offset))
+            # the local directory (an object-store URL's verified cache): what loader workers
+            # open, without going back to the network
+            self.sources.append(DataSource(str(ds.root), spec.weight, ds.modality, rows, offset))
             offset += sum(rows)
         self.names: list[str] = list(dict.fromkeys(s.modality for s in self.sources))
         if len(self.names) > 1:

@@ -99,8 +99,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return build_parser().parse_intermixed_args(argv)
 
 
-def run(argv: list[str]) -> int:
+def dataset_name(location: str) -> str:
+    """The last part of a dataset's path or URL (a default run directory's name)."""
     from pipelines.shards import local_path
+
+    if "://" in location and not location.startswith("file://"):
+        return location.rstrip("/").rsplit("/", 1)[-1]
+    return local_path(location).resolve().name
+
+
+def run(argv: list[str]) -> int:
+    from pipelines.shards import ShardDataset, local_path
 
     args = parse_args(argv)
     values: dict[str, object] = data_values(args.data or [], args.weights)
@@ -112,9 +121,12 @@ def run(argv: list[str]) -> int:
     paths = [s.path for s in cfg.data.sources] or [cfg.data.path]
     if not paths[0]:
         raise ConfigError("data.path: name the dataset with --data DIR (or in --config)")
-    # an object-store URL is refused, not read as a folder
-    names = [local_path(p).resolve().name for p in paths]
+    names = [dataset_name(p) for p in paths]
     run_dir = local_path(args.out, "run") if args.out else Path("runs") / "+".join(names)
+    # Open every dataset now: a bad location fails before the run directory exists, and an
+    # object-store URL is cached (verified) before any process reads it.
+    for p in paths:
+        ShardDataset(p, verify="none")
 
     # Only now, on the CLI path: pick DeepSpeed's accelerator and join (or make) the group.
     from engine.launch import setup_distributed, teardown_distributed

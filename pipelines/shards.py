@@ -335,6 +335,17 @@ def local_path(location: str | Path, what: str = "dataset") -> Path:
     )
 
 
+def _local_root(location: str | Path) -> Path:
+    """A dataset location as a local directory: an object-store URL through its verified local
+    cache (`pipelines.remote`, imported only then), anything else as `local_path` says."""
+    scheme, sep, _ = str(location).partition("://")
+    if sep and scheme.lower() != "file":
+        from pipelines.remote import dataset_dir
+
+        return dataset_dir(location)
+    return local_path(location)
+
+
 def load_manifest(root: str | Path) -> dict[str, Any]:
     root = local_path(root)
     path = root / INDEX_FILE
@@ -367,7 +378,8 @@ class ShardDataset:
     def __init__(self, root: str | Path, verify: str = "first_touch") -> None:
         if verify not in ("first_touch", "all", "none"):
             raise ValueError(f"verify must be 'first_touch', 'all' or 'none', got {verify!r}")
-        self.root = local_path(root)
+        self.location = str(root)  # as given: a path, or a URL whose local cache is `root`
+        self.root = _local_root(root)
         self.manifest = load_manifest(self.root)
         self.verify_mode = verify
         self.shards: list[ShardInfo] = []

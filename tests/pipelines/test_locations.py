@@ -1,5 +1,7 @@
-"""Dataset and run locations: local paths and file:// URLs are honoured; object-store URLs are
-refused with an error naming them, never written as a local folder named after the scheme."""
+"""Dataset and run locations: local paths and file:// URLs are honoured; datasets are read from
+object storage (tests/pipelines/test_object_storage.py), a URL no filesystem opens is an error
+naming it; ingest outputs and run directories in object storage are refused, never written as a
+local folder named after the scheme."""
 
 from __future__ import annotations
 
@@ -23,9 +25,9 @@ def test_local_path_forms(tmp_path: Path) -> None:
             local_path(url)
 
 
-def test_dataset_reader_refuses_urls() -> None:
-    with pytest.raises(ShardError, match=r"s3://bucket/ds: s3:// dataset locations"):
-        ShardDataset("s3://bucket/ds")
+def test_dataset_reader_names_a_url_it_cannot_open() -> None:
+    with pytest.raises(ShardError, match=r"https://x.org/ds: cannot open this URL"):
+        ShardDataset("https://x.org/ds")
 
 
 def test_ingest_refuses_object_store_output(
@@ -39,14 +41,14 @@ def test_ingest_refuses_object_store_output(
     assert list(tmp_path.iterdir()) == []  # no folder named "s3:" (what it used to write)
 
 
-def test_train_refuses_object_store_locations(
+def test_train_refuses_object_store_run_directories(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
     from engine.train import main
 
     monkeypatch.chdir(tmp_path)
-    assert main(["--data", "s3://bucket/ds"]) == 1
-    assert "engine.train: error: s3://bucket/ds: s3:// dataset" in capsys.readouterr().err
+    assert main(["--data", "https://x.org/ds"]) == 1
+    assert "engine.train: error: https://x.org/ds: cannot open this URL" in capsys.readouterr().err
     assert main(["--data", str(tmp_path), "--out", "gs://bucket/run"]) == 1
     assert "gs://bucket/run: gs:// run locations" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []

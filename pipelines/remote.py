@@ -1,0 +1,208 @@
+"""Datasets in object storage: a local cache of a remote dataset, verified by the manifest's sha256.
+
+`dataset_dir(location)` is what a reader opens: a local (or file://) path as it is; a URL any
+pyarrow filesystem opens (s3://, gs://, hdfs://, ...) as a local copy under
+`$JEPA_FORGE_CACHE/datasets/` (default ~/.cache/jepa-forge), brought up to date with the remote
+manifest first (MosaicML streaming's remote / local split, for whole shards):
+
+- the remote `index.json` is read first; each shard it lists is downloaded unless the cache holds
+  that file with the manifest's size and sha256 (recorded when it was verified, so a cached shard
+  is not re-hashed on every open); each download is hashed as it streams and refused, naming the
+  shard and the URL, when its size or sha256 differ from the manifest's (a shard altered or cut
+  after ingest); `stats.json` and `errors.jsonl` follow, and the manifest is written last, so the
+  cache is a complete dataset directory or says it is not;
+- files the manifest no longer lists are removed (a re-ingest); one process at a time per cache
+  directory (a file lock: the ranks and loaders of one machine share it);
+- the endpoint and credentials come from pyarrow's usual sources (for S3 the standard AWS
+  variables and files, `AWS_ENDPOINT_URL` included; for GCS Google's application default
+  credentials, retried for `JEPA_FORGE_GCS_RETRY_SECONDS`, default 30, not pyarrow's 15 minutes);
+  an unreachable endpoint, a missing bucket or dataset, a missing shard: ShardError naming the
+  URL and the reason.
+
+Imports pyarrow and the shard format only.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from pipelines.atomic import atomic_target, atomic_write_bytes, atomic_write_json
+from pipelines.shards import (
+    ERRORS_FILE,
+    INDEX_FILE,
+    SHARDS_DIR,
+    STATS_FILE,
+    ShardError,
+    _safe_shard_path,
+    local_path,
+)
+
+#: the cache's record of verified shards: {relative file: sha256}
+VERIFIED_FILE = ".verified.json"
+_CHUNK = 8 * 1024 * 1024
+
+
+def is_remote(location: str | Path) -> bool:
+    """Whether `location` is a URL other than file://."""
+    scheme, sep, _ = str(location).partition("://")
+    return bool(sep) and scheme.lower() != "file"
+
+
+def cache_root() -> Path:
+    env = os.environ.get("JEPA_FORGE_CACHE")
+    return (Path(env) if env else Path.home() / ".cache" / "jepa-forge") / "datasets"
+
+
+def cache_dir(url: str) -> Path:
+    """Where the cache of `url` lives: its last path part and a hash of the whole URL."""
+    name = url.rstrip("/").rsplit("/", 1)[-1] or "dataset"
+    return cache_root() / f"{name}-{hashlib.sha256(url.encode()).hexdigest()[:16]}"
+
+
+def dataset_dir(location: str | Path, quiet: bool = False) -> Path:
+    """A local directory holding the dataset at `location` (see the module docstring)."""
+    if not is_remote(location):
+        return local_path(location)
+    return cached_dataset(str(location), quiet=quiet)
+
+
+def _filesystem(url: str) -> tuple[pafs.FileSystem, str]:
+    try:
+        scheme, _, rest = url.partition("://")
+        if scheme.lower() in ("gs", "gcs"):
+            # pyarrow's default keeps retrying an unreachable GCS for 15 minutes
+            limit = float(os.environ.get("JEPA_FORGE_GCS_RETRY_SECONDS", "30"))
+            fs = pafs.GcsFileSystem(retry_time_limit=timedelta(seconds=limit))
+            return fs, rest.split("?", 1)[0].rstrip("/")
+        fs, path = pafs.FileSystem.from_uri(url)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError, ValueError) as e:
+        raise ShardError(f"{url}: cannot open this URL ({e})") from None
+    return fs, path.rstrip("/")
+
+
+def _read_small(fs: pafs.FileSystem, path: str, url: str, required: bool) -> bytes | None:
+    try:
+        info = fs.get_file_info(path)
+        if info.type == pafs.FileType.NotFound:
+            if not required:
+                return None
+            bucket = path.split("/", 1)[0]
+            if fs.get_file_info(bucket).type == pafs.FileType.NotFound:
+                raise ShardError(f"{url}: the bucket {bucket!r} does not exist at this endpoint")
+            raise ShardError(f"{url}: not a jepa-forge dataset (no {INDEX_FILE} there)")
+        with fs.open_input_stream(path) as f:
+            return f.read()
+    except OSError as e:
+        raise ShardError(f"{url}: cannot read {path.rsplit('/', 1)[-1]} ({_reason(e)})") from None
+
+
+def _reason(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text if len(text) < 300 else text[:300] + "..."
+
+
+@contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _download(fs: pafs.FileSystem, src: str, dest: Path, size: int, sha256: str, url: str) -> None:
+    """Stream `src` to `dest` (atomically), checking the manifest's size and sha256."""
+    digest, n = hashlib.sha256(), 0
+    with atomic_target(dest) as tmp:
+        try:
+            with fs.open_input_stream(src) as f, open(tmp, "wb") as out:
+                while chunk := f.read(_CHUNK):
+                    digest.update(chunk)
+                    out.write(chunk)
+                    n += len(chunk)
+        except FileNotFoundError:
+            raise ShardError(f"{url}: shard {dest.name} is missing in object storage") from None
+        except OSError as e:
+            raise ShardError(f"{url}: cannot download {dest.name} ({_reason(e)})") from None
+        if n != size:
+            raise ShardError(
+                f"{url}: shard {dest.name} is {n} bytes in object storage, the manifest says "
+                f"{size} (altered or cut after ingest)"
+            )
+        if digest.hexdigest() != sha256:
+            raise ShardError(
+                f"{url}: shard {dest.name} fails its sha256 (altered after ingest); the cache "
+                "keeps nothing of it"
+            )
+
+
+def cached_dataset(url: str, quiet: bool = False) -> Path:
+    """The local cache of the dataset at `url`, brought up to date (module docstring)."""
+    fs, root = _filesystem(url)
+    raw = _read_small(fs, f"{root}/{INDEX_FILE}", url, required=True)
+    assert raw is not None
+    try:
+        manifest: dict[str, Any] = json.loads(raw)
+    except ValueError as e:
+        raise ShardError(f"{url}/{INDEX_FILE}: unreadable manifest ({e})") from None
+    local = cache_dir(url)
+    with _locked(local):
+        verified_path = local / VERIFIED_FILE
+        verified: dict[str, str] = {}
+        if verified_path.is_file():
+            try:
+                verified = json.loads(verified_path.read_text())
+            except ValueError:
+                verified = {}
+        if (local / INDEX_FILE).is_file() and (local / INDEX_FILE).read_bytes() != raw:
+            (local / INDEX_FILE).unlink()  # a new remote manifest: the cache is not complete
+        wanted = {}
+        for entry in manifest.get("shards", []):
+            rel = str(entry["file"])
+            _safe_shard_path(local, rel)
+            wanted[rel] = entry
+        fetched = 0
+        for rel, entry in wanted.items():
+            dest = local / rel
+            size, sha = int(entry["bytes"]), str(entry["sha256"])
+            if dest.is_file() and dest.stat().st_size == size and verified.get(rel) == sha:
+                continue
+            if not quiet:
+                print(f"caching {url}/{rel} ({size / 1e6:.1f} MB)", file=sys.stderr, flush=True)
+            _download(fs, f"{root}/{rel}", dest, size, sha, url)
+            verified[rel] = sha
+            atomic_write_json(verified_path, verified)
+            fetched += 1
+        shard_dir = local / SHARDS_DIR
+        if shard_dir.is_dir():
+            for p in shard_dir.iterdir():
+                rel = f"{SHARDS_DIR}/{p.name}"
+                if p.is_file() and rel not in wanted:
+                    p.unlink()
+                    verified.pop(rel, None)
+        atomic_write_json(verified_path, verified)
+        for name in (STATS_FILE, ERRORS_FILE):
+            data = _read_small(fs, f"{root}/{name}", url, required=False)
+            if data is None:
+                (local / name).unlink(missing_ok=True)
+            else:
+                atomic_write_bytes(local / name, data)
+        atomic_write_bytes(local / INDEX_FILE, raw)
+        (local / "source.txt").write_text(url + "\n")
+    if fetched and not quiet:
+        print(f"cached {url}: {fetched} shard(s) -> {local}", file=sys.stderr, flush=True)
+    return local
