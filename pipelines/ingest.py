@@ -31,6 +31,7 @@ import pyarrow as pa
 
 from modalities import Modality, available, get_modality
 from pipelines import demo as demo_data
+from pipelines.remote import check_writable, is_remote, staging_dir, upload_dataset
 from pipelines.shards import (
     DEFAULT_SHARD_BYTES,
     ERRORS_FILE,
@@ -79,7 +80,7 @@ class IngestConfig:
 
 @dataclass
 class IngestResult:
-    output: Path
+    output: Path | str  # the dataset directory, or the URL it was uploaded to
     sources_ok: int = 0
     sources_quarantined: int = 0
     records: int = 0
@@ -486,8 +487,9 @@ def build_parser(modality_name: str | None = None) -> argparse.ArgumentParser:
         "--output",
         "-o",
         default=None,
-        help="dataset directory, a local or mounted path or file:// URL (default: "
-        "datasets/<modality>); object-store URLs are refused",
+        help="dataset directory: a local or mounted path, a file:// URL, or an object-store URL "
+        "(s3://, gs://, hdfs://: staged locally, then uploaded, the manifest last) (default: "
+        "datasets/<modality>)",
     )
     p.add_argument(
         "--address",
@@ -557,8 +559,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, TypeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    # An object-store output: the job runs (and resumes) in a local staging directory, then
+    # uploads it, the manifest last; the endpoint, the bucket and write permission are checked
+    # before any work.
+    remote = args.output if args.output and is_remote(args.output) else None
     try:
-        output = local_path(args.output) if args.output else Path("datasets") / args.modality
+        if remote:
+            check_writable(remote)
+            output = staging_dir(remote)
+        else:
+            output = local_path(args.output) if args.output else Path("datasets") / args.modality
     except ShardError as e:
         print(f"error: --output {e}", file=sys.stderr)
         return 2
@@ -583,6 +593,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         result = run_ingest(cfg)
+        if remote and result.sources_ok:
+            n = upload_dataset(output, remote, quiet=cfg.quiet)
+            print(f"uploaded {n} shard(s) to {remote} (staged in {output})", file=sys.stderr)
+            result.output = remote
     except (IngestError, ShardError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -206,3 +206,72 @@ def cached_dataset(url: str, quiet: bool = False) -> Path:
     if fetched and not quiet:
         print(f"cached {url}: {fetched} shard(s) -> {local}", file=sys.stderr, flush=True)
     return local
+
+
+def staging_dir(url: str) -> Path:
+    """The local directory an ingest to `url` writes (and resumes) before uploading."""
+    return cache_root().parent / "staging" / cache_dir(url).name
+
+
+def check_writable(url: str) -> None:
+    """ShardError naming `url` unless an object can be written (and removed) under it: an
+    unreachable endpoint, a missing bucket or no write permission fails before any work."""
+    fs, root = _filesystem(url)
+    bucket = root.split("/", 1)[0]
+    try:
+        if fs.get_file_info(bucket).type == pafs.FileType.NotFound:
+            raise ShardError(f"{url}: the bucket {bucket!r} does not exist at this endpoint")
+        probe = f"{root}/.jepa-forge-write-check"
+        with fs.open_output_stream(probe) as f:
+            f.write(b"ok")
+        fs.delete_file(probe)
+    except OSError as e:
+        raise ShardError(f"{url}: cannot write there ({_reason(e)})") from None
+
+
+def _upload(fs: pafs.FileSystem, src: Path, dest: str, url: str) -> None:
+    try:
+        with open(src, "rb") as f, fs.open_output_stream(dest) as out:
+            while chunk := f.read(_CHUNK):
+                out.write(chunk)
+    except OSError as e:
+        raise ShardError(f"{url}: cannot upload {src.name} ({_reason(e)})") from None
+
+
+def upload_dataset(local: Path, url: str, quiet: bool = False) -> int:
+    """Copy the committed dataset at `local` to `url`: shards first (a shard already there with
+    its size is kept: an interrupted upload resumes), then stats and errors, the manifest last (a
+    reader never sees a manifest whose shards are missing), then shards of an older manifest are
+    removed. Returns the number of shards uploaded."""
+    from pipelines.shards import load_manifest
+
+    manifest = load_manifest(local)
+    fs, root = _filesystem(url)
+    uploaded = 0
+    wanted = set()
+    for entry in manifest["shards"]:
+        rel = str(entry["file"])
+        wanted.add(rel)
+        dest = f"{root}/{rel}"
+        try:
+            info = fs.get_file_info(dest)
+        except OSError as e:
+            raise ShardError(f"{url}: cannot list {rel} ({_reason(e)})") from None
+        if info.type == pafs.FileType.File and info.size == int(entry["bytes"]):
+            continue
+        if not quiet:
+            print(f"uploading {rel} -> {url}", file=sys.stderr, flush=True)
+        _upload(fs, local / rel, dest, url)
+        uploaded += 1
+    for name in (STATS_FILE, ERRORS_FILE, INDEX_FILE):
+        if (local / name).is_file():
+            _upload(fs, local / name, f"{root}/{name}", url)
+    try:
+        listed = fs.get_file_info(pafs.FileSelector(f"{root}/{SHARDS_DIR}", allow_not_found=True))
+        for info in listed:
+            rel = f"{SHARDS_DIR}/{info.base_name}"
+            if info.type == pafs.FileType.File and rel not in wanted:
+                fs.delete_file(info.path)
+    except OSError as e:
+        raise ShardError(f"{url}: cannot remove old shards ({_reason(e)})") from None
+    return uploaded

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from pipelines import ingest
-from pipelines.shards import INDEX_FILE, ShardDataset
+from pipelines.shards import INDEX_FILE, ShardDataset, ShardError
 from pipelines.sources import list_sources
 
 pytestmark = pytest.mark.slow
@@ -84,6 +84,36 @@ def test_cohort_end_to_end(ray_local, cohort, tmp_path):
     assert np.isfinite(rec["bold"]).all() and rec["bold"].std() > 0
     assert {"roi_median", "roi_iqr", "gradients"} <= set(ds.stats)
     assert ds.errors() == [] and not (out / ingest.JOURNAL_FILE).exists()
+
+
+def test_ingest_to_s3_stages_uploads_and_resumes(ray_local, s3, cohort, tmp_path, monkeypatch):
+    """--output s3://...: staged locally, uploaded with the manifest last; a rerun uploads
+    nothing; an upload cut short (a shard and the manifest missing) is finished by the rerun."""
+    monkeypatch.setenv("JEPA_FORGE_CACHE", str(tmp_path / "cache"))
+    s3.make_bucket("ingest")
+    url = "s3://ingest/fmri/ds"
+    code, stdout, err = run_cli("--input", str(cohort), "--output", url)
+    assert code == 0, err
+    assert stdout.strip().splitlines()[-1].endswith(f"-> {url}")
+    from pipelines.remote import cache_dir, staging_dir
+
+    remote = ShardDataset(url, verify="all")  # read back through the verified cache
+    staged = staging_dir(url)  # the local ingest the upload came from
+    assert len(remote) == 12 and remote.root == cache_dir(url)
+    for name in ["index.json", "stats.json", *(s.file for s in remote.shards)]:
+        assert (remote.root / name).read_bytes() == (staged / name).read_bytes(), name
+
+    code, stdout, err = run_cli("--input", str(cohort), "--output", url)
+    assert code == 0 and "(already complete)" in stdout and "uploaded 0 shard(s)" in err
+
+    shard = remote.shards[0].file
+    s3.delete(f"ingest/fmri/ds/{shard}")
+    s3.delete("ingest/fmri/ds/index.json")
+    with pytest.raises(ShardError, match="no index.json"):  # no manifest: not a dataset yet
+        ShardDataset(url)
+    code, _, err = run_cli("--input", str(cohort), "--output", url)
+    assert code == 0 and "uploaded 1 shard(s)" in err
+    assert len(ShardDataset(url, verify="all")) == 12
 
 
 def write_bad_files(d: Path, cohort: Path) -> dict[str, str]:

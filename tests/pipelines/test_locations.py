@@ -30,15 +30,16 @@ def test_dataset_reader_names_a_url_it_cannot_open() -> None:
         ShardDataset("https://x.org/ds")
 
 
-def test_ingest_refuses_object_store_output(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+def test_ingest_to_a_bucket_that_is_not_there_fails_first(
+    s3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    code = ingest.main(["fmri", "--input", str(tmp_path), "--output", "s3://bucket/ds"])
+    monkeypatch.setenv("JEPA_FORGE_CACHE", str(tmp_path / "cache"))
+    code = ingest.main(["fmri", "--input", str(tmp_path), "--output", "s3://nobucket/ds"])
     assert code == 2
     err = capsys.readouterr().err
-    assert "--output s3://bucket/ds: s3:// dataset locations are not supported" in err
-    assert list(tmp_path.iterdir()) == []  # no folder named "s3:" (what it used to write)
+    assert "--output s3://nobucket/ds: the bucket 'nobucket' does not exist" in err
+    assert list(tmp_path.iterdir()) == []  # no folder named "s3:" (what it once wrote), no stage
 
 
 def test_train_refuses_object_store_run_directories(
