@@ -371,6 +371,17 @@ class JEPALoader:
         self.world = world
         self.epoch = 0
         self.batch = 0
+        src = self.sources
+        if src.several:  # each modality must fill at least one global batch per epoch
+            q = quotas([s.rows for s in src.sources], [s.weight for s in src.sources])
+            for name in src.names:
+                n = sum(qi for qi, s in zip(q, src.sources, strict=True) if s.modality == name)
+                if n < world * cfg.data.batch_size:
+                    raise ConfigError(
+                        f"data.sources: {name} draws {n} samples per epoch at these weights, "
+                        f"fewer than one global batch ({world} ranks x {cfg.data.batch_size}): "
+                        "it would never be trained; raise its weight or lower data.batch_size"
+                    )
         self.batches_per_epoch = len(self._stream().batches(0))
         if self.batches_per_epoch == 0:
             raise ValueError(

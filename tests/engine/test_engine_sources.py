@@ -149,6 +149,12 @@ def test_sources_that_cannot_share_a_run_are_named(cohorts, paths, weights, extr
         load_config(values={"data.path": "x", "data.sources": [{"path": "y"}]})
 
 
+def test_a_modality_too_light_to_fill_a_batch_is_refused(cohorts):
+    starved = _cfg([cohorts[0], cohorts[2]], "40,1", "data.mix=modality", "data.batch_size=4")
+    with pytest.raises(ConfigError, match=r"grid2 draws 2 samples per epoch .* never be trained"):
+        JEPALoader(starved, {"grid": MODALITY, "grid2": MODALITY2}, 0, 2)
+
+
 def test_options_per_modality_and_what_a_shared_trunk_refuses():
     cfg = load_config(
         overrides=["modality.grid.patch_len=8", "modality.grid2.patch_len=16"],
