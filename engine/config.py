@@ -118,6 +118,10 @@ class OptimConfig:
     eps: float = 1e-8
     grad_clip: float = 1.0  # 0 = off
     grad_accum: int = 1
+    # A shared trunk (several modalities): what an embedder whose modality is absent from a step
+    # does. momentum: AdamW steps it on a zero gradient (its momentum and weight decay still
+    # move it); still: lr and weight decay 0 for it that step.
+    idle_embedders: str = "momentum"
 
 
 @dataclass
@@ -419,6 +423,12 @@ def validate(cfg: Config) -> None:
         o.betas,
     )
     _check(o.eps > 0, "optim.eps", "must be > 0", o.eps)
+    _check(
+        o.idle_embedders in ("momentum", "still"),
+        "optim.idle_embedders",
+        "momentum|still",
+        o.idle_embedders,
+    )
     for key, v in (("ema.start", cfg.ema.start), ("ema.end", cfg.ema.end)):
         _check(0 <= v <= 1, key, "must be in [0, 1]", v)
     _check(t.zero_stage in (0, 1, 2, 3), "train.zero_stage", "must be 0, 1, 2 or 3", t.zero_stage)

@@ -129,16 +129,44 @@ def check_several(cfg: Config, names: list[str]) -> None:
         )
 
 
-def param_groups(model: torch.nn.Module) -> list[dict[str, Any]]:
+def param_groups(model: torch.nn.Module) -> tuple[list[dict[str, Any]], list[tuple[bool, str]]]:
     """AdamW groups: matrices decay; biases, norms and other 1-D parameters do not (I-JEPA).
-    A parameter built under ZeRO-3's zero.Init is an empty placeholder: its shape is `ds_shape`."""
+    A shared trunk (one embedder per modality) puts each embedder's parameters in groups of
+    their own, so a step can leave an absent modality's embedder still (`optim.idle_embedders`).
+    Returns the groups and, for each, (decays, modality: "" for the trunk); empty groups are
+    left out. A parameter built under ZeRO-3's zero.Init is an empty placeholder: its shape is
+    `ds_shape`."""
 
     def ndim(p: torch.Tensor) -> int:
         return len(getattr(p, "ds_shape", p.shape))
 
-    decay = [p for p in model.parameters() if p.requires_grad and ndim(p) >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and ndim(p) < 2]
-    return [{"params": decay, "weight_decay": 0.0}, {"params": no_decay, "weight_decay": 0.0}]
+    embedder = model.encoder.embedder if hasattr(model, "encoder") else None
+    owner: dict[int, str] = {}
+    if isinstance(embedder, torch.nn.ModuleDict):
+        for name, emb in embedder.items():
+            owner.update((id(p), name) for p in emb.parameters())
+    groups, roles = [], []
+    for key in ["", *sorted(set(owner.values()))]:
+        params = [p for p in model.parameters() if p.requires_grad and owner.get(id(p), "") == key]
+        for decays in (True, False):
+            chosen = [p for p in params if (ndim(p) >= 2) == decays]
+            if chosen or not key:  # the trunk's two groups always exist (checkpoint layout)
+                groups.append({"params": chosen, "weight_decay": 0.0})
+                roles.append((decays, key))
+    return groups, roles
+
+
+def group_rates(
+    roles: list[tuple[bool, str]], lr: float, wd: float, active: set[str] | None = None
+) -> list[tuple[float, float]]:
+    """(lr, weight decay) of each optimizer group (`param_groups`' roles): decay only where the
+    group decays; `active` (the step's modalities, with optim.idle_embedders=still): the other
+    modalities' embedder groups get (0, 0)."""
+    out = []
+    for decays, modality in roles:
+        still = active is not None and modality != "" and modality not in active
+        out.append((0.0, 0.0) if still else (lr, wd if decays else 0.0))
+    return out
 
 
 def deepspeed_config(cfg: Config, bf16: bool, load_universal: bool = False) -> dict[str, Any]:
@@ -266,7 +294,8 @@ class Trainer:
         )
         self._warned: set[str] = set()
         o = cfg.optim
-        optimizer = torch.optim.AdamW(param_groups(model), lr=o.lr, betas=tuple(o.betas), eps=o.eps)
+        groups, self.group_roles = param_groups(model)
+        optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, config=ds_config
         )
@@ -371,14 +400,18 @@ class Trainer:
 
     # -- one optimizer step
 
-    def _set_schedules(self, step: int) -> dict[str, float]:
+    def _set_schedules(self, step: int, active: set[str] | None = None) -> dict[str, float]:
+        """This step's learning rate and weight decay on every group. `active`: with
+        `optim.idle_embedders=still`, the modalities this step's micro-batches hold so far; the
+        other embedders' groups get lr 0 and no decay (their Adam moments still see a zero
+        gradient)."""
         c, o = self.cfg, self.cfg.optim
         warmup = int(o.warmup_frac * c.train.steps)
         lr = warmup_cosine(step, c.train.steps, o.lr, o.min_lr, warmup)
         wd = cosine_ramp(step, c.train.steps, o.weight_decay, o.final_weight_decay)
-        for group, decays in zip(self.optimizer.param_groups, (True, False), strict=True):
-            group["lr"] = lr
-            group["weight_decay"] = wd if decays else 0.0
+        rates = group_rates(self.group_roles, lr, wd, active)
+        for group, (g_lr, g_wd) in zip(self.optimizer.param_groups, rates, strict=True):
+            group["lr"], group["weight_decay"] = g_lr, g_wd
         return {"lr": lr, "wd": wd}
 
     def _every_rank(self, ok: bool) -> bool:
@@ -413,11 +446,18 @@ class Trainer:
     def train_step(self, batches: Iterator[PackedBatch]) -> dict[str, float]:
         """grad_accum finite micro-batches, one optimizer step, one EMA update."""
         c = self.cfg
-        sched = self._set_schedules(self.state.step)
+        # optim.idle_embedders=still: embedders wake as their modality's micro-batches arrive
+        # (the optimizer steps at the last one, after every group's rate is set)
+        still = self.several and c.optim.idle_embedders == "still"
+        active: set[str] | None = set() if still else None
+        sched = self._set_schedules(self.state.step, active)
         losses: list[torch.Tensor] = []
         kinds: list[str] = []  # each micro-batch's modality (a run of several)
         while len(losses) < c.optim.grad_accum:
             batch = next(batches)
+            if active is not None and batch.modality not in active:
+                active.add(batch.modality)
+                self._set_schedules(self.state.step, active)
             self.state.samples += batch.n_samples
             loss, pred, tgt = self._forward(batch)
             if self._any_rank_nonfinite(loss):

@@ -27,7 +27,7 @@ from engine.data import (
     quotas,
 )
 from engine.train import data_values
-from engine.trainer import check_several
+from engine.trainer import check_several, group_rates, param_groups
 from pipelines.shards import ShardDataset
 
 # TINY's data.modality names one modality object; these runs name one per modality
@@ -279,3 +279,26 @@ def test_a_mixed_run_keeps_its_global_sample_sequence_at_any_world_size(cohorts)
         halves = [next(it) for it in two]
         assert whole.index.tolist() == halves[0].index.tolist() + halves[1].index.tolist()
         assert whole.modality == halves[0].modality == halves[1].modality
+
+
+def test_a_shared_trunk_gives_each_embedder_its_own_optimizer_groups():
+    from engine.config import ModelConfig
+    from engine.model import JEPA
+
+    cfg = ModelConfig(embed_dim=32, depth=1, num_heads=2, pred_dim=16, pred_depth=1, pred_heads=2)
+    opts = [m.method_options({}) for m in (MODALITY, MODALITY2)]
+    embedders = {"grid": MODALITY.embedder(opts[0], 32), "grid2": MODALITY2.embedder(opts[1], 32)}
+    model = JEPA(embedders, cfg)
+    groups, roles = param_groups(model)
+    assert roles == [(True, ""), (False, ""), (True, "grid"), (False, "grid"), (True, "grid2"),
+                     (False, "grid2")]  # fmt: skip
+    seen = [id(p) for g in groups for p in g["params"]]
+    assert sorted(seen) == sorted(id(p) for p in model.parameters())  # each exactly once
+    assert {id(p) for p in groups[4]["params"]} <= {id(p) for p in embedders["grid2"].parameters()}
+    # momentum (no `active`): every group steps; still: only the step's modalities and the trunk
+    assert group_rates(roles, 1e-3, 0.1) == [(1e-3, 0.1), (1e-3, 0.0)] * 3
+    assert group_rates(roles, 1e-3, 0.1, {"grid"}) == [
+        (1e-3, 0.1), (1e-3, 0.0), (1e-3, 0.1), (1e-3, 0.0), (0.0, 0.0), (0.0, 0.0)
+    ]  # fmt: skip
+    one = JEPA(MODALITY.embedder(opts[0], 32), cfg)  # one modality: the trunk's two groups
+    assert param_groups(one)[1] == [(True, ""), (False, "")]
