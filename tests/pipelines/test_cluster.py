@@ -22,9 +22,10 @@ def cluster():
 
     # The head takes no tasks (num_cpus=0), so the reads must run on the worker nodes.
     c = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 0})
-    nodes = [c.add_node(num_cpus=1) for _ in range(2)]
+    for _ in range(2):
+        c.add_node(num_cpus=1)
     c.wait_for_nodes()
-    yield c, nodes
+    yield c
     c.shutdown()
 
 
@@ -39,7 +40,7 @@ def _ingest(cohort: Path, out: Path, *extra: str) -> subprocess.CompletedProcess
 def test_ingest_on_a_two_node_cluster_matches_a_local_run(cluster, tmp_path):
     from modalities.fmri import generate_cohort
 
-    c, nodes = cluster
+    c = cluster
     cohort = tmp_path / "cohort"
     generate_cohort(cohort, n_subjects=4, seed=5, n_frames=130, voxel_mm=8.0)
     on_cluster = _ingest(cohort, tmp_path / "cluster", "--address", c.address)
@@ -57,8 +58,3 @@ def test_ingest_on_a_two_node_cluster_matches_a_local_run(cluster, tmp_path):
     got, want = shards(tmp_path / "cluster"), shards(tmp_path / "local")
     assert got and got == want
     assert manifest(tmp_path / "cluster") == manifest(tmp_path / "local")
-    # a node removed from the cluster: the next job still completes on the one left
-    c.remove_node(nodes[1])
-    again = _ingest(cohort, tmp_path / "one-node", "--address", c.address)
-    assert "Ray nodes" not in again.stdout
-    assert shards(tmp_path / "one-node") == want
