@@ -172,6 +172,7 @@ class DataSources:
             # open, without going back to the network
             self.sources.append(DataSource(str(ds.root), spec.weight, ds.modality, rows, offset))
             offset += sum(rows)
+        self._starts = np.asarray([s.offset for s in self.sources], dtype=np.int64)
         self.names: list[str] = list(dict.fromkeys(s.modality for s in self.sources))
         if len(self.names) > 1:
             if d.mix != "modality":
@@ -208,8 +209,7 @@ class DataSources:
 
     def of_index(self, index: int) -> int:
         """The position in `sources` of the source holding global record `index`."""
-        starts = [s.offset for s in self.sources]
-        return int(np.searchsorted(starts, index, side="right")) - 1
+        return int(np.searchsorted(self._starts, index, side="right")) - 1
 
 
 def quotas(rows: Sequence[int], weights: Sequence[float]) -> list[int]:

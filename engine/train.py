@@ -101,9 +101,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def dataset_name(location: str) -> str:
     """The last part of a dataset's path or URL (a default run directory's name)."""
-    from pipelines.shards import local_path
+    from pipelines.shards import is_remote, local_path
 
-    if "://" in location and not location.startswith("file://"):
+    if is_remote(location):
         return location.rstrip("/").rsplit("/", 1)[-1]
     return local_path(location).resolve().name
 

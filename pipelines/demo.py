@@ -13,14 +13,14 @@ import tempfile
 from pathlib import Path
 
 from modalities import Modality
+from pipelines.shards import forge_cache
 
 # Bump when a generator changes, so caches of the old output are not reused.
 DEMO_VERSION = 3
 
 
 def cache_root() -> Path:
-    env = os.environ.get("JEPA_FORGE_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "jepa-forge"
+    return forge_cache()
 
 
 def ensure_demo(modality: Modality, n: int | None = None, seed: int = 0) -> Path:

@@ -46,6 +46,8 @@ from pipelines.shards import (
     STATS_FILE,
     ShardError,
     _safe_shard_path,
+    forge_cache,
+    is_remote,
     local_path,
 )
 
@@ -54,15 +56,8 @@ VERIFIED_FILE = ".verified.json"
 _CHUNK = 8 * 1024 * 1024
 
 
-def is_remote(location: str | Path) -> bool:
-    """Whether `location` is a URL other than file://."""
-    scheme, sep, _ = str(location).partition("://")
-    return bool(sep) and scheme.lower() != "file"
-
-
 def cache_root() -> Path:
-    env = os.environ.get("JEPA_FORGE_CACHE")
-    return (Path(env) if env else Path.home() / ".cache" / "jepa-forge") / "datasets"
+    return forge_cache() / "datasets"
 
 
 def cache_dir(url: str) -> Path:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -335,11 +336,22 @@ def local_path(location: str | Path, what: str = "dataset") -> Path:
     )
 
 
+def is_remote(location: str | Path) -> bool:
+    """Whether `location` is a URL other than file:// (an object store, HDFS, http...)."""
+    scheme, sep, _ = str(location).partition("://")
+    return bool(sep) and scheme.lower() != "file"
+
+
+def forge_cache() -> Path:
+    """The project's cache directory: $JEPA_FORGE_CACHE, default ~/.cache/jepa-forge."""
+    env = os.environ.get("JEPA_FORGE_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "jepa-forge"
+
+
 def _local_root(location: str | Path) -> Path:
     """A dataset location as a local directory: an object-store URL through its verified local
     cache (`pipelines.remote`, imported only then), anything else as `local_path` says."""
-    scheme, sep, _ = str(location).partition("://")
-    if sep and scheme.lower() != "file":
+    if is_remote(location):
         from pipelines.remote import dataset_dir
 
         return dataset_dir(location)
