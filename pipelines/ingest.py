@@ -2,7 +2,9 @@
 
 The plan (sorted sources) runs as a Ray Data `map_batches` over one source per task: read and
 preprocess on workers, ordered results back to the driver, which cuts shards (pipelines.shards)
-and commits the manifest last. With `--address` (or RAY_ADDRESS) the job runs on that cluster;
+and commits the manifest last. With `--write workers` the tasks write the shards themselves, a
+group of consecutive sources each, and the driver only journals their metadata and commits
+(pipelines.distributed). With `--address` (or RAY_ADDRESS) the job runs on that cluster;
 without, it joins a Ray instance already running on this machine (`ray start --head`: no start-up
 cost per job) or starts one; `--num-cpus N` always starts a fresh local instance of N CPUs.
 
@@ -31,6 +33,13 @@ import pyarrow as pa
 
 from modalities import Modality, available, get_modality
 from pipelines import demo as demo_data
+from pipelines.distributed import (
+    DEFAULT_GROUP_BYTES,
+    GroupError,
+    fit_stats_on_worker,
+    iter_shard_batches,
+    run_groups,
+)
 from pipelines.remote import check_writable, is_remote, staging_dir, upload_dataset
 from pipelines.shards import (
     DEFAULT_SHARD_BYTES,
@@ -76,6 +85,13 @@ class IngestConfig:
     strict: bool = False
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
     quiet: bool = False
+    # who writes the shards: "driver" (records come back to this process, which cuts shards in
+    # plan order) or "workers" (pipelines.distributed: groups of sources, each written by a task)
+    write: str = "driver"
+    group_bytes: int = DEFAULT_GROUP_BYTES
+    # workers mode with an object-store output: the URL the workers write shards to (the
+    # journal, stats, errors and manifest stay in `output`, the staging directory)
+    shards_url: str | None = None
 
 
 @dataclass
@@ -122,6 +138,8 @@ def fingerprint(cfg: IngestConfig, sources: Sequence[Source], problems: Sequence
         "compression": cfg.compression,
         "max_file_bytes": cfg.max_file_bytes,
     }
+    if cfg.write != "driver":  # (a driver-written dataset keeps the identity it always had)
+        ident.update(write=cfg.write, group_bytes=cfg.group_bytes)
     return hashlib.sha256(json_dumps(ident).encode()).hexdigest()
 
 
@@ -274,29 +292,14 @@ def run_ingest(cfg: IngestConfig) -> IngestResult:
     remove_stale_temp_files(out)
 
     schema = full_schema(modality.schema(cfg.options))
-    results: dict[int, dict[str, Any]] = {}
-    shards: list[ShardInfo] = []
-    next_source, skip = 0, 0
-    if journal is not None:
-        shards = _restore(out, journal)
-        results = {int(k): v for k, v in journal["results"].items()}
-        next_source, skip = journal["next_source"], journal["skip_records"]
-        result.resumed = True
+    if cfg.write == "workers":
+        shards, results, stats = _workers_write(cfg, sources, fp, journal, result)
     else:
-        _write_journal(out, fp, [], {}, 0, 0)  # marks the directory as ours from the start
-    writer = ShardWriter(out, schema, cfg.shard_bytes, cfg.compression, start_index=len(shards))
-    writer.shards = list(shards)
-
-    todo = sources[next_source:]
-    if todo:
-        result.input_bytes = sum(s.size for s in todo)
-        _run_plan(cfg, modality, todo, next_source, skip, writer, results, out, fp, result.nodes)
-    writer.close()
-    shards = writer.shards
-
+        shards, results = _driver_writes(cfg, modality, sources, fp, journal, result)
+        ok = any(r["status"] == "ok" for r in results.values())
+        stats = modality.fit_stats(iter_shard_batches(out, shards), cfg.options) if ok else None
     ok = [r for r in results.values() if r["status"] == "ok"]
-    if ok:
-        stats = modality.fit_stats(_iter_shard_batches(out, shards), cfg.options)
+    if stats is not None:
         atomic_write_json(out / STATS_FILE, stats)
     errors = [
         {"path": sources[i].path, "reason": r["reason"], "exception": r["exception"]}
@@ -345,6 +348,88 @@ def run_ingest(cfg: IngestConfig) -> IngestResult:
     return result
 
 
+def _driver_writes(
+    cfg: IngestConfig,
+    modality: Modality,
+    sources: Sequence[Source],
+    fp: str,
+    journal: dict[str, Any] | None,
+    result: IngestResult,
+) -> tuple[list[ShardInfo], dict[int, dict[str, Any]]]:
+    """The driver cuts the shards from records the workers send back (resuming a journal)."""
+    out = cfg.output
+    results: dict[int, dict[str, Any]] = {}
+    shards: list[ShardInfo] = []
+    next_source, skip = 0, 0
+    if journal is not None:
+        shards = _restore(out, journal)
+        results = {int(k): v for k, v in journal["results"].items()}
+        next_source, skip = journal["next_source"], journal["skip_records"]
+        result.resumed = True
+    else:
+        _write_journal(out, fp, [], {}, 0, 0)  # marks the directory as ours from the start
+    schema = full_schema(modality.schema(cfg.options))
+    writer = ShardWriter(out, schema, cfg.shard_bytes, cfg.compression, start_index=len(shards))
+    writer.shards = list(shards)
+    todo = sources[next_source:]
+    if todo:
+        result.input_bytes = sum(s.size for s in todo)
+        _run_plan(cfg, modality, todo, next_source, skip, writer, results, out, fp, result.nodes)
+    writer.close()
+    return writer.shards, results
+
+
+def _workers_write(
+    cfg: IngestConfig,
+    sources: Sequence[Source],
+    fp: str,
+    journal: dict[str, Any] | None,
+    result: IngestResult,
+) -> tuple[list[ShardInfo], dict[int, dict[str, Any]], dict[str, Any] | None]:
+    """Workers write the shards (pipelines.distributed); stats fitted on a worker too."""
+    root = cfg.shards_url or str(cfg.output)
+    options = dataclasses.asdict(cfg.options)
+    ray, started = _init_ray(cfg)
+    try:
+        _quiet_ray_data(cfg)
+        shards, results, result.resumed = run_groups(
+            ray,
+            sources=sources,
+            group_bytes=cfg.group_bytes,
+            shards_root=root,
+            out=cfg.output,
+            journal_file=JOURNAL_FILE,
+            fp=fp,
+            journal=journal,
+            modality_name=cfg.modality,
+            options=options,
+            max_file_bytes=cfg.max_file_bytes,
+            shard_bytes=cfg.shard_bytes,
+            compression=cfg.compression,
+            quiet=cfg.quiet,
+            nodes=result.nodes,
+        )
+        result.input_bytes = sum(s.size for s in sources)
+        ok = any(r["status"] == "ok" for r in results.values())
+        stats = fit_stats_on_worker(ray, cfg.modality, options, root, shards) if ok else None
+    except GroupError as e:
+        raise IngestError(f"{e}; the groups already written are kept: run again to go on") from None
+    finally:
+        if started:
+            ray.shutdown()
+    return shards, results, stats
+
+
+def _quiet_ray_data(cfg: IngestConfig) -> None:
+    if cfg.quiet:
+        import logging
+
+        from ray.data import DataContext
+
+        DataContext.get_current().enable_progress_bars = False
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+
 def _run_plan(
     cfg: IngestConfig,
     modality: Modality,
@@ -367,11 +452,7 @@ def _run_plan(
         ctx = DataContext.get_current()
         # Shards must be cut from records in plan order, whatever order workers finish in.
         ctx.execution_options.preserve_order = True
-        if cfg.quiet:
-            import logging
-
-            ctx.enable_progress_bars = False
-            logging.getLogger("ray.data").setLevel(logging.WARNING)
+        _quiet_ray_data(cfg)
         _warm_workers(ray, cfg.modality, len(todo))
         items = [{"index": first + i, "path": s.path, "size": s.size} for i, s in enumerate(todo)]
         ds = ray.data.from_items(items, override_num_blocks=len(items))
@@ -433,18 +514,6 @@ def _warm_workers(ray: Any, modality_name: str, n_sources: int) -> None:
 
 def _warm_up(modality_name: str) -> None:
     get_modality(modality_name).warm_up()
-
-
-def _iter_shard_batches(out: Path, shards: Sequence[ShardInfo]):
-    for s in shards:
-        with (
-            pa.memory_map(str(out / s.file))
-            if s.compression is None
-            else pa.OSFile(str(out / s.file)) as src
-        ):
-            reader = pa.ipc.open_file(src)
-            for j in range(reader.num_record_batches):
-                yield reader.get_batch(j)
 
 
 def _framework_versions() -> dict[str, str]:
@@ -510,6 +579,23 @@ def build_parser(modality_name: str | None = None) -> argparse.ArgumentParser:
         default=DEFAULT_SHARD_BYTES / 2**20,
         metavar="MB",
         help="target shard size in MiB before compression (default: 128)",
+    )
+    p.add_argument(
+        "--write",
+        choices=["driver", "workers"],
+        default="driver",
+        help="who writes the shards: the driver, from records the workers send back (default), "
+        "or the workers themselves, each a group of consecutive sources straight into the "
+        "output (a shared path or object storage: the driver only commits the manifest)",
+    )
+    p.add_argument(
+        "--group-size",
+        type=float,
+        default=DEFAULT_GROUP_BYTES / 2**20,
+        metavar="MB",
+        help="--write workers: input MiB per group, one task each (default: 64). Part of the "
+        "dataset's identity, never taken from the cluster's size: any number of workers gives "
+        "the same shards",
     )
     p.add_argument(
         "--compression",
@@ -590,6 +676,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         strict=args.strict,
         max_file_bytes=args.max_file_bytes,
         quiet=args.quiet,
+        write=args.write,
+        group_bytes=max(1, int(args.group_size * 2**20)),
+        shards_url=remote if args.write == "workers" else None,
     )
     try:
         result = run_ingest(cfg)

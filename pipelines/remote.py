@@ -233,6 +233,43 @@ def _upload(fs: pafs.FileSystem, src: Path, dest: str, url: str) -> None:
         raise ShardError(f"{url}: cannot upload {src.name} ({_reason(e)})") from None
 
 
+def upload_file(src: Path, url: str, rel: str) -> None:
+    """Copy the local file `src` to `url`/`rel` (an object appears whole or not at all)."""
+    fs, root = _filesystem(url)
+    _upload(fs, src, f"{root}/{rel}", url)
+
+
+def remote_files(url: str, rel_dir: str) -> dict[str, int]:
+    """{relative path: size} of the files directly under `url`/`rel_dir` ({} when none)."""
+    fs, root = _filesystem(url)
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(f"{root}/{rel_dir}", allow_not_found=True))
+    except OSError as e:
+        raise ShardError(f"{url}: cannot list {rel_dir} ({_reason(e)})") from None
+    return {
+        f"{rel_dir}/{i.base_name}": int(i.size or 0) for i in infos if i.type == pafs.FileType.File
+    }
+
+
+def delete_file(url: str, rel: str) -> None:
+    fs, root = _filesystem(url)
+    try:
+        fs.delete_file(f"{root}/{rel}")
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise ShardError(f"{url}: cannot remove {rel} ({_reason(e)})") from None
+
+
+def open_remote_file(url: str, rel: str) -> Any:
+    """A random-access file for `url`/`rel` (to stream a shard without caching it)."""
+    fs, root = _filesystem(url)
+    try:
+        return fs.open_input_file(f"{root}/{rel}")
+    except OSError as e:
+        raise ShardError(f"{url}: cannot open {rel} ({_reason(e)})") from None
+
+
 def upload_dataset(local: Path, url: str, quiet: bool = False) -> int:
     """Copy the committed dataset at `local` to `url`: shards first (a shard already there with
     its size is kept: an interrupted upload resumes), then stats and errors, the manifest last (a

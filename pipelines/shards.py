@@ -94,8 +94,12 @@ class ShardInfo:
         return d
 
 
-def shard_name(index: int) -> str:
-    return f"{SHARDS_DIR}/part-{index:05d}.arrow"
+def shard_name(index: int, group: int | None = None) -> str:
+    """shards/part-NNNNN.arrow; a shard written by a worker for group G of an ingest plan is
+    shards/part-GGGGG-NNNN.arrow (its index within the group), so names sort in record order."""
+    if group is None:
+        return f"{SHARDS_DIR}/part-{index:05d}.arrow"
+    return f"{SHARDS_DIR}/part-{group:05d}-{index:04d}.arrow"
 
 
 class ShardWriter:
@@ -113,6 +117,7 @@ class ShardWriter:
         compression: str | None = None,
         start_index: int = 0,
         batch_bytes: int = DEFAULT_BATCH_BYTES,
+        group: int | None = None,
     ) -> None:
         if compression not in COMPRESSIONS:
             raise ValueError(f"compression must be one of {COMPRESSIONS}, got {compression!r}")
@@ -124,6 +129,7 @@ class ShardWriter:
         self.compression = compression
         self.batch_bytes = int(batch_bytes)
         self.next_index = start_index
+        self.group = group
         self.shards: list[ShardInfo] = []
         self._buffer: list[pa.Table] = []
         self._buffered_bytes = 0
@@ -162,7 +168,9 @@ class ShardWriter:
         self._buffer, self._buffered_bytes = [], 0
         if table is None or table.num_rows == 0:
             return None  # type: ignore[return-value]
-        info = write_shard(self.root, self.next_index, table, self.compression, self.batch_bytes)
+        info = write_shard(
+            self.root, self.next_index, table, self.compression, self.batch_bytes, self.group
+        )
         self.next_index += 1
         self.shards.append(info)
         return info
@@ -178,10 +186,11 @@ def write_shard(
     table: pa.Table,
     compression: str | None = None,
     batch_bytes: int = DEFAULT_BATCH_BYTES,
+    group: int | None = None,
 ) -> ShardInfo:
-    """Write `table` as shards/part-{index}.arrow atomically and describe it."""
+    """Write `table` as shard_name(index, group) atomically and describe it."""
     root = Path(root)
-    rel = shard_name(index)
+    rel = shard_name(index, group)
     final = root / rel
     final.parent.mkdir(parents=True, exist_ok=True)
     # A compact copy: uniform record batches and no bytes of sliced-away rows, whatever the

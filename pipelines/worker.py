@@ -104,7 +104,7 @@ def read_batch(
 ) -> pa.Table:
     """Ray Data `map_batches` entry point: one result row per source in the batch, with the
     id of the Ray node that read it."""
-    node = _node_id()
+    node = node_id()
     rows = [
         read_source(
             int(batch["index"][i]),
@@ -119,7 +119,7 @@ def read_batch(
     return pa.Table.from_pylist([{**r, "node": node} for r in rows], schema=RESULT_SCHEMA)
 
 
-def _node_id() -> str:
+def node_id() -> str:
     """This worker's Ray node id, "" when not running under Ray."""
     try:
         import ray

@@ -14,14 +14,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from ingest_testing import (
+    WINDOW,
+    driver_plan_in_this_process,
+    plan_in_this_process,
+    records,
+    shard_bytes,
+)
 
 from pipelines import ingest
+from pipelines.distributed import plan_groups
 from pipelines.shards import INDEX_FILE, ShardDataset, ShardError
 from pipelines.sources import list_sources
 
 pytestmark = pytest.mark.slow
-
-WINDOW = 40  # small windows: several records per demo scan, quick tests
 
 
 @pytest.fixture(scope="module")
@@ -55,10 +61,6 @@ def run_cli(*args: str) -> tuple[int, str, str]:
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = ingest.main(["fmri", "--window", str(WINDOW), "--quiet", *args])
     return code, out.getvalue(), err.getvalue()
-
-
-def shard_bytes(root: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted((root / "shards").glob("*.arrow"))}
 
 
 def without_timing(manifest: dict) -> dict:
@@ -219,10 +221,72 @@ def test_list_sources_filters_and_reports(cohort, tmp_path):
     assert any("matches no file" in p for p in problems)
 
 
-def test_resume_after_kill_is_byte_identical(cohort, tmp_path):
-    """kill -9 the whole job after its first shard is committed; rerun; compare with a clean run."""
-    env = {**os.environ, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
-    base = [
+def test_plan_groups_are_contiguous_runs_of_the_input():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        sizes = rng.integers(0, 100, rng.integers(1, 40)).tolist()
+        limit = int(rng.integers(1, 300))
+        groups = plan_groups(sizes, limit)
+        assert groups[0][0] == 0 and groups[-1][1] == len(sizes)
+        assert all(a < b for a, b in groups) and all(
+            groups[k][1] == groups[k + 1][0] for k in range(len(groups) - 1)
+        )
+        for a, b in groups[:-1]:  # each closed group reached the limit, and only at its end
+            assert sum(sizes[a:b]) >= limit and sum(sizes[a : b - 1]) < limit
+    with pytest.raises(ValueError):
+        plan_groups([1], 0)
+
+
+def test_workers_write_the_records_the_driver_writes(ray_local, cohort, tmp_path):
+    """--write workers: groups of sources, each written by a task; the same records in the same
+    order as the driver writes them, the same statistics and quarantine, shards byte-identical
+    to the plan run in one process without Ray; a rerun is a no-op."""
+    bad = write_bad_files(tmp_path / "bad", cohort)
+    inputs = ["--input", str(cohort), "--input", str(tmp_path / "bad")]
+    workers, driver = tmp_path / "workers", tmp_path / "driver"
+    opts = ["--write", "workers", "--group-size", "1.5", "--shard-size", "0.05"]
+    code, stdout, _ = run_cli(*inputs, "--output", str(workers), *opts)
+    assert code == 0 and "4 sources ok, 5 quarantined, 12 records" in stdout
+    names = sorted(shard_bytes(workers))
+    assert len({n.split("-")[1] for n in names}) > 1, names  # several groups wrote shards
+    assert run_cli(*inputs, "--output", str(driver))[0] == 0
+    assert records(workers) == records(driver)
+    assert (workers / "stats.json").read_bytes() == (driver / "stats.json").read_bytes()
+    errors = {Path(e["path"]).name.split(".")[0] for e in ShardDataset(workers).errors()}
+    assert errors == set(bad)
+    one = tmp_path / "one-process"
+    plan_in_this_process([str(cohort), str(tmp_path / "bad")], one, *opts)
+    assert shard_bytes(one) == shard_bytes(workers)
+    code, stdout, _ = run_cli(*inputs, "--output", str(workers), *opts)
+    assert code == 0 and "already complete" in stdout
+    # the group size is part of the dataset's identity
+    code, _, err = run_cli(*inputs, "--output", str(workers), "--write", "workers")
+    assert code == 2 and "--overwrite" in err
+
+
+def test_workers_write_straight_to_s3(ray_local, s3, cohort, tmp_path, monkeypatch):
+    """--write workers with an s3:// output: the shards go from the workers to the bucket,
+    never through the driver's staging directory, which uploads the manifest last."""
+    from pipelines.remote import staging_dir
+
+    monkeypatch.setenv("JEPA_FORGE_CACHE", str(tmp_path / "cache"))
+    s3.make_bucket("direct")
+    url = "s3://direct/fmri"
+    opts = ["--write", "workers", "--group-size", "1.5"]
+    code, stdout, err = run_cli("--input", str(cohort), "--output", url, *opts)
+    assert code == 0, err
+    assert "uploaded 0 shard(s)" in err  # the workers put every shard there already
+    assert not list(staging_dir(url).rglob("*.arrow"))
+    local = tmp_path / "local"
+    plan_in_this_process([str(cohort)], local, *opts)
+    remote = ShardDataset(url, verify="all")  # through the verified cache
+    assert len(remote) == 12 and shard_bytes(remote.root) == shard_bytes(local)
+    code, stdout, _ = run_cli("--input", str(cohort), "--output", url, *opts)
+    assert code == 0 and "already complete" in stdout
+
+
+def _ingest_cmd(cohort: Path, *extra: str) -> list[str]:
+    return [
         sys.executable,
         "-m",
         "pipelines.ingest",
@@ -233,43 +297,73 @@ def test_resume_after_kill_is_byte_identical(cohort, tmp_path):
         str(WINDOW),
         "--num-cpus",
         "2",
-        "--shard-size",
-        "0.02",
         "--quiet",
+        *extra,
     ]
-    killed, clean = tmp_path / "killed", tmp_path / "clean"
+
+
+ENV = {**os.environ, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
+
+
+def kill_when_journalled(cmd: list[str], out: Path, key: str) -> dict:
+    """Run `cmd` writing to `out`; kill -9 its whole process group as soon as its journal's
+    `key` is non-empty (a shard or a group committed); return that journal."""
     proc = subprocess.Popen(
-        [*base, "--output", str(killed)],
-        env=env,
+        [*cmd, "--output", str(out)],
+        env=ENV,
         start_new_session=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    journal = killed / ingest.JOURNAL_FILE
+    journal = out / ingest.JOURNAL_FILE
     deadline = time.monotonic() + 240
     try:
         while time.monotonic() < deadline and proc.poll() is None:
-            if journal.exists() and json.loads(journal.read_text() or "{}").get("shards"):
+            if journal.exists() and json.loads(journal.read_text() or "{}").get(key):
                 break
             time.sleep(0.05)
         assert proc.poll() is None, "the run ended before it could be killed"
         os.killpg(proc.pid, signal.SIGKILL)
     finally:
         proc.wait()
-    assert not (killed / INDEX_FILE).exists(), "killed before completion: no manifest yet"
-    committed = json.loads(journal.read_text())["shards"]
-    assert committed
-    resumed = subprocess.run(
-        [*base, "--output", str(killed)], env=env, capture_output=True, text=True, timeout=300
+    assert not (out / INDEX_FILE).exists(), "killed before completion: no manifest yet"
+    return json.loads(journal.read_text())
+
+
+def resume(cmd: list[str], out: Path) -> None:
+    done = subprocess.run(
+        [*cmd, "--output", str(out)], env=ENV, capture_output=True, text=True, timeout=300
     )
-    assert resumed.returncode == 0, resumed.stderr
-    assert "(resumed)" in resumed.stdout
-    subprocess.run(
-        [*base, "--output", str(clean)], env=env, check=True, capture_output=True, timeout=300
-    )
-    assert shard_bytes(killed) == shard_bytes(clean)
-    mk, mc = (json.loads((d / INDEX_FILE).read_text()) for d in (killed, clean))
-    assert without_timing(mk) == without_timing(mc)
-    ds = ShardDataset(killed, verify="all")
+    assert done.returncode == 0, done.stderr
+    assert "(resumed)" in done.stdout
+    ds = ShardDataset(out, verify="all")
     ids = [r for b in ds.iter_batches(columns=["id"]) for r in b.column("id").to_pylist()]
     assert len(ids) == len(set(ids)) == 12
+
+
+def test_resume_after_kill_is_byte_identical(cohort, tmp_path):
+    """kill -9 the whole job after its first shard is committed; rerun; the shards equal what
+    the driver writes from every source read in order (no Ray)."""
+    cmd = _ingest_cmd(cohort, "--shard-size", "0.02")
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    assert kill_when_journalled(cmd, killed, "shards")["shards"]
+    resume(cmd, killed)
+    driver_plan_in_this_process([str(cohort)], clean, "--shard-size", "0.02")
+    assert shard_bytes(killed) == shard_bytes(clean)
+    listed = [s["file"] for s in json.loads((killed / INDEX_FILE).read_text())["shards"]]
+    assert [Path(f).name for f in listed] == list(shard_bytes(clean))
+
+
+def test_workers_write_resume_after_kill_is_byte_identical(cohort, tmp_path):
+    """--write workers, one source per group: kill -9 once a group is journalled, rerun: the
+    journalled groups are kept, the rest redone, partial groups' shards replaced; the shards
+    equal the plan run in one process."""
+    opts = ("--write", "workers", "--group-size", "0.001", "--shard-size", "0.02")
+    cmd = _ingest_cmd(cohort, *opts)
+    killed = tmp_path / "killed"
+    groups = kill_when_journalled(cmd, killed, "groups")["groups"]
+    assert 0 < len(groups) < 4
+    resume(cmd, killed)
+    one = tmp_path / "one-process"
+    plan_in_this_process([str(cohort)], one, *opts)
+    assert shard_bytes(killed) == shard_bytes(one)
