@@ -21,6 +21,15 @@ over the record; a linear layer: `engine.probe --pool meanstd`'s readout trained
 the encoder, and the supervised check of the positive controls (docs/results.md). It takes no
 grid, so it reads records of any token layout the same way.
 
+A-JEPA's regularised masking (`--mask-ratio R`, heads that run the whole encoder: pooled and
+contextual): while training, each record's tokens lose their content at random, kept in place
+with their positions, and take a learned mask embedding instead (A-JEPA fine-tunes so, "instead
+of input dropping or zero"): a masked token's embedding is the embedder's output for a zero
+token at that position plus the learned vector. `--mask-shape strips` (default) masks whole
+time columns and whole row bands (frequency bands of a spectrogram), a fraction R of each, A-JEPA's
+time-frequency-aware shapes; `tokens` masks a fraction R of the tokens one by one. Never every
+token of a record; never at evaluation.
+
 `--tune full` (default, the paper's best) trains every weight; `--tune head` keeps the
 pretrained parts frozen. Splits as `engine.probe` (stratified k-fold, grouped by subject when the
 dataset has one); every fold trains the pretrained and the random-init model from the same seed.
@@ -59,6 +68,30 @@ from pipelines.shards import ShardDataset, ShardError
 
 HEADS = ("contextual", "post-local", "pre-local", "pooled")
 TUNES = ("full", "head")
+MASK_SHAPES = ("strips", "tokens")
+
+
+def regularised_mask(
+    coords: np.ndarray, ratio: float, shape: str, rng: np.random.Generator
+) -> np.ndarray:
+    """Which of a record's tokens (coords [N, 2]: row, time) lose their content: bool [N].
+
+    `strips`: round(ratio * T) of its time columns and round(ratio * R) of its rows, whole;
+    `tokens`: round(ratio * N) tokens. Never all N (one is given back at random)."""
+    n = len(coords)
+    if shape == "strips":
+        times, rows = np.unique(coords[:, 1]), np.unique(coords[:, 0])
+        t = rng.choice(times, int(round(ratio * len(times))), replace=False)
+        r = rng.choice(rows, int(round(ratio * len(rows))), replace=False)
+        mask = np.isin(coords[:, 1], t) | np.isin(coords[:, 0], r)
+    elif shape == "tokens":
+        mask = np.zeros(n, bool)
+        mask[rng.choice(n, int(round(ratio * n)), replace=False)] = True
+    else:
+        raise ValueError(f"--mask-shape must be one of {', '.join(MASK_SHAPES)}, got {shape!r}")
+    if mask.all():
+        mask[rng.integers(n)] = False
+    return mask
 
 
 @dataclass
@@ -107,11 +140,27 @@ class FinetuneModel(nn.Module):
     """An encoder with one of S-JEPA's downstream heads (module docstring)."""
 
     def __init__(
-        self, encoder: Encoder, head: str, rows: int, times: int, n_out: int, filters: int = 4
+        self,
+        encoder: Encoder,
+        head: str,
+        rows: int,
+        times: int,
+        n_out: int,
+        filters: int = 4,
+        mask_ratio: float = 0.0,
+        mask_shape: str = "strips",
+        seed: int = 0,
     ) -> None:
         super().__init__()
         if head not in HEADS:
             raise ValueError(f"--head must be one of {', '.join(HEADS)}, got {head!r}")
+        if not 0.0 <= mask_ratio < 1.0:
+            raise ValueError(f"--mask-ratio must be in [0, 1), got {mask_ratio}")
+        if mask_ratio and head not in ("contextual", "pooled"):
+            raise ValueError(
+                f"--mask-ratio masks tokens before the transformer: the {head} head runs none "
+                "(use contextual or pooled)"
+            )
         if head != "contextual" and not hasattr(encoder.embedder, "local"):
             raise ValueError(
                 f"the {head} head needs the embedder's local encoder (`local(tokens)`), which "
@@ -123,6 +172,25 @@ class FinetuneModel(nn.Module):
         dim = encoder.norm.normalized_shape[0]
         width = 2 * dim if head == "pooled" else filters * times * dim
         self.out = nn.Linear(width, n_out)
+        self.mask_ratio, self.mask_shape = mask_ratio, mask_shape
+        self.mask_embed = nn.Parameter(torch.randn(dim) * 0.02) if mask_ratio else None
+        self._mask_rng = np.random.default_rng([seed, 0x524D])
+
+    def _encode(self, grids: TokenGrids, idx: np.ndarray) -> torch.Tensor:
+        """The whole encoder on the records' tokens: [B, N, D]; while training with a mask
+        ratio, A-JEPA's regularised masking first (module docstring)."""
+        batch = pack_tokens([grids.tokens[i] for i in idx], [grids.coords[i] for i in idx])
+        enc = self.encoder
+        if not (self.training and self.mask_ratio):
+            return enc.forward_all(batch.tokens, batch.coords, batch.n_tokens, batch.packing)
+        masked = torch.zeros(batch.tokens.shape[:2], dtype=torch.bool)
+        for j, i in enumerate(idx):
+            m = regularised_mask(grids.coords[i], self.mask_ratio, self.mask_shape, self._mask_rng)
+            masked[j, : len(m)] = torch.from_numpy(m)
+        x = enc.embed(batch.tokens, batch.coords)
+        blank = enc.embed(torch.zeros_like(batch.tokens), batch.coords) + self.mask_embed
+        x = torch.where(masked[..., None], blank, x)
+        return enc.encode_padded(x, batch.n_tokens, batch.packing)
 
     def pretrained(self) -> list[nn.Parameter]:
         """The parameters that came from pretraining (what `--tune head` freezes)."""
@@ -136,8 +204,7 @@ class FinetuneModel(nn.Module):
     def forward(self, grids: TokenGrids, idx: np.ndarray) -> torch.Tensor:
         b = len(idx)
         if self.head == "pooled":
-            batch = pack_tokens([grids.tokens[i] for i in idx], [grids.coords[i] for i in idx])
-            h = self.encoder.forward_all(batch.tokens, batch.coords, batch.n_tokens, batch.packing)
+            h = self._encode(grids, idx)
             pooled = [
                 torch.cat([f.mean(0), f.std(0)])
                 for f in (h[j, : len(grids.tokens[i])] for j, i in enumerate(idx))
@@ -158,8 +225,7 @@ class FinetuneModel(nn.Module):
             feats = self._spatial(local * present)
         else:
             where = grids.where(idx)
-            batch = pack_tokens([grids.tokens[i] for i in idx], [grids.coords[i] for i in idx])
-            h = self.encoder.forward_all(batch.tokens, batch.coords, batch.n_tokens, batch.packing)
+            h = self._encode(grids, idx)
             valid = torch.cat([h[j, : len(grids.tokens[i])] for j, i in enumerate(idx)])
             grid = h.new_zeros(b * self.rows * self.times, h.shape[-1])
             grid[where] = valid
@@ -191,7 +257,17 @@ def finetune_fold(
         mu, sd = y[train].mean(), y[train].std().clamp_min(1e-12)
         y = (y - mu) / sd
     enc = copy.deepcopy(encoder).requires_grad_(True).train()
-    model = FinetuneModel(enc, args.head, grids.rows, grids.times, n_out, args.filters)
+    model = FinetuneModel(
+        enc,
+        args.head,
+        grids.rows,
+        grids.times,
+        n_out,
+        args.filters,
+        args.mask_ratio,
+        args.mask_shape,
+        args.seed,
+    )
     if args.tune == "head":
         for p in model.pretrained():
             p.requires_grad_(False)
@@ -281,6 +357,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "grid": [grids.rows, grids.times],
         "epochs": args.epochs,
         "seed": args.seed,
+        "mask_ratio": args.mask_ratio,
+        "mask_shape": args.mask_shape,
         "results": results,
     }
 
@@ -316,12 +394,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--mask-ratio",
+        type=float,
+        default=0.0,
+        help="A-JEPA's regularised masking while training (pooled and contextual heads): the "
+        "fraction of time columns and row bands (--mask-shape strips) or of tokens whose content "
+        "a learned mask embedding replaces (default 0: off)",
+    )
+    p.add_argument("--mask-shape", choices=MASK_SHAPES, default="strips")
     p.add_argument("--quiet", action="store_true", help="no per-fold lines")
     p.add_argument("--json", metavar="FILE", help="results file (default next to the checkpoint)")
     args = p.parse_args(argv)
     for name in ("folds", "filters", "epochs", "batch_size"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
+    if not 0.0 <= args.mask_ratio < 1.0:
+        p.error(f"--mask-ratio must be in [0, 1), got {args.mask_ratio}")
     try:
         record = run(args)
         out = Path(args.json) if args.json else _default_json(args.checkpoint, args)

@@ -199,7 +199,13 @@ class Encoder(nn.Module):
         runs without a device-to-host sync (which would stall the GPU's launch queue). Without
         it, it is derived from `n_tokens` here (which is unread when `packing` is given).
         """
-        x = self.embed(tokens, coords, modality)
+        return self.encode_padded(self.embed(tokens, coords, modality), n_tokens, packing)
+
+    def encode_padded(
+        self, x: torch.Tensor, n_tokens: torch.Tensor | None, packing: TokenPacking | None = None
+    ) -> torch.Tensor:
+        """`forward_all` from embeddings [B, N, D] (what fine-tuning's regularised masking
+        alters before the transformer)."""
         b, n, d = x.shape
         if packing is None:
             packing = token_packing(n_tokens.cpu().tolist(), n)

@@ -36,13 +36,17 @@ def test_mixing_rows_before_tokenizing_equals_mixing_tokens_of_one_time():
 @pytest.mark.parametrize("head", HEADS)
 def test_each_head_fine_tunes_beside_random_init(trained_run, grid_data, head, tmp_path, capsys):
     out = tmp_path / f"{head}.json"
+    # the heads that run the whole encoder fine-tune with A-JEPA's regularised masking here
+    mask = ["--mask-ratio", "0.25"] if head in ("pooled", "contextual") else []
     rc = main(
         ["--checkpoint", str(trained_run), "--data", str(grid_data), "--label", "label"]
         + ["--head", head, "--folds", "2", "--epochs", "2", "--json", str(out), "--quiet"]
+        + mask
     )
     assert rc == 0, capsys.readouterr().err
     rec = json.loads(out.read_text())
     assert rec["head"] == head and rec["folds"] == 2 and rec["grid"] == [8, 4]
+    assert rec["mask_ratio"] == (0.25 if mask else 0.0) and rec["mask_shape"] == "strips"
     assert rec["group_by"] == "subject" and rec["records"] == 64
     for name in ("pretrained", "random-init"):
         res = rec["results"][name]
@@ -128,3 +132,58 @@ def test_regression_targets_are_scored_as_r2(trained_run, grid_data, tmp_path, c
     res = json.loads(out.read_text())["results"]
     assert res["pretrained"]["metric"] == "r2" and len(res["random-init"]["scores"]) == 2
     assert all(np.isfinite(s) and s <= 1.0 for s in res["pretrained"]["scores"])
+
+
+def test_regularised_masks_take_whole_strips_or_a_share_of_tokens():
+    """A-JEPA's fine-tuning masks over 1000 draws of an 8-row x 32-time grid: strips are whole
+    time columns and whole rows, a fraction R of each; tokens are a fraction R; never all."""
+    from engine.finetune import regularised_mask
+
+    rows, times = np.meshgrid(np.arange(8), np.arange(32), indexing="ij")
+    coords = np.stack([rows.ravel(), times.ravel()], 1)
+    rng = np.random.default_rng(0)
+    for _ in range(1000):
+        m = regularised_mask(coords, 0.25, "strips", rng).reshape(8, 32)
+        full_cols, full_rows = m.all(axis=0), m.all(axis=1)
+        assert full_rows.sum() == 2 and full_cols.sum() == 8
+        assert np.array_equal(m, full_rows[:, None] | full_cols[None, :])
+        t = regularised_mask(coords, 0.3, "tokens", rng)
+        assert t.sum() == round(0.3 * 256)
+    assert not regularised_mask(coords[:1], 0.9, "tokens", rng).any()  # never every token
+
+
+def test_regularised_masking_replaces_content_not_positions_and_only_in_training(trained_run):
+    from engine.batch import pack_tokens
+    from engine.export import load_encoder
+    from engine.finetune import FinetuneModel, TokenGrids
+
+    enc, _, _ = load_encoder(trained_run)
+    rng = np.random.default_rng(1)
+    coords = np.stack(np.meshgrid(np.arange(8), np.arange(4), indexing="ij"), -1).reshape(-1, 2)
+    grids = TokenGrids([rng.normal(size=(32, 16)).astype(np.float32)] * 2, [coords] * 2, 8, 4)
+    idx = np.array([0, 1])
+    with pytest.raises(ValueError, match="runs none"):
+        FinetuneModel(enc, "post-local", 8, 4, 2, mask_ratio=0.3)
+    model = FinetuneModel(enc, "pooled", 8, 4, 2, mask_ratio=0.5, mask_shape="tokens", seed=3)
+    batch = pack_tokens([grids.tokens[i] for i in idx], [grids.coords[i] for i in idx])
+    plain = enc.forward_all(batch.tokens, batch.coords, batch.n_tokens, batch.packing)
+    model.eval()
+    assert torch.equal(model._encode(grids, idx), plain)  # evaluation: never masked
+    model.train()
+    seen = {}
+    original = model.encoder.encode_padded
+
+    def spy(x, *rest):
+        seen["x"] = x
+        return original(x, *rest)
+
+    model.encoder.encode_padded = spy
+    out = model._encode(grids, idx)
+    x, clean = seen["x"], enc.embed(batch.tokens, batch.coords)
+    blank = enc.embed(torch.zeros_like(batch.tokens), batch.coords) + model.mask_embed
+    replaced = (x - clean).abs().amax(-1) > 0
+    assert replaced.sum(1).tolist() == [16, 16]  # half of each record's 32 tokens
+    torch.testing.assert_close(x[replaced], blank[replaced])
+    assert not torch.equal(out, plain)
+    out.sum().backward()
+    assert model.mask_embed.grad is not None and model.mask_embed.grad.abs().sum() > 0
