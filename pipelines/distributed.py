@@ -213,6 +213,26 @@ def remove_strays(shards_root: str, out: Path, keep: set[str]) -> int:
     return n
 
 
+def _check_visible(
+    meta: dict[str, Any], shards_root: str, out: Path, pending: dict, ray: Any
+) -> None:
+    """A group's shards must be where the driver looks: on a cluster whose nodes do not share
+    the output path, a worker's shards land on its own disk, out of the driver's reach."""
+    if is_remote(shards_root):
+        return
+    for s in meta["shards"]:
+        p = out / s["file"]
+        if not (p.is_file() and p.stat().st_size == int(s["bytes"])):
+            for ref in pending:
+                ray.cancel(ref)
+            raise GroupError(
+                f"group {meta['group']}'s shard {s['file']}, written on Ray node "
+                f"{meta['node'] or '?'}, is not at {p} on the driver's machine: with --write "
+                "workers the output must be a filesystem every node mounts at the same path, or "
+                "object storage (s3://, gs://); or use --write driver"
+            )
+
+
 def run_groups(
     ray: Any,
     *,
@@ -279,6 +299,7 @@ def run_groups(
             ) from None
         if meta["node"]:
             nodes.add(meta["node"])
+        _check_visible(meta, shards_root, out, pending, ray)
         done[g] = {"shards": meta["shards"], "results": meta["results"]}
         _journal(out, journal_file, fp, done)
         if not quiet:

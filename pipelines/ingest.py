@@ -40,7 +40,13 @@ from pipelines.distributed import (
     iter_shard_batches,
     run_groups,
 )
-from pipelines.remote import check_writable, is_remote, staging_dir, upload_dataset
+from pipelines.remote import (
+    check_writable,
+    is_remote,
+    remote_files,
+    staging_dir,
+    upload_dataset,
+)
 from pipelines.shards import (
     DEFAULT_SHARD_BYTES,
     ERRORS_FILE,
@@ -87,7 +93,7 @@ class IngestConfig:
     quiet: bool = False
     # who writes the shards: "driver" (records come back to this process, which cuts shards in
     # plan order) or "workers" (pipelines.distributed: groups of sources, each written by a task)
-    write: str = "driver"
+    write: str = "workers"
     group_bytes: int = DEFAULT_GROUP_BYTES
     # workers mode with an object-store output: the URL the workers write shards to (the
     # journal, stats, errors and manifest stay in `output`, the staging directory)
@@ -127,8 +133,12 @@ class IngestResult:
 # the job
 
 
-def fingerprint(cfg: IngestConfig, sources: Sequence[Source], problems: Sequence[str]) -> str:
-    """Identity of a job: what a resume must match and what makes a dataset up to date."""
+def fingerprint(
+    cfg: IngestConfig, sources: Sequence[Source], problems: Sequence[str], content: bool = False
+) -> str:
+    """Identity of a job: what a resume must match. `content=True`: without who writes the
+    shards (`write`, `group_bytes`), what makes a finished dataset up to date: the driver and
+    the workers write the same records, so a dataset either wrote is this job's."""
     ident = {
         "modality": cfg.modality,
         "options": dataclasses.asdict(cfg.options),
@@ -138,12 +148,13 @@ def fingerprint(cfg: IngestConfig, sources: Sequence[Source], problems: Sequence
         "compression": cfg.compression,
         "max_file_bytes": cfg.max_file_bytes,
     }
-    if cfg.write != "driver":  # (a driver-written dataset keeps the identity it always had)
+    if cfg.write != "driver" and not content:
+        # (a driver-written dataset keeps the identity it always had: its two fingerprints agree)
         ident.update(write=cfg.write, group_bytes=cfg.group_bytes)
     return hashlib.sha256(json_dumps(ident).encode()).hexdigest()
 
 
-def _prepare_output(cfg: IngestConfig, fp: str) -> dict[str, Any] | None:
+def _prepare_output(cfg: IngestConfig, fp: str, content_fp: str) -> dict[str, Any] | None:
     """Decide what the output directory holds. Returns a journal to resume from, or None.
 
     Raises IngestError when the directory holds something we must not overwrite, and
@@ -165,8 +176,13 @@ def _prepare_output(cfg: IngestConfig, fp: str) -> dict[str, Any] | None:
             manifest = load_manifest(out)
         except ShardError as e:
             raise IngestError(f"{e}; pass --overwrite to replace it") from e
-        if manifest.get("fingerprint") == fp:
-            raise _UpToDate(manifest)
+        # (manifests written before the content fingerprint hold a driver job's: the same)
+        if manifest.get("content_fingerprint", manifest.get("fingerprint")) == content_fp:
+            if _shards_in_place(cfg, manifest):
+                raise _UpToDate(manifest)
+            # workers wrote the shards to object storage and some are gone: write them again
+            index.unlink()
+            return None
         raise IngestError(
             f"{out} already holds a dataset built from other inputs or options; "
             "pass --overwrite to replace it, or choose another --output"
@@ -176,6 +192,12 @@ def _prepare_output(cfg: IngestConfig, fp: str) -> dict[str, Any] | None:
             journal = json.loads(journal_path.read_text())
         except ValueError as e:
             raise IngestError(f"{journal_path}: unreadable journal ({e}); use --overwrite") from e
+        if journal.get("fingerprint") != fp and journal.get("write", "driver") != cfg.write:
+            raise IngestError(
+                f"{out} holds an unfinished ingest written by the {journal.get('write', 'driver')}"
+                f" (--write {journal.get('write', 'driver')}): run again with that option to "
+                "finish it, or pass --overwrite to start over"
+            )
         if journal.get("fingerprint") != fp:
             raise IngestError(
                 f"{out} holds an unfinished ingest of other inputs or options; "
@@ -190,6 +212,22 @@ def _prepare_output(cfg: IngestConfig, fp: str) -> dict[str, Any] | None:
             "choose an empty or new --output"
         )
     return None
+
+
+def _shards_in_place(cfg: IngestConfig, manifest: dict[str, Any]) -> bool:
+    """Whether the shards the staged manifest lists are all in the bucket the workers wrote
+    them to (staged shards, `--write driver`, are the upload's business)."""
+    if not cfg.shards_url:
+        return True
+    present = remote_files(cfg.shards_url, SHARDS_DIR)
+    missing = [s["file"] for s in manifest["shards"] if present.get(s["file"]) != s["bytes"]]
+    if missing and not cfg.quiet:
+        print(
+            f"{cfg.shards_url}: {len(missing)} shard(s) missing or altered ({missing[0]}, ...): "
+            "writing the dataset again",
+            file=sys.stderr,
+        )
+    return not missing
 
 
 class _UpToDate(Exception):
@@ -274,9 +312,10 @@ def run_ingest(cfg: IngestConfig) -> IngestResult:
         raise IngestError(f"no input files found ({detail})")
     out = cfg.output
     fp = fingerprint(cfg, sources, problems)
+    content_fp = fingerprint(cfg, sources, problems, content=True)
     result = IngestResult(output=out)
     try:
-        journal = _prepare_output(cfg, fp)
+        journal = _prepare_output(cfg, fp, content_fp)
     except _UpToDate as done:
         t = done.manifest["totals"]
         result.__dict__.update(
@@ -329,6 +368,7 @@ def run_ingest(cfg: IngestConfig) -> IngestResult:
         },
     )
     manifest["fingerprint"] = fp
+    manifest["content_fingerprint"] = content_fp
     manifest["ingest"] = {
         "shard_bytes": cfg.shard_bytes,
         "compression": cfg.compression,
@@ -413,7 +453,7 @@ def _workers_write(
         ok = any(r["status"] == "ok" for r in results.values())
         stats = fit_stats_on_worker(ray, cfg.modality, options, root, shards) if ok else None
     except GroupError as e:
-        raise IngestError(f"{e}; the groups already written are kept: run again to go on") from None
+        raise IngestError(f"{e} (the groups already finished are kept for a rerun)") from None
     finally:
         if started:
             ray.shutdown()
@@ -582,11 +622,12 @@ def build_parser(modality_name: str | None = None) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--write",
-        choices=["driver", "workers"],
-        default="driver",
-        help="who writes the shards: the driver, from records the workers send back (default), "
-        "or the workers themselves, each a group of consecutive sources straight into the "
-        "output (a shared path or object storage: the driver only commits the manifest)",
+        choices=["workers", "driver"],
+        default="workers",
+        help="who writes the shards: the workers (default), each a group of consecutive sources "
+        "straight into the output (on a cluster a path every node mounts, or object storage; "
+        "the driver only commits the manifest), or the driver, from records the workers send "
+        "back (an output on the driver's disk alone). The same records either way",
     )
     p.add_argument(
         "--group-size",

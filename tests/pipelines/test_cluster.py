@@ -48,7 +48,7 @@ def test_ingest_on_a_two_node_cluster_matches_a_local_run(cluster, tmp_path):
     c = cluster
     cohort = tmp_path / "cohort"
     generate_cohort(cohort, n_subjects=4, seed=5, n_frames=130, voxel_mm=8.0)
-    on_cluster = _ingest(cohort, tmp_path / "cluster", "--address", c.address)
+    on_cluster = _ingest(cohort, tmp_path / "cluster", "--address", c.address, "--write", "driver")
     assert "read on 2 Ray nodes" in on_cluster.stdout, on_cluster.stdout
     assert "4 sources ok, 0 quarantined, 12 records" in on_cluster.stdout
     driver_plan_in_this_process([str(cohort)], tmp_path / "local")

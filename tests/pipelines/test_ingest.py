@@ -89,12 +89,13 @@ def test_cohort_end_to_end(ray_local, cohort, tmp_path):
 
 
 def test_ingest_to_s3_stages_uploads_and_resumes(ray_local, s3, cohort, tmp_path, monkeypatch):
-    """--output s3://...: staged locally, uploaded with the manifest last; a rerun uploads
-    nothing; an upload cut short (a shard and the manifest missing) is finished by the rerun."""
+    """--write driver --output s3://...: staged locally, uploaded with the manifest last; a
+    rerun uploads nothing; an upload cut short (a shard and the manifest missing) is finished by
+    the rerun."""
     monkeypatch.setenv("JEPA_FORGE_CACHE", str(tmp_path / "cache"))
     s3.make_bucket("ingest")
     url = "s3://ingest/fmri/ds"
-    code, stdout, err = run_cli("--input", str(cohort), "--output", url)
+    code, stdout, err = run_cli("--input", str(cohort), "--output", url, "--write", "driver")
     assert code == 0, err
     assert stdout.strip().splitlines()[-1].endswith(f"-> {url}")
     from pipelines.remote import cache_dir, staging_dir
@@ -105,7 +106,7 @@ def test_ingest_to_s3_stages_uploads_and_resumes(ray_local, s3, cohort, tmp_path
     for name in ["index.json", "stats.json", *(s.file for s in remote.shards)]:
         assert (remote.root / name).read_bytes() == (staged / name).read_bytes(), name
 
-    code, stdout, err = run_cli("--input", str(cohort), "--output", url)
+    code, stdout, err = run_cli("--input", str(cohort), "--output", url, "--write", "driver")
     assert code == 0 and "(already complete)" in stdout and "uploaded 0 shard(s)" in err
 
     shard = remote.shards[0].file
@@ -113,7 +114,7 @@ def test_ingest_to_s3_stages_uploads_and_resumes(ray_local, s3, cohort, tmp_path
     s3.delete("ingest/fmri/ds/index.json")
     with pytest.raises(ShardError, match="no index.json"):  # no manifest: not a dataset yet
         ShardDataset(url)
-    code, _, err = run_cli("--input", str(cohort), "--output", url)
+    code, _, err = run_cli("--input", str(cohort), "--output", url, "--write", "driver")
     assert code == 0 and "uploaded 1 shard(s)" in err
     assert len(ShardDataset(url, verify="all")) == 12
 
@@ -249,7 +250,7 @@ def test_workers_write_the_records_the_driver_writes(ray_local, cohort, tmp_path
     assert code == 0 and "4 sources ok, 5 quarantined, 12 records" in stdout
     names = sorted(shard_bytes(workers))
     assert len({n.split("-")[1] for n in names}) > 1, names  # several groups wrote shards
-    assert run_cli(*inputs, "--output", str(driver))[0] == 0
+    assert run_cli(*inputs, "--output", str(driver), "--write", "driver")[0] == 0
     assert records(workers) == records(driver)
     assert (workers / "stats.json").read_bytes() == (driver / "stats.json").read_bytes()
     errors = {Path(e["path"]).name.split(".")[0] for e in ShardDataset(workers).errors()}
@@ -259,9 +260,13 @@ def test_workers_write_the_records_the_driver_writes(ray_local, cohort, tmp_path
     assert shard_bytes(one) == shard_bytes(workers)
     code, stdout, _ = run_cli(*inputs, "--output", str(workers), *opts)
     assert code == 0 and "already complete" in stdout
-    # the group size is part of the dataset's identity
-    code, _, err = run_cli(*inputs, "--output", str(workers), "--write", "workers")
-    assert code == 2 and "--overwrite" in err
+    # who wrote the shards is not the dataset's identity (the same records): up to date
+    code, stdout, _ = run_cli(*inputs, "--output", str(workers), "--shard-size", "0.05")
+    assert code == 0 and "already complete" in stdout, "another group size: the same records"
+    code, _, err = run_cli(*inputs, "--output", str(workers), "--group-size", "1.5")
+    assert code == 2 and "--overwrite" in err, "another shard size is another dataset"
+    code, stdout, _ = run_cli(*inputs, "--output", str(driver), "--write", "workers")
+    assert code == 0 and "already complete" in stdout
 
 
 def test_workers_write_straight_to_s3(ray_local, s3, cohort, tmp_path, monkeypatch):
@@ -283,6 +288,12 @@ def test_workers_write_straight_to_s3(ray_local, s3, cohort, tmp_path, monkeypat
     assert len(remote) == 12 and shard_bytes(remote.root) == shard_bytes(local)
     code, stdout, _ = run_cli("--input", str(cohort), "--output", url, *opts)
     assert code == 0 and "already complete" in stdout
+    # a shard lost from the bucket: the rerun writes the dataset again
+    s3.delete(f"direct/fmri/{remote.shards[0].file}")
+    code, stdout, err = run_cli("--input", str(cohort), "--output", url, *opts)
+    assert code == 0 and "already complete" not in stdout, err
+    again = ShardDataset(url, verify="all")
+    assert len(again) == 12 and shard_bytes(again.root) == shard_bytes(local)
 
 
 def _ingest_cmd(cohort: Path, *extra: str) -> list[str]:
@@ -344,9 +355,12 @@ def resume(cmd: list[str], out: Path) -> None:
 def test_resume_after_kill_is_byte_identical(cohort, tmp_path):
     """kill -9 the whole job after its first shard is committed; rerun; the shards equal what
     the driver writes from every source read in order (no Ray)."""
-    cmd = _ingest_cmd(cohort, "--shard-size", "0.02")
+    cmd = _ingest_cmd(cohort, "--shard-size", "0.02", "--write", "driver")
     killed, clean = tmp_path / "killed", tmp_path / "clean"
     assert kill_when_journalled(cmd, killed, "shards")["shards"]
+    # the default (--write workers) does not take over a driver's unfinished job: it says how
+    code, _, err = run_cli("--input", str(cohort), "--output", str(killed), "--shard-size", "0.02")
+    assert code == 2 and "--write driver" in err
     resume(cmd, killed)
     driver_plan_in_this_process([str(cohort)], clean, "--shard-size", "0.02")
     assert shard_bytes(killed) == shard_bytes(clean)
