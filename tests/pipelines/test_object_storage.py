@@ -111,3 +111,69 @@ def test_an_unreachable_endpoint_is_named(s3, tmp_path, cache, monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{closed}")
     with pytest.raises(ShardError, match=r"s3://data/x: cannot read index.json \(.*connect"):
         ShardDataset("s3://data/x")
+
+
+@pytest.fixture
+def s3_with_iam(tmp_path):
+    """A second moto S3 server, in its own process, that enforces IAM after its first four
+    requests (the set-up below): a bucket holding a dataset, and a user allowed to read it only."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import boto3
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "4"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    break
+            except OSError:
+                time.sleep(0.1)
+        admin = {"endpoint_url": endpoint, "region_name": "us-east-1",
+                 "aws_access_key_id": "testing", "aws_secret_access_key": "testing"}  # fmt: skip
+        boto3.client("s3", **admin).create_bucket(Bucket="readonly")
+        iam = boto3.client("iam", **admin)
+        iam.create_user(UserName="reader")
+        policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
+                  "Action": ["s3:GetObject", "s3:ListBucket", "s3:HeadBucket",
+                             "s3:GetBucketLocation"], "Resource": "*"}]}  # fmt: skip
+        iam.put_user_policy(UserName="reader", PolicyName="read", PolicyDocument=json.dumps(policy))
+        key = iam.create_access_key(UserName="reader")["AccessKey"]
+        yield endpoint, key["AccessKeyId"], key["SecretAccessKey"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_no_write_permission_is_named_before_any_work(s3_with_iam, tmp_path, monkeypatch, capsys):
+    """--output to a bucket the credentials may read but not write: the ingest stops before
+    reading anything, naming the URL and the refusal, and writes nothing anywhere."""
+    from pipelines import ingest
+
+    endpoint, key_id, secret = s3_with_iam
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", key_id)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    monkeypatch.setenv("JEPA_FORGE_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "scan.nii.gz").write_bytes(b"never read")
+    code = ingest.main(
+        ["fmri", "--input", str(tmp_path / "in"), "--output", "s3://readonly/ds", "--quiet"]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "s3://readonly/ds: cannot write there" in err and "Access Denied" in err
+    assert not (tmp_path / "cache").exists()

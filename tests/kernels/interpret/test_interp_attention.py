@@ -47,6 +47,10 @@ def _assert_close(got, want, atol, rtol):
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("head_dim", SUPPORTED_HEAD_DIMS)
 def test_ragged_fp32(head_dim, causal, device):
+    if causal and device.type != "cuda" and head_dim not in (32, 80):
+        # the interpreter takes ~2.5 s a case on CPU: the causal mask is checked there at a
+        # power-of-two and a padded width, at every width on GPU
+        pytest.skip("causal at this width on GPU only")
     got, want = _run(LENGTHS, LENGTHS, 2, head_dim, causal, torch.float32, device)
     _assert_close(got, want, atol=1e-4, rtol=1e-4)
 
