@@ -50,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
                    default=["pretrained", "random-init"])  # fmt: skip
     p.add_argument("--set", nargs="*", default=[], metavar="modality.KEY=VALUE")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mask-ratio", type=float, default=0.0, help="as engine.finetune's")
+    p.add_argument("--mask-shape", choices=("strips", "tokens"), default="strips")
     args = p.parse_args(argv)
     encoder, cfg, modality = load_encoder(args.checkpoint, "target")
     for kv in args.set:
@@ -87,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     random_init = Encoder(build_embedder(modality, cfg, ds.stats), cfg.model)
     loop = argparse.Namespace(  # engine.finetune's loop and its defaults
         seed=args.seed, head=args.head, filters=4, tune="full", lr=args.lr, weight_decay=0.01,
-        epochs=args.epochs, batch_size=16,
+        epochs=args.epochs, batch_size=16, mask_ratio=args.mask_ratio, mask_shape=args.mask_shape,
     )  # fmt: skip
     for name in args.arms:
         enc = encoder if name == "pretrained" else random_init

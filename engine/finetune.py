@@ -264,8 +264,8 @@ def finetune_fold(
         grids.times,
         n_out,
         args.filters,
-        args.mask_ratio,
-        args.mask_shape,
+        getattr(args, "mask_ratio", 0.0),  # (callers that predate it: off)
+        getattr(args, "mask_shape", "strips"),
         args.seed,
     )
     if args.tune == "head":

@@ -1,0 +1,111 @@
+"""The audio comodulation control (modalities/audio/modulation.py): what pretrained token and
+record features carry, beside the same encoder at its random init.
+
+- token: each patch's modulation rate (the mean log-rate over its 16 frames, from the cohort's
+  `rates.npy`), predicted from the patch's encoder features by a ridge regression (R^2, 5 folds
+  grouped by file: `engine.probe.token_probe`).
+- record: the `sync` label (comodulated / independent) from mean+std pooled features, a
+  logistic probe trained on `--labels` files per draw, `--folds` draws, tested on the rest
+  (`engine.probe.linear_probe`, as `engine.probe --labels N --pool meanstd`).
+- `--oracle`: `sync_score` (one number per file, no fitting beyond a threshold) through the same
+  probe: that the label is readable at all.
+
+    python benchmarks/audio_modulation_probe.py --data DS --raw RAW --run RUN:SEED [...] \
+        [--records 256] [--labels 8] [--folds 10] [--oracle] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+# Run as a script, this folder is first on sys.path and its kernels.py would shadow the package.
+sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p).resolve() != REPO / "benchmarks"]
+
+from engine.data import build_embedder, method_options  # noqa: E402
+from engine.export import load_encoder  # noqa: E402
+from engine.model import Encoder  # noqa: E402
+from engine.probe import encode_records, linear_probe, read_column, token_probe  # noqa: E402
+from modalities.audio.modulation import file_index, sync_score  # noqa: E402
+from pipelines.shards import ShardDataset  # noqa: E402
+
+
+def token_rates(record: dict, rates: np.ndarray, coords: np.ndarray, patch_time: int) -> np.ndarray:
+    """Each token's mean log-rate over its frames (coords[:, 1]: the time patch)."""
+    r = np.log(rates[file_index(record["source"])])
+    start = int(round(float(record["offset_s"]) * 100))  # 10-ms frames
+    out = []
+    for t in coords[:, 1].astype(int):
+        lo = start + t * patch_time
+        seg = r[lo : lo + patch_time]
+        out.append(seg.mean() if len(seg) else np.nan)
+    return np.asarray(out)
+
+
+def features(encoder, cfg, modality, ds, rates, patch_time):
+    tokens, targets, pooled = [], [], []
+    for i, (coords, h) in enumerate(encode_records(encoder, cfg, modality, ds)):
+        y = token_rates(ds[i], rates, coords, patch_time)
+        keep = np.isfinite(y)
+        tokens.append(h.numpy()[keep])
+        targets.append(y[keep])
+        pooled.append(torch.cat([h.mean(0), h.std(0, unbiased=False)]).numpy())
+    return tokens, targets, np.stack(pooled)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", required=True, help="the ingested control")
+    p.add_argument("--raw", required=True, help="the generated cohort (holds rates.npy)")
+    p.add_argument("--run", nargs="*", default=[], metavar="RUN:SEED")
+    p.add_argument("--labels", type=int, default=8, help="labelled files per record-probe draw")
+    p.add_argument("--folds", type=int, default=10, help="record-probe draws")
+    p.add_argument("--oracle", action="store_true")
+    p.add_argument("--json", type=Path)
+    args = p.parse_args(argv)
+    ds = ShardDataset(args.data)
+    rates = np.load(Path(args.raw) / "rates.npy")
+    y = read_column(ds, args.data, "label")
+    results: dict[str, dict] = {}
+    if args.oracle:
+        recs = (ds[i] for i in range(len(ds)))
+        x = np.array([[sync_score(r["mel"], valid_frames=int(r["valid_frames"]))] for r in recs])
+        r = linear_probe(x, y, args.folds, 0, train_groups=args.labels)
+        results["oracle"] = {"accuracy": r["mean"], "std": r["std"]}
+        print(f"oracle sync_score: accuracy {r['mean']:.3f} +- {r['std']:.3f}", flush=True)
+    for spec in args.run:
+        run, _, seed = spec.rpartition(":")
+        if not run or not seed.isdigit():
+            p.error(f"--run expects RUN:SEED, got {spec!r}")
+        encoder, cfg, modality = load_encoder(run, "target")
+        torch.manual_seed(int(seed))
+        random_init = Encoder(build_embedder(modality, cfg, ds.stats), cfg.model).eval()
+        patch_time = int(method_options(modality, cfg).patch_time)
+        for name, enc in (("pretrained", encoder), ("random-init", random_init)):
+            toks, targs, pooled = features(enc, cfg, modality, ds, rates, patch_time)
+            t = token_probe(toks, targs, None)
+            r = linear_probe(pooled, y, args.folds, 0, train_groups=args.labels)
+            results[f"{run}/{name}"] = {
+                "token_rate_r2": t["mean"],
+                "token_rate_r2_std": t["std"],
+                "sync_accuracy": r["mean"],
+                "sync_accuracy_std": r["std"],
+            }
+            print(
+                f"{run} {name:>11}: token rate R2 {t['mean']:.3f} +- {t['std']:.3f}; "
+                f"sync ({args.labels} labels) {r['mean']:.3f} +- {r['std']:.3f}",
+                flush=True,
+            )
+    if args.json:
+        args.json.write_text(json.dumps({"data": args.data, "results": results}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
