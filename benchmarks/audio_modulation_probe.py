@@ -64,7 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", required=True, help="the ingested control")
     p.add_argument("--raw", required=True, help="the generated cohort (holds rates.npy)")
     p.add_argument("--run", nargs="*", default=[], metavar="RUN:SEED")
-    p.add_argument("--labels", type=int, default=8, help="labelled files per record-probe draw")
+    p.add_argument(
+        "--labels", type=int, nargs="+", default=[8], help="labelled files per record-probe draw"
+    )
     p.add_argument("--folds", type=int, default=10, help="record-probe draws")
     p.add_argument("--oracle", action="store_true")
     p.add_argument("--json", type=Path)
@@ -76,9 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.oracle:
         recs = (ds[i] for i in range(len(ds)))
         x = np.array([[sync_score(r["mel"], valid_frames=int(r["valid_frames"]))] for r in recs])
-        r = linear_probe(x, y, args.folds, 0, train_groups=args.labels)
-        results["oracle"] = {"accuracy": r["mean"], "std": r["std"]}
-        print(f"oracle sync_score: accuracy {r['mean']:.3f} +- {r['std']:.3f}", flush=True)
+        for n in args.labels:
+            r = linear_probe(x, y, args.folds, 0, train_groups=n)
+            results[f"oracle/{n}"] = {"accuracy": r["mean"], "std": r["std"]}
+            print(f"oracle sync_score, {n} labels: {r['mean']:.3f} +- {r['std']:.3f}", flush=True)
     for spec in args.run:
         run, _, seed = spec.rpartition(":")
         if not run or not seed.isdigit():
@@ -90,18 +93,14 @@ def main(argv: list[str] | None = None) -> int:
         for name, enc in (("pretrained", encoder), ("random-init", random_init)):
             toks, targs, pooled = features(enc, cfg, modality, ds, rates, patch_time)
             t = token_probe(toks, targs, None)
-            r = linear_probe(pooled, y, args.folds, 0, train_groups=args.labels)
-            results[f"{run}/{name}"] = {
-                "token_rate_r2": t["mean"],
-                "token_rate_r2_std": t["std"],
-                "sync_accuracy": r["mean"],
-                "sync_accuracy_std": r["std"],
-            }
-            print(
-                f"{run} {name:>11}: token rate R2 {t['mean']:.3f} +- {t['std']:.3f}; "
-                f"sync ({args.labels} labels) {r['mean']:.3f} +- {r['std']:.3f}",
-                flush=True,
-            )
+            res = {"token_rate_r2": t["mean"], "token_rate_r2_std": t["std"]}
+            line = f"{run} {name:>11}: token rate R2 {t['mean']:.3f} +- {t['std']:.3f}"
+            for n in args.labels:
+                r = linear_probe(pooled, y, args.folds, 0, train_groups=n)
+                res[f"sync_{n}"] = [r["mean"], r["std"]]
+                line += f"; sync {n} labels {r['mean']:.3f} +- {r['std']:.3f}"
+            results[f"{run}/{name}"] = res
+            print(line, flush=True)
     if args.json:
         args.json.write_text(json.dumps({"data": args.data, "results": results}, indent=2))
     return 0

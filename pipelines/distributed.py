@@ -250,9 +250,10 @@ def run_groups(
     compression: str | None,
     quiet: bool,
     nodes: set[str],
-) -> tuple[list[ShardInfo], dict[int, dict[str, Any]], bool]:
+) -> tuple[list[ShardInfo], dict[int, dict[str, Any]], bool, int]:
     """Run the groups not yet done on Ray (`ray` initialised by the caller); returns the shards
-    in record order, each source's result by plan index, and whether the job resumed."""
+    in record order, each source's result by plan index, whether the job resumed, and the
+    input bytes this run read."""
     plan = plan_groups([s.size for s in sources], group_bytes)
     done: dict[int, dict[str, Any]] = {}
     if journal is not None and journal.get("write") == "workers":
@@ -260,6 +261,7 @@ def run_groups(
     resumed = bool(done)
     _journal(out, journal_file, fp, done)
     todo = [g for g in range(len(plan)) if g not in done]
+    todo_bytes = sum(sources[i].size for g in todo for i in range(*plan[g]))
     if not quiet:
         print(
             f"{len(sources)} sources in {len(plan)} groups of ~{group_bytes / 2**20:.3g} MiB "
@@ -318,7 +320,7 @@ def run_groups(
         for i, r in done[g]["results"].items():
             results[int(i)] = {**r, "records": int(r["records"])}
     remove_strays(shards_root, out, {s.file for s in shards})
-    return shards, results, resumed
+    return shards, results, resumed, todo_bytes
 
 
 def fit_stats_on_worker(

@@ -432,7 +432,7 @@ def _workers_write(
     ray, started = _init_ray(cfg)
     try:
         _quiet_ray_data(cfg)
-        shards, results, result.resumed = run_groups(
+        shards, results, result.resumed, result.input_bytes = run_groups(
             ray,
             sources=sources,
             group_bytes=cfg.group_bytes,
@@ -449,7 +449,6 @@ def _workers_write(
             quiet=cfg.quiet,
             nodes=result.nodes,
         )
-        result.input_bytes = sum(s.size for s in sources)
         ok = any(r["status"] == "ok" for r in results.values())
         stats = fit_stats_on_worker(ray, cfg.modality, options, root, shards) if ok else None
     except GroupError as e:
