@@ -103,7 +103,8 @@ def fit_eeg_stats(batches: Iterable[pa.RecordBatch]) -> dict[str, Any]:
         windows += batch.num_rows
         present += mask.astype(bool).sum(axis=0)
         finite = np.isfinite(pos).all(axis=2)
-        pos_sum += np.where(finite[..., None], pos, 0.0).sum(axis=0)
+        for row in np.where(finite[..., None], pos, 0.0):  # record order, whatever the batches
+            pos_sum += row
         pos_n += finite.sum(axis=0)
         for i, src in enumerate(batch.column("source").to_pylist()):
             labels_i = batch.column("label")[i].as_py()

@@ -200,7 +200,11 @@ def fit_fmri_stats(
             masked = np.where(p[:, :, None], x, np.nan)
             sample.add(masked.transpose(1, 0, 2).reshape(shape[0], -1))
             z, usable = _window_correlations(x, p)
-            z_sum += z.sum(axis=0)  # rows / columns of unusable ROIs are exactly 0
+            # one window at a time, in record order: the sums (rows / columns of unusable ROIs
+            # are exactly 0) then do not depend on how the records were cut into batches, so the
+            # driver and the workers writing the shards give the same statistics to the bit
+            for zi in z:
+                z_sum += zi
             used = usable.astype(np.int64)
             pair_count += used.T @ used
             roi_windows += usable.sum(axis=0)

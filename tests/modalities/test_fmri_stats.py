@@ -265,3 +265,13 @@ def test_linear_detrend_matches_nilearn(n):
     x = rng.standard_normal((n, 5)) + np.arange(n)[:, None] * rng.standard_normal(5) + 3.0
     want = clean(x, detrend=True, standardize=None, filter=False, ensure_finite=False)
     np.testing.assert_allclose(linear_detrend(x), want, atol=1e-10)
+
+
+def test_statistics_depend_on_the_record_order_not_on_the_batches():
+    """The same records cut into other record batches (the driver's shards or the workers'
+    groups: `pipelines.ingest --write`) give the same statistics to the bit."""
+    records = network_records(n_rois=40, coupling=0.3)
+    n = len(records)
+    one = json.dumps(fit_fmri_stats(network_batches(records, [n])))
+    for sizes in ([1] * n, [2, n - 2], [n - 3, 3]):
+        assert json.dumps(fit_fmri_stats(network_batches(records, sizes))) == one
