@@ -148,6 +148,16 @@ def iter_shard_batches(root: str | Path, shards: Sequence[ShardInfo]) -> Iterato
                 yield reader.get_batch(j)
 
 
+def fit_stats_one_thread(modality: Any, batches: Any, opts: Any) -> dict[str, Any]:
+    """`modality.fit_stats` with BLAS held to one thread: multithreaded BLAS rounds its sums
+    differently by thread count, and the statistics must be the same bits whichever process fits
+    them (the driver with all its cores, a Ray worker with one, another machine)."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        return modality.fit_stats(batches, opts)
+
+
 def fit_stats_task(
     modality_name: str, options: dict[str, Any], root: str, shards: list[dict[str, Any]]
 ) -> dict[str, Any]:
@@ -156,7 +166,8 @@ def fit_stats_task(
 
     modality = get_modality(modality_name)
     infos = [ShardInfo(**s) for s in shards]
-    return modality.fit_stats(iter_shard_batches(root, infos), modality.options_type(**options))
+    opts = modality.options_type(**options)
+    return fit_stats_one_thread(modality, iter_shard_batches(root, infos), opts)
 
 
 # --------------------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from pipelines.distributed import (
     DEFAULT_GROUP_BYTES,
     GroupError,
     fit_stats_on_worker,
+    fit_stats_one_thread,
     iter_shard_batches,
     run_groups,
 )
@@ -336,7 +337,8 @@ def run_ingest(cfg: IngestConfig) -> IngestResult:
     else:
         shards, results = _driver_writes(cfg, modality, sources, fp, journal, result)
         ok = any(r["status"] == "ok" for r in results.values())
-        stats = modality.fit_stats(iter_shard_batches(out, shards), cfg.options) if ok else None
+        batches = iter_shard_batches(out, shards)
+        stats = fit_stats_one_thread(modality, batches, cfg.options) if ok else None
     ok = [r for r in results.values() if r["status"] == "ok"]
     if stats is not None:
         atomic_write_json(out / STATS_FILE, stats)
