@@ -264,8 +264,8 @@ def finetune_fold(
         grids.times,
         n_out,
         args.filters,
-        getattr(args, "mask_ratio", 0.0),  # (callers that predate it: off)
-        getattr(args, "mask_shape", "strips"),
+        args.mask_ratio,
+        args.mask_shape,
         args.seed,
     )
     if args.tune == "head":

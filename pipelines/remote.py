@@ -279,31 +279,21 @@ def upload_dataset(local: Path, url: str, quiet: bool = False) -> int:
 
     manifest = load_manifest(local)
     fs, root = _filesystem(url)
+    present = remote_files(url, SHARDS_DIR)  # one listing, not a request per shard
     uploaded = 0
     wanted = set()
     for entry in manifest["shards"]:
         rel = str(entry["file"])
         wanted.add(rel)
-        dest = f"{root}/{rel}"
-        try:
-            info = fs.get_file_info(dest)
-        except OSError as e:
-            raise ShardError(f"{url}: cannot list {rel} ({_reason(e)})") from None
-        if info.type == pafs.FileType.File and info.size == int(entry["bytes"]):
+        if present.get(rel) == int(entry["bytes"]):
             continue
         if not quiet:
             print(f"uploading {rel} -> {url}", file=sys.stderr, flush=True)
-        _upload(fs, local / rel, dest, url)
+        _upload(fs, local / rel, f"{root}/{rel}", url)
         uploaded += 1
     for name in (STATS_FILE, ERRORS_FILE, INDEX_FILE):
         if (local / name).is_file():
             _upload(fs, local / name, f"{root}/{name}", url)
-    try:
-        listed = fs.get_file_info(pafs.FileSelector(f"{root}/{SHARDS_DIR}", allow_not_found=True))
-        for info in listed:
-            rel = f"{SHARDS_DIR}/{info.base_name}"
-            if info.type == pafs.FileType.File and rel not in wanted:
-                fs.delete_file(info.path)
-    except OSError as e:
-        raise ShardError(f"{url}: cannot remove old shards ({_reason(e)})") from None
+    for rel in present.keys() - wanted:  # shards of an older manifest
+        delete_file(url, rel)
     return uploaded
