@@ -373,7 +373,8 @@ def test_workers_write_resume_after_kill_is_byte_identical(cohort, tmp_path):
     journalled groups are kept, the rest redone, partial groups' shards replaced; the shards
     equal the plan run in one process."""
     opts = ("--write", "workers", "--group-size", "0.001", "--shard-size", "0.02")
-    cmd = _ingest_cmd(cohort, *opts)
+    # one CPU: groups finish one at a time, so the kill lands between the first and the last
+    cmd = _ingest_cmd(cohort, *opts, "--num-cpus", "1")
     killed = tmp_path / "killed"
     groups = kill_when_journalled(cmd, killed, "groups")["groups"]
     assert 0 < len(groups) < 4
