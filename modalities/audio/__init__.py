@@ -21,16 +21,16 @@ from typing import Any
 
 import pyarrow as pa
 
-from modalities.audio.options import LABEL_SOURCES, AJepaMethod, AudioOptions
+from modalities.audio.options import AJepaMethod, AudioOptions
 from modalities.audio.reader import (
     EXTENSIONS,
-    check_labels_csv,
     is_audio,
     read_audio,
     record_schema,
 )
 from modalities.audio.stats import fit_audio_stats
 from modalities.base import Modality, ReadContext
+from modalities.labels import add_label_arguments, label_arguments
 
 
 class AudioModality(Modality):
@@ -88,40 +88,12 @@ class AudioModality(Modality):
             help=f"drop a last segment with fewer real frames; refuse shorter files "
             f"(default {d.min_frames}, one patch)",
         )
-        g.add_argument(
-            "--labels",
-            dest="audio_labels",
-            choices=LABEL_SOURCES,
-            default=None,
-            help="where `label` comes from: none, folder (the parent folder's name) or csv "
-            "(--labels-csv); default: csv when --labels-csv is given, else none",
-        )
-        g.add_argument(
-            "--labels-csv",
-            dest="audio_labels_csv",
-            default=None,
-            metavar="FILE",
-            help="CSV with a header: a path column (path, filename, file, fname or "
-            "slice_file_name; a file matches a row whose path its own ends with) and the label "
-            "column",
-        )
-        g.add_argument(
-            "--label-column",
-            dest="audio_label_column",
-            default=d.label_column,
-            metavar="NAME",
-            help=f"the labels CSV's label column (default {d.label_column}; ESC-50: category)",
-        )
+        add_label_arguments(g, "audio", "ESC-50: category")
 
     def options_from_args(self, args: argparse.Namespace) -> AudioOptions:
         d = AudioOptions()
         get = lambda name, default: getattr(args, f"audio_{name}", default)  # noqa: E731
-        csv_path = get("labels_csv", None)
-        labels = get("labels", None) or ("csv" if csv_path else "none")
-        column = get("label_column", d.label_column)
-        if csv_path is not None:
-            csv_path = str(Path(csv_path).resolve())
-            check_labels_csv(csv_path, column)
+        labels, csv_path, column = label_arguments(args, "audio")
         return AudioOptions(
             sample_rate=get("sample_rate", d.sample_rate),
             n_mels=get("n_mels", d.n_mels),

@@ -5,16 +5,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from modalities.labels import LABEL_SOURCES
 from modalities.options import BlockSpec, check_range
 
 #: A-JEPA / AudioMAE: 16 kHz mono, 128 mel bins, 10 ms hop, 1024-frame (10.24 s) segments.
 DEFAULT_SAMPLE_RATE = 16000
 DEFAULT_N_MELS = 128
 DEFAULT_SEGMENT_FRAMES = 1024
-#: where `label` comes from: nothing, the file's parent folder (Speech Commands), or a CSV
-LABEL_SOURCES = ("none", "folder", "csv")
-#: columns of a labels CSV that may name the file, tried in this order (ESC-50: filename)
-PATH_COLUMNS = ("path", "filename", "file", "fname", "slice_file_name")
 #: a file whose every sample is within this of zero is silent (below one 16-bit step)
 SILENCE_PEAK = 1.0 / 32768.0
 
@@ -42,9 +39,9 @@ class AudioOptions:
     min_frames: a tail segment with fewer real frames than this is dropped (a file shorter than
         this is refused: too short for one patch).
     labels: "none", "folder" (the file's parent folder names its class, Speech Commands style)
-        or "csv" (`labels_csv`, a CSV with a header: a path column, one of `PATH_COLUMNS`, and
-        `label_column`; a row matches a file whose path ends with the row's path, so bare file
-        names (ESC-50) and relative paths both work; files without a row get no label).
+        or "csv" (`labels_csv`, a CSV with a header: a path column and `label_column`; see
+        modalities/labels.py: bare file names (ESC-50) and relative paths both work; files
+        without a row get no label).
     """
 
     sample_rate: int = DEFAULT_SAMPLE_RATE

@@ -15,8 +15,6 @@ Imports numpy and pyarrow at top level; soundfile, soxr and librosa inside the f
 
 from __future__ import annotations
 
-import csv
-import functools
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,9 +24,10 @@ import numpy as np
 import pyarrow as pa
 
 from modalities.audio.fbank import LOG_FLOOR, log_mel, num_frames
-from modalities.audio.options import PATH_COLUMNS, SILENCE_PEAK, AudioOptions
+from modalities.audio.options import SILENCE_PEAK, AudioOptions
 from modalities.base import ModalityError, ReadContext
 from modalities.bids import bids_entities
+from modalities.labels import file_label
 
 #: file-name suffixes a directory scan picks up (what libsndfile and common codecs write)
 EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".au", ".m4a")
@@ -56,57 +55,9 @@ def record_schema(opts: AudioOptions) -> pa.Schema:
     return pa.schema(fields, metadata=metadata)
 
 
-# --------------------------------------------------------------------------------------------
-# Labels
-
-
-def _split(path: str) -> list[str]:
-    return [p for p in path.replace("\\", "/").split("/") if p and p != "."]
-
-
-@functools.lru_cache(maxsize=4)
-def _label_table(path: str, column: str, mtime_ns: int) -> dict[str, list[tuple[list[str], str]]]:
-    """{file name: [(path parts, label), ...]} of a labels CSV."""
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-    except OSError as e:
-        raise ModalityError(f"labels CSV {path}: {e.strerror or e}") from None
-    header = list(rows[0]) if rows else []
-    key = next((c for c in PATH_COLUMNS if c in header), None)
-    if key is None or column not in header:
-        raise ModalityError(
-            f"labels CSV {path} needs a path column ({', '.join(PATH_COLUMNS)}) and the label "
-            f"column {column!r}; its columns are {', '.join(header) or 'none'}"
-        )
-    table: dict[str, list[tuple[list[str], str]]] = {}
-    for row in rows:
-        parts = _split(row[key] or "")
-        if parts and row[column] not in (None, "", "n/a"):
-            table.setdefault(parts[-1], []).append((parts, row[column]))
-    return table
-
-
-def check_labels_csv(path: str, column: str) -> None:
-    """Raise ValueError now (at the command line) when the labels CSV cannot be used."""
-    try:
-        _label_table(path, column, os.stat(path).st_mtime_ns)
-    except (OSError, ModalityError) as e:
-        raise ValueError(f"--labels-csv: {e}") from None
-
-
 def label_of(source: str, opts: AudioOptions) -> str | None:
     """The file's class from its folder or the labels CSV (None when it has none)."""
-    if opts.labels == "folder":
-        parts = _split(source)
-        return parts[-2] if len(parts) >= 2 else None
-    if opts.labels == "csv" and opts.labels_csv:
-        mtime = os.stat(opts.labels_csv).st_mtime_ns
-        table = _label_table(opts.labels_csv, opts.label_column, mtime)
-        parts = _split(source)
-        matches = [(len(p), lab) for p, lab in table.get(parts[-1], []) if parts[-len(p) :] == p]
-        return max(matches)[1] if matches else None
-    return None
+    return file_label(source, opts.labels, opts.labels_csv, opts.label_column)
 
 
 # --------------------------------------------------------------------------------------------
