@@ -14,6 +14,15 @@ DEEPSPEED := $(shell grep -o '"deepspeed[^"]*"' pyproject.toml)
 .PHONY: demo test lint bench clean-demo wheelhouse
 
 $(STAMP): pyproject.toml Makefile
+	@# open3d (points) loads libusb-1.0: install it where we may (root with apt), else say so
+	@ldconfig -p 2>/dev/null | grep -q 'libusb-1\.0' || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			apt-get install -y -q libusb-1.0-0 >/dev/null 2>&1 || \
+			{ apt-get update -q >/dev/null 2>&1 && \
+				apt-get install -y -q libusb-1.0-0 >/dev/null 2>&1; } || \
+			echo "note: could not install libusb-1.0 (open3d, the points modality, needs it)"; \
+		else echo "note: open3d (the points modality) needs libusb-1.0;" \
+			"install it (Debian/Ubuntu: sudo apt-get install libusb-1.0-0)"; fi; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
 	$(PY) -m pip install --quiet "$(TORCH)"

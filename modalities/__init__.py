@@ -38,6 +38,7 @@ _BUILTIN: dict[str, str] = {
     "audio": "modalities.audio",
     "eeg": "modalities.eeg",
     "fmri": "modalities.fmri",
+    "points": "modalities.points",
 }
 
 
