@@ -7,6 +7,9 @@ record features carry, beside the same encoder at its random init.
 - record: the `sync` label (comodulated / independent) from mean+std pooled features, a
   logistic probe trained on `--labels` files per draw, `--folds` draws, tested on the rest
   (`engine.probe.linear_probe`, as `engine.probe --labels N --pool meanstd`).
+- record: the plain class `sound` (noise / tone / chirp / bursts, from the cohort's
+  `labels.csv`), the same pooled features and probe: what one patch shows, which random
+  features should read as well as pretrained ones.
 - `--oracle`: `sync_score` (one number per file, no fitting beyond a threshold) through the same
   probe: that the label is readable at all.
 
@@ -17,6 +20,7 @@ record features carry, beside the same encoder at its random init.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
 from pathlib import Path
@@ -59,6 +63,16 @@ def features(encoder, cfg, modality, ds, rates, patch_time):
     return tokens, targets, np.stack(pooled)
 
 
+def plain_class(ds: ShardDataset, raw: Path) -> np.ndarray | None:
+    """Each record's `sound` from the cohort's labels.csv (None for a version-1 cohort)."""
+    with open(raw / "labels.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or "sound" not in rows[0]:
+        return None
+    by_file = {file_index(r["path"]): r["sound"] for r in rows}
+    return np.array([by_file[file_index(ds[i]["source"])] for i in range(len(ds))])
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, help="the ingested control")
@@ -74,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     ds = ShardDataset(args.data)
     rates = np.load(Path(args.raw) / "rates.npy")
     y = read_column(ds, args.data, "label")
+    sound = plain_class(ds, Path(args.raw))
     results: dict[str, dict] = {}
     if args.oracle:
         recs = (ds[i] for i in range(len(ds)))
@@ -99,6 +114,11 @@ def main(argv: list[str] | None = None) -> int:
                 r = linear_probe(pooled, y, args.folds, 0, train_groups=n)
                 res[f"sync_{n}"] = [r["mean"], r["std"]]
                 line += f"; sync {n} labels {r['mean']:.3f} +- {r['std']:.3f}"
+            if sound is not None:
+                for n in args.labels:
+                    r = linear_probe(pooled, sound, args.folds, 0, train_groups=n)
+                    res[f"sound_{n}"] = [r["mean"], r["std"]]
+                    line += f"; sound {n} labels {r['mean']:.3f} +- {r['std']:.3f}"
             results[f"{run}/{name}"] = res
             print(line, flush=True)
     if args.json:

@@ -1,11 +1,16 @@
 """The audio positive control of comodulation: noise bands whose loudness swings at a shared rate.
 
-Every file (16 kHz mono, 5.12 s: 510 log-mel frames, one 512-frame segment) holds `bands` noise
-bands, one centred in each 16-bin row of the ingest's 128-bin mel scale (so one row of 16 x 16
-patches holds one band), each a third of its row wide. Each band's amplitude is modulated:
-`1 + depth sin(phase_b(t))`, with `phase_b(t) = 2 pi integral r(t) dt + offset_b`. The rate r(t)
-is the file's, shared by every band: a smooth random curve over time between 2 and 8 Hz
-(log-uniform marginal), so one 160-ms patch holds a third to one and a third of a cycle.
+Every file (16 kHz mono, 5.12 s: 510 log-mel frames, one 512-frame segment) holds `bands`
+bands, one in the middle third of each 16-bin row of the ingest's 128-bin mel scale (so one row
+of 16 x 16 patches holds one band). Each band's amplitude is modulated by its envelope of
+`phase_b(t) = 2 pi integral r(t) dt + offset_b`. The rate r(t) is the file's, shared by every
+band: a smooth random curve over time between 2 and 8 Hz (log-uniform marginal), so one 160-ms
+patch holds a third to one and a third of a cycle.
+
+- Plain class `sound` (what fills the bands; one patch shows it): `noise` (band-limited noise
+  swelling as `1 + depth sin(phase)`), `tone` (a sine at the band's centre, the same swell),
+  `chirp` (a tone gliding up across the band, again and again, the same swell) or `bursts` (a
+  rhythm: the noise gated into one short burst per cycle, `((1 + sin(phase)) / 2)^4`).
 
 - Token latent (`rates.npy`, [files, frames]): the rate at every 10-ms frame; a patch's latent is
   its frames' mean log-rate. No linear function of a patch's log-mel carries it (the phase is
@@ -19,8 +24,8 @@ is the file's, shared by every band: a smooth random curve over time between 2 a
 
 `sync_score` is the label's one-number oracle: the mean correlation between the loudness time
 courses of neighbouring bands. `python -m modalities.audio.modulation OUT --files N` writes the
-files (WAV and FLAC alternately), `labels.csv` (path, sync), `rates.npy` and `demo.json`.
-Imports numpy and soundfile.
+files (WAV, FLAC and OGG/Vorbis in turn, each format holding every class), `labels.csv` (path,
+sync, sound), `rates.npy` and `demo.json`. Imports numpy and soundfile.
 """
 
 from __future__ import annotations
@@ -42,7 +47,10 @@ HOP = 160  # the ingest's 10-ms hop at 16 kHz
 N_MELS, ROW_BINS = 128, 16
 RATE_HZ = (2.0, 8.0)
 SYNC = ("comodulated", "independent")
-VERSION = 1
+SOUNDS = ("noise", "tone", "chirp", "bursts")
+FORMATS = {"wav": ("WAV", "PCM_16"), "flac": ("FLAC", "PCM_16"), "ogg": ("OGG", "VORBIS")}
+#: 1: noise bands only, WAV and FLAC; 2: the four sounds, and OGG
+VERSION = 2
 
 
 def _hz(m: np.ndarray | float) -> np.ndarray:
@@ -76,23 +84,45 @@ def rate_curve(rng: np.random.Generator, n: int, sr: int = RATE) -> np.ndarray:
     return np.exp(lo + (hi - lo) * u)
 
 
+def _carrier(rng: np.random.Generator, sound: str, lo: float, hi: float, n: int, glide: float):
+    """One band's unit-variance carrier [n] between lo and hi Hz."""
+    t = np.arange(n) / RATE
+    if sound in ("noise", "bursts"):
+        freqs = np.fft.rfftfreq(n, 1 / RATE)
+        spec = np.fft.rfft(rng.standard_normal(n))
+        spec[(freqs < lo) | (freqs > hi)] = 0
+        x = np.fft.irfft(spec, n)
+    elif sound == "tone":
+        x = np.sin(2 * np.pi * np.sqrt(lo * hi) * t + rng.uniform(0, 2 * np.pi))
+    elif sound == "chirp":
+        # log-linear glides from lo to hi, each `glide` seconds, from a random point of the first
+        frac = np.mod(t / glide + rng.uniform(0, 1), 1.0)
+        x = np.sin(2 * np.pi * np.cumsum(lo * (hi / lo) ** frac) / RATE)
+    else:
+        raise ValueError(f"unknown sound {sound!r}; known: {', '.join(SOUNDS)}")
+    return x / (x.std() + 1e-12)
+
+
 def synthesize(
-    rng: np.random.Generator, sync: str, bands: int = 8, depth: float = 0.95
+    rng: np.random.Generator,
+    sync: str,
+    bands: int = 8,
+    depth: float = 0.95,
+    sound: str = "noise",
 ) -> tuple[np.ndarray, np.ndarray]:
     """One file's signal (peak 0.5) and its rate at every 10-ms frame."""
     n = int(round(SECONDS * RATE))
     rate = rate_curve(rng, n)
     phase = 2 * np.pi * np.cumsum(rate) / RATE
     common = rng.uniform(0, 2 * np.pi)
-    freqs = np.fft.rfftfreq(n, 1 / RATE)
+    glide = rng.uniform(0.25, 0.6)
     y = np.zeros(n)
     for lo, hi in band_edges(bands):
-        spec = np.fft.rfft(rng.standard_normal(n))
-        spec[(freqs < lo) | (freqs > hi)] = 0
-        x = np.fft.irfft(spec, n)
-        x /= x.std() + 1e-12
+        x = _carrier(rng, sound, lo, hi, n, glide)
         offset = common if sync == "comodulated" else rng.uniform(0, 2 * np.pi)
-        y += x * (1 + depth * np.sin(phase + offset))
+        swing = np.sin(phase + offset)
+        env = (0.5 + 0.5 * swing) ** 4 if sound == "bursts" else 1 + depth * swing
+        y += x * env
     y += 10 ** (-50 / 20) * rng.standard_normal(n)
     frames = rate[: (n // HOP) * HOP].reshape(-1, HOP).mean(axis=1)
     return 0.5 * y / np.abs(y).max(), frames
@@ -102,6 +132,8 @@ def generate(out_dir: str | Path, n: int, seed: int = 0, bands: int = 8) -> list
     """Write `n` files, labels.csv, rates.npy and demo.json under `out_dir`; the files' paths."""
     import soundfile as sf
 
+    from modalities.audio.demo import fix_ogg_serial
+
     if not 1 <= bands <= N_MELS // ROW_BINS:
         raise ValueError(f"bands must be 1..{N_MELS // ROW_BINS}, got {bands}")
     out = Path(out_dir)
@@ -109,19 +141,23 @@ def generate(out_dir: str | Path, n: int, seed: int = 0, bands: int = 8) -> list
     rows, paths, rates = [], [], []
     for i in range(n):
         rng = np.random.default_rng([seed, i, 0xC0DE])
-        sync = SYNC[i % 2]
-        y, frames = synthesize(rng, sync, bands)
-        fmt = ("wav", "flac")[(i // 2) % 2]
+        # every (sync, sound) pair in each run of 8 files, the formats in turn by runs of 8
+        sync, sound = SYNC[i % 2], SOUNDS[(i // 2) % len(SOUNDS)]
+        y, frames = synthesize(rng, sync, bands, sound=sound)
+        fmt = list(FORMATS)[(i // 8) % len(FORMATS)]
+        container, subtype = FORMATS[fmt]
         rel = f"clip-{i:05d}.{fmt}"
         tmp = out / (rel + ".part")
-        sf.write(tmp, y.astype(np.float32), RATE, format=fmt.upper(), subtype="PCM_16")
+        sf.write(tmp, y.astype(np.float32), RATE, format=container, subtype=subtype)
+        if container == "OGG":
+            fix_ogg_serial(tmp, 0x4A455041 + i)
         tmp.replace(out / rel)
-        rows.append({"path": rel, "sync": sync})
+        rows.append({"path": rel, "sync": sync, "sound": sound})
         paths.append(str(out / rel))
         rates.append(frames.astype(np.float32))
     np.save(out / "rates.npy", np.stack(rates))
     with open(out / "labels.csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=["path", "sync"])
+        w = csv.DictWriter(f, fieldnames=["path", "sync", "sound"])
         w.writeheader()
         w.writerows(rows)
     meta = {"version": VERSION, "files": n, "seed": seed, "bands": bands, "control": "modulation"}
@@ -148,7 +184,9 @@ def sync_score(mel: np.ndarray, bands: int = 8, valid_frames: int | None = None)
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m modalities.audio.modulation",
-        description="Write the comodulation control (labels.csv: sync; rates.npy: token latents).",
+        description=(
+            "Write the comodulation control (labels.csv: sync, sound; rates.npy: token latents)."
+        ),
     )
     p.add_argument("out", help="output folder")
     p.add_argument("--files", type=int, default=64)

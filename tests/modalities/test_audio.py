@@ -376,28 +376,35 @@ def test_voices_add_note_streams(tmp_path):
 
 
 def test_comodulation_control_files_latents_and_oracle(tmp_path):
-    """modalities.audio.modulation: 8 files through the real reader; the bands sit one in each
-    16-bin mel row; the oracle separates the classes; rates are per 10-ms frame within 2-8 Hz;
-    the same seed writes the same bytes."""
+    """modalities.audio.modulation: 24 files (every sound and sync, as WAV, FLAC and OGG)
+    through the real reader; the bands sit one in each 16-bin mel row; the oracle separates the
+    classes for every sound; rates are per 10-ms frame within 2-8 Hz; the same seed writes the
+    same bytes (the Ogg file too)."""
+    import csv
+
     from modalities.audio import modulation as mod
 
-    assert mod.main([str(tmp_path / "a"), "--files", "8", "--seed", "1"]) == 0
-    rows = list(__import__("csv").DictReader(open(tmp_path / "a" / "labels.csv")))
-    assert [r["sync"] for r in rows] == list(mod.SYNC) * 4
+    assert mod.main([str(tmp_path / "a"), "--files", "24", "--seed", "1"]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "a" / "labels.csv")))
+    assert [r["sync"] for r in rows] == list(mod.SYNC) * 12
+    assert [r["sound"] for r in rows[:8]] == [s for s in mod.SOUNDS for _ in range(2)]
+    assert [Path(r["path"]).suffix for r in rows[::8]] == [".wav", ".flac", ".ogg"]
     rates = np.load(tmp_path / "a" / "rates.npy")
-    assert rates.shape == (8, 512) and rates.min() >= 2.0 and rates.max() <= 8.0
+    assert rates.shape == (24, 512) and rates.min() >= 2.0 and rates.max() <= 8.0
     filters = mel_filters(128, 512, 16000)
     for k, (lo, hi) in enumerate(mod.band_edges()):
         # the band's centre frequency excites the mel bins of row k most
         peak = int(np.argmax(filters[:, int(round((lo + hi) / 2 / 16000 * 512))]))
         assert peak // 16 == k
-    scores = {s: [] for s in mod.SYNC}
+    scores = {}
     for r in rows:
         rec = read_all(tmp_path / "a" / r["path"], AudioOptions(segment_frames=512))[0]
+        assert rec["valid_frames"] == 510
         assert mod.file_index(str(tmp_path / "a" / r["path"])) == int(r["path"][5:10])
-        scores[r["sync"]].append(mod.sync_score(rec["mel"], valid_frames=rec["valid_frames"]))
-    assert min(scores["comodulated"]) > 0.8 > 0.4 > max(scores["independent"])
-    mod.generate(tmp_path / "b", 2, seed=1)
-    assert (tmp_path / "a" / "clip-00001.wav").read_bytes() == (
-        tmp_path / "b" / "clip-00001.wav"
-    ).read_bytes()
+        score = mod.sync_score(rec["mel"], valid_frames=rec["valid_frames"])
+        scores.setdefault(r["sound"], {}).setdefault(r["sync"], []).append(score)
+    for sound, by_sync in scores.items():
+        assert min(by_sync["comodulated"]) > 0.7 > max(by_sync["independent"]), sound
+    mod.generate(tmp_path / "b", 17, seed=1)
+    for name in ("clip-00001.wav", "clip-00016.ogg"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
