@@ -20,7 +20,7 @@ from modalities import get_modality
 from modalities.base import ModalityError, ReadContext
 from modalities.points import MODALITY, PointsOptions
 from modalities.points.demo import ARRANGEMENTS, PARTS, arrangement_score, generate_cohort
-from modalities.points.reader import normalise
+from modalities.points.reader import _seed, normalise
 from modalities.points.stats import fit_points_stats
 from pipelines.shards import records_to_table
 from pipelines.worker import full_schema
@@ -100,16 +100,19 @@ def test_every_cloud_format_round_trips(tmp_path, fmt):
     assert np.linalg.norm(pts, axis=1).max() == pytest.approx(1.0, abs=1e-6)
     assert np.abs(pts[:500].mean(axis=0)).max() < 1e-5
     back = pts[:500].astype(np.float64) * rec["scale"] + np.asarray(rec["center"])
+    # shuffled, seeded by the file's name (every prefix a uniform subset of the object)
+    perm = np.random.default_rng([_seed(str(path)), 1]).permutation(500)
     # (Open3D writes ASCII PLY coordinates to 4 decimals)
-    np.testing.assert_allclose(back, xyz, atol=1e-4 if fmt == "ply-ascii" else 1e-5 * rec["scale"])
+    atol = 1e-4 if fmt == "ply-ascii" else 1e-5 * rec["scale"]
+    np.testing.assert_allclose(back, xyz[perm], atol=atol)
     np.testing.assert_array_equal(pts[500:1000], pts[:500])  # filled by repeating, in order
     want_normals = fmt in ("ply-ascii", "ply-binary", "pcd", "xyzn")
     want_colors = fmt in ("ply-ascii", "ply-binary", "pcd", "xyzrgb")
     assert rec["has_normals"] == want_normals and rec["has_colors"] == want_colors
     if want_normals:
-        np.testing.assert_allclose(rec["normals"][:500], normals, atol=2e-3)
+        np.testing.assert_allclose(rec["normals"][:500], normals[perm], atol=2e-3)
     if want_colors:
-        np.testing.assert_array_equal(rec["colors"][:500], np.rint(colors * 255))
+        np.testing.assert_array_equal(rec["colors"][:500], np.rint(colors[perm] * 255))
 
 
 @pytest.mark.parametrize("suffix", [".obj", ".off", ".stl", ".ply"])
@@ -130,6 +133,8 @@ def test_meshes_are_sampled_on_their_surface(tmp_path, suffix, sampling):
     on = np.linalg.norm(back - [4.0, 0.0, -1.0], axis=1)
     assert 1.99 < on.min() and on.max() < 2.001  # on the sphere (its facets a hair inside)
     np.testing.assert_allclose(rec["center"], [4.0, 0.0, -1.0], atol=0.1)
+    # shuffled: the first 256 points already cover the sphere (mean near its centre)
+    assert np.abs(rec["points"][:256].mean(axis=0)).max() < 0.15
     # outward normals: along the position on a sphere
     n = rec["normals"].astype(np.float64)
     assert np.mean(np.sum(n * rec["points"], axis=1) / r) > 0.98
