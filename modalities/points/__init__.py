@@ -6,6 +6,8 @@
   normalisation, labels).
 - stats.py: counts and classes of the written records.
 - demo.py: labelled objects of four identical parts (square or tetrahedron) as PLY, PCD, OFF.
+- pointjepa.py: Point-JEPA's tokenizer, sequencer and masks, 3D-JEPA's multi-block masks, the
+  mini-PointNet embedder (imports torch; loaded only by the model-side hooks).
 
 docs/points.md is the user guide. Imports numpy and pyarrow at top level, open3d inside
 functions. Never imports `engine` or `pipelines`.
@@ -22,7 +24,12 @@ import pyarrow as pa
 
 from modalities.base import Modality, ReadContext
 from modalities.labels import add_label_arguments, label_arguments
-from modalities.points.options import MESH_SAMPLINGS, SUBSAMPLINGS, PointsOptions
+from modalities.points.options import (
+    MESH_SAMPLINGS,
+    SUBSAMPLINGS,
+    PointJepaMethod,
+    PointsOptions,
+)
 from modalities.points.reader import EXTENSIONS, is_points, read_points, record_schema
 from modalities.points.stats import fit_points_stats
 
@@ -33,7 +40,11 @@ class PointsModality(Modality):
     name = "points"
     extensions = EXTENSIONS
     options_type = PointsOptions
+    method_type = PointJepaMethod
     demo_size = 24
+    # coords are (x, y, z, sequence rank): positions are grouped by the rank (a centre's xyz is
+    # each object's own)
+    position_columns = (3,)
 
     def matches(self, path: str) -> bool:
         return is_points(path)
@@ -111,6 +122,26 @@ class PointsModality(Modality):
         import open3d
 
         return {"open3d": open3d.__version__, "numpy": numpy.__version__}
+
+    # -- model side: Point-JEPA / 3D-JEPA
+
+    def tokenize(
+        self, record: dict[str, Any], stats: dict[str, Any], opts: PointJepaMethod
+    ) -> dict:
+        from modalities.points.pointjepa import point_patches
+
+        tokens, coords = point_patches(record["points"], record["valid_points"], opts)
+        return {"tokens": tokens, "coords": coords}
+
+    def masker(self, opts: PointJepaMethod) -> Any:
+        from modalities.points.pointjepa import PointMasker
+
+        return PointMasker(opts)
+
+    def embedder(self, opts: PointJepaMethod, dim: int, stats: dict[str, Any] | None = None) -> Any:
+        from modalities.points.pointjepa import PointEmbedder
+
+        return PointEmbedder(opts.neighbours, dim, tuple(opts.pointnet))
 
 
 MODALITY = PointsModality()
