@@ -335,6 +335,67 @@ def draw_audio(ds: ShardDataset, index: int, rng: np.random.Generator, opts: Any
     return Drawing(fig, "; ".join(lines) + f" of {len(coords)} tokens")
 
 
+def draw_points(ds: ShardDataset, index: int, rng: np.random.Generator, opts: Any) -> Drawing:
+    """The record's points in 3D twice, under Point-JEPA's sequence blocks and under 3D-JEPA's
+    spatial blocks: each patch's points coloured as context (green), a target (one colour per
+    target) or unused (grey), the patch centres joined in sequencer order (the walk Point-JEPA's
+    blocks are runs of). Tokens as the method options `opts` (`PointJepaMethod`) cut them."""
+    import dataclasses
+
+    from modalities.points.pointjepa import PointMasker
+
+    points = get_modality("points")
+    plt = _pyplot()
+    record = ds[index]
+    tokens = points.tokenize(record, ds.stats, opts)  # as training tokenizes it
+    coords = tokens["coords"]
+    k = opts.neighbours
+    patches = tokens["tokens"][:, : 3 * k].reshape(len(coords), k, 3)
+    centres = tokens["tokens"][:, -3:]
+    colours = ["#e41a1c", "#377eb8", "#ff7f00", "#984ea3", "#a65628", "#f781bf"]
+    fig = plt.figure(figsize=(13, 6.5))
+    lines = []
+    for i, masking in enumerate(("sequence", "multiblock")):
+        masker = PointMasker(dataclasses.replace(opts, masking=masking))
+        context, targets = masker(rng, coords)
+        role = np.full(len(coords), -2)  # -2 unused, -1 context, k target k
+        role[context] = -1
+        for t, tgt in enumerate(targets):
+            role[tgt] = t  # a token in two targets shows the later one
+        ax = fig.add_subplot(1, 2, i + 1, projection="3d")
+        for r, face, size in (
+            [(-2, "#bbbbbb", 2)]
+            + [(-1, "#4daf4a", 4)]
+            + [(t, colours[t % len(colours)], 6) for t in range(len(targets))]
+        ):
+            sel = np.flatnonzero(role == r)
+            if len(sel):
+                xyz = (patches[sel] + centres[sel, None]).reshape(-1, 3)
+                ax.scatter(xyz[:, 0], xyz[:, 1], xyz[:, 2], s=size, c=face, depthshade=False,
+                           alpha=0.35 if r == -2 else 0.8, lw=0)  # fmt: skip
+        path = centres[np.argsort(coords[:, 3])]
+        ax.plot(path[:, 0], path[:, 1], path[:, 2], color="k", lw=0.8)
+        ax.scatter(*path[0], color="k", s=30, marker="*")
+        ax.set_box_aspect((1, 1, 1))
+        name = "Point-JEPA sequence blocks" if masking == "sequence" else "3D-JEPA spatial blocks"
+        ax.set_title(
+            f"{name}: context {len(context)}, targets "
+            + ", ".join(str(len(t)) for t in targets)
+            + f" of {len(coords)} patches",
+            fontsize=9,
+        )
+        lines.append(f"{masking} ctx {len(context)} tgt {sum(len(t) for t in targets)}")
+    who = " ".join(f"{k} {record[k]}" for k in ("label", "kind") if record.get(k) is not None)
+    fig.suptitle(
+        f"{ds.root.name} record {index} ({who}): {opts.points} points, {len(coords)} patches of "
+        f"{k}; green context, colours targets, grey unused, black the sequencer's walk "
+        f"(star: its start)",
+        fontsize=10,
+    )
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    return Drawing(fig, "; ".join(lines) + f" of {len(coords)} tokens")
+
+
 # --------------------------------------------------------------------------------------------
 # CLI
 

@@ -143,6 +143,11 @@ class PointsModality(Modality):
 
         return PointEmbedder(opts.neighbours, dim, tuple(opts.pointnet))
 
+    def draw(self, ds, index, rng, opts):
+        from modalities.show import draw_points
+
+        return draw_points(ds, index, rng, opts)
+
 
 MODALITY = PointsModality()
 

@@ -157,3 +157,27 @@ def test_one_jepa_step_with_the_engine_model(masking):
     pred.square().mean().backward()
     assert model.encoder.embedder.first[0].weight.grad is not None
     assert model.encoder.embedder.pos[0].weight.grad is not None
+
+
+def test_points_picture(tmp_path):
+    """Demo objects read by the points reader, drawn with both kinds of mask."""
+    import os
+
+    from modalities.base import ReadContext
+    from modalities.points import PointsOptions
+    from modalities.points.demo import generate_cohort
+    from modalities.show import main
+    from pipelines.shards import write_dataset
+    from pipelines.worker import full_schema
+
+    paths = generate_cohort(tmp_path / "raw", 2, seed=4)
+    opts = PointsOptions(num_points=1024)
+    records = []
+    for i, path in enumerate(paths):
+        ctx = ReadContext(path, path, os.path.getsize(path), 1 << 34)
+        records += [{"id": f"r{i}", "source": path, **r} for r in MODALITY.read(ctx, opts)]
+    root = tmp_path / "points"
+    write_dataset(root, "points", full_schema(MODALITY.schema(opts)), records, stats={})
+    out = tmp_path / "points.png"
+    assert main(["points", "--data", str(root), "--index", "1", "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 20_000

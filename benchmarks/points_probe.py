@@ -1,0 +1,95 @@
+"""The points arrangement control (modalities/points/demo.py): what pretrained record features
+carry, beside the same encoder at its random init.
+
+- `arrangement` (square / tetrahedron: the structural label, the dataset's `label` column) and
+  `part` (sphere / box / cylinder / torus: the plain class, each file's folder) from mean+std
+  pooled target-encoder features, a logistic probe trained on `--labels` files per draw,
+  `--folds` draws, tested on the rest (`engine.probe.linear_probe`, as `engine.probe --labels N
+  --pool meanstd`).
+- `--oracle`: `arrangement_score` (one number per file: the spread of the distances between
+  the four parts' k-means centres) through the same probe: that the label is readable at all.
+
+    python benchmarks/points_probe.py --data DS --run RUN:SEED [...] [--labels 4 8 32] \
+        [--folds 10] [--oracle] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+# Run as a script, this folder is first on sys.path and its kernels.py would shadow the package.
+sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p).resolve() != REPO / "benchmarks"]
+
+from engine.data import build_embedder  # noqa: E402
+from engine.export import load_encoder  # noqa: E402
+from engine.model import Encoder  # noqa: E402
+from engine.probe import encode_records, linear_probe, read_column  # noqa: E402
+from modalities.points.demo import arrangement_score  # noqa: E402
+from pipelines.shards import ShardDataset  # noqa: E402
+
+
+def pooled(encoder, cfg, modality, ds) -> np.ndarray:
+    return np.stack(
+        [
+            torch.cat([h.mean(0), h.std(0, unbiased=False)]).numpy()
+            for _, h in encode_records(encoder, cfg, modality, ds)
+        ]
+    )
+
+
+def probe_all(x: np.ndarray, labels: dict[str, np.ndarray], ns: list[int], folds: int) -> dict:
+    out = {}
+    for name, y in labels.items():
+        for n in ns:
+            r = linear_probe(x, y, folds, 0, train_groups=n)
+            out[f"{name}_{n}"] = [r["mean"], r["std"]]
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", required=True, help="the ingested control")
+    p.add_argument("--run", nargs="*", default=[], metavar="RUN:SEED")
+    p.add_argument("--labels", type=int, nargs="+", default=[8], help="labelled files per draw")
+    p.add_argument("--folds", type=int, default=10, help="probe draws")
+    p.add_argument("--oracle", action="store_true")
+    p.add_argument("--json", type=Path)
+    args = p.parse_args(argv)
+    ds = ShardDataset(args.data)
+    labels = {
+        "arrangement": read_column(ds, args.data, "label"),
+        "part": np.array([Path(s).parent.name for s in read_column(ds, args.data, "source")]),
+    }
+    results: dict[str, dict] = {}
+    if args.oracle:
+        recs = (ds[i] for i in range(len(ds)))
+        x = np.array([[arrangement_score(r["points"], int(r["valid_points"]))] for r in recs])
+        res = probe_all(x, {"arrangement": labels["arrangement"]}, args.labels, args.folds)
+        results["oracle"] = res
+        print("oracle arrangement_score: " + "; ".join(f"{k} {v[0]:.3f}" for k, v in res.items()))
+    for spec in args.run:
+        run, _, seed = spec.rpartition(":")
+        if not run or not seed.isdigit():
+            p.error(f"--run expects RUN:SEED, got {spec!r}")
+        encoder, cfg, modality = load_encoder(run, "target")
+        torch.manual_seed(int(seed))
+        random_init = Encoder(build_embedder(modality, cfg, ds.stats), cfg.model).eval()
+        for name, enc in (("pretrained", encoder), ("random-init", random_init)):
+            res = probe_all(pooled(enc, cfg, modality, ds), labels, args.labels, args.folds)
+            results[f"{run}/{name}"] = res
+            line = "; ".join(f"{k} {v[0]:.3f} +- {v[1]:.3f}" for k, v in res.items())
+            print(f"{run} {name:>11}: {line}", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps({"data": args.data, "results": results}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
