@@ -79,6 +79,11 @@ class ModelConfig:
     pred_dim: int = 96  # the predictor is narrow (I-JEPA: 384 next to a 1280-wide ViT-H)
     pred_depth: int = 3
     pred_heads: int = 3
+    # How the predictor sees the context. once: the encoded context enters its first layer and
+    # then evolves with the mask tokens (I-JEPA's). every_layer: each layer reads the encoded
+    # context afresh, only the mask tokens carry state from layer to layer (3D-JEPA's
+    # context-aware decoder, which feeds the context into every decoder layer).
+    pred_context: str = "once"
     # Weight init of every linear layer. fan_in: truncated normal with std 1/sqrt(fan_in), so
     # a token's content reaches the stream at the scale of its position code at any width and
     # patch size; ijepa: std 0.02 everywhere (I-JEPA's, tuned for 768-1280 wide ViTs on
@@ -402,6 +407,12 @@ def validate(cfg: Config) -> None:
         m.pred_heads,
     )
     _check(m.mlp_ratio > 0, "model.mlp_ratio", "must be > 0", m.mlp_ratio)
+    _check(
+        m.pred_context in ("once", "every_layer"),
+        "model.pred_context",
+        "once|every_layer",
+        m.pred_context,
+    )
     _check(
         cfg.loss.kind in ("smooth_l1", "l1", "l2"), "loss.kind", "smooth_l1|l1|l2", cfg.loss.kind
     )

@@ -226,7 +226,10 @@ class Predictor(nn.Module):
     Each target block is one sequence: its sample's context (projected to the predictor width, plus
     positions) followed by one mask token per target token (a learned vector plus the token's
     position). Positions arrive at encoder width from the embedder and are projected here, so any
-    modality's positional scheme feeds the predictor.
+    modality's positional scheme feeds the predictor. `cfg.pred_context` "every_layer" resets the
+    context rows to the projected encoder context before every layer (3D-JEPA's context-aware
+    decoder): the mask tokens then read the encoder's context at each depth, not a copy the
+    predictor has rewritten.
     """
 
     def __init__(self, cfg: ModelConfig, out_dim: int | None = None) -> None:
@@ -234,6 +237,7 @@ class Predictor(nn.Module):
         self.embed = nn.Linear(cfg.embed_dim, cfg.pred_dim)
         self.pos_proj = nn.Linear(cfg.embed_dim, cfg.pred_dim, bias=False)
         self.mask_token = nn.Parameter(torch.zeros(cfg.pred_dim))
+        self.context_every_layer = cfg.pred_context == "every_layer"
         self.blocks = nn.ModuleList(
             Block(cfg.pred_dim, cfg.pred_heads, cfg.mlp_ratio) for _ in range(cfg.pred_depth)
         )
@@ -254,7 +258,12 @@ class Predictor(nn.Module):
         z = self.embed(context) + self.pos_proj(ctx_pos)
         m = self.mask_token + self.pos_proj(tgt_pos)
         x = torch.cat([z, m]).index_select(0, batch.pred_src)
-        for blk in self.blocks:
+        if self.context_every_layer:
+            is_ctx = (batch.pred_src < len(z)).unsqueeze(1)
+            fed = x
+        for i, blk in enumerate(self.blocks):
+            if self.context_every_layer and i > 0:
+                x = torch.where(is_ctx, fed, x)
             x = blk(x, batch.cu_pred, batch.max_pred)
         x = self.norm(x.index_select(0, batch.pred_out))
         return self.out(x)

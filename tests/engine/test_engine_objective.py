@@ -109,3 +109,39 @@ def test_graphed_target_features_fall_back_to_the_eager_numbers_off_cuda(grid_da
         graphed = GraphedTargetFeatures(target, enabled=enabled)
         assert torch.equal(graphed(batch), want)
         assert graphed.graphs == {} and graphed.failed is None
+
+
+def test_context_every_layer_feeds_the_encoded_context_to_each_predictor_layer(grid_data):
+    """model.pred_context=every_layer (3D-JEPA's context-aware decoder): every predictor layer's
+    context rows are the projected encoder context, not what the previous layer made of them;
+    with one layer both modes are the same computation."""
+    base = [*TINY, "data.num_workers=0", "model.pred_depth=2"]
+    out = {}
+    for mode in ("once", "every_layer"):
+        cfg = load_config(
+            overrides=[*base, f"model.pred_context={mode}"], values={"data.path": str(grid_data)}
+        )
+        modality = resolve_modality(cfg.data.modality, "grid")
+        batch = next(iter(JEPALoader(cfg, modality)))
+        torch.manual_seed(0)
+        model = JEPA(build_embedder(modality, cfg), cfg.model)
+        seen = []
+        hooks = [
+            blk.register_forward_pre_hook(lambda _m, a, seen=seen: seen.append(a[0].detach()))
+            for blk in model.predictor.blocks
+        ]
+        out[mode] = model(batch).detach()
+        for h in hooks:
+            h.remove()
+        is_ctx = batch.pred_src < len(batch.ctx_idx)
+        same = torch.equal(seen[0][is_ctx], seen[1][is_ctx])
+        assert same == (mode == "every_layer")
+        assert not torch.equal(seen[0][~is_ctx], seen[1][~is_ctx])  # mask tokens evolve
+        # one layer: identical predictions
+        one = copy.deepcopy(model)
+        one.predictor.blocks = one.predictor.blocks[:1]
+        out[f"{mode}-1"] = one(batch).detach()
+    assert not torch.allclose(out["once"], out["every_layer"])
+    torch.testing.assert_close(out["once-1"], out["every_layer-1"])
+    with pytest.raises(ValueError, match="model.pred_context"):
+        load_config(overrides=[*base, "model.pred_context=always"])
