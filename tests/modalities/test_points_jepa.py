@@ -181,3 +181,16 @@ def test_points_picture(tmp_path):
     out = tmp_path / "points.png"
     assert main(["points", "--data", str(root), "--index", "1", "--out", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 20_000
+
+
+@pytest.mark.parametrize("name", ["points_control", "points_pointjepa"])
+def test_shipped_configs_load(name):
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "engine" / "configs" / f"{name}.yaml"
+    cfg = load_config(str(path))
+    opts = method_options(MODALITY, cfg)
+    assert opts.masking == "sequence" and cfg.loss.beta == 2.0
+    if name == "points_pointjepa":  # the paper's numbers
+        assert (opts.points, opts.centres, opts.neighbours) == (1024, 64, 32)
+        assert (cfg.ema.start, cfg.ema.end) == (0.9995, 0.99999)
