@@ -1,21 +1,23 @@
-"""The points arrangement control (modalities/points/demo.py): what pretrained record features
-carry, beside the same encoder at its random init.
+"""The points controls (modalities/points/demo.py): what pretrained record features carry,
+beside the same encoder at its random init.
 
-- `arrangement` (square / tetrahedron: the structural label, the dataset's `label` column) and
-  `part` (sphere / box / cylinder / torus: the plain class, each file's folder) from mean+std
-  pooled target-encoder features, a logistic probe trained on `--labels` files per draw,
-  `--folds` draws, tested on the rest (`engine.probe.linear_probe`, as `engine.probe --labels N
-  --pool meanstd`).
-- `--oracle`: `arrangement_score` (one number per file: the spread of the distances between
-  the four parts' k-means centres) through the same probe: that the label is readable at all.
+- The cohort's three labels (its `labels.csv`, matched to each record's source): `orientation`
+  (aligned / independent parts) and `arrangement` (square / tetrahedron), the structural ones,
+  and `part` (ellipsoid / box / cylinder / torus), the plain class, each from mean+std pooled
+  target-encoder features by a logistic probe trained on `--labels` files per draw, `--folds`
+  draws, tested on the rest (`engine.probe.linear_probe`, as `engine.probe --labels N --pool
+  meanstd`).
+- `--oracle`: `orientation_score` and `arrangement_score` (one number per file) through the same
+  probe: that each structural label is readable at all.
 
-    python benchmarks/points_probe.py --data DS --run RUN:SEED [...] [--labels 4 8 32] \
-        [--folds 10] [--oracle] [--json FILE]
+    python benchmarks/points_probe.py --data DS --raw RAW --run RUN:SEED [...] \
+        [--labels 4 8 32] [--folds 10] [--oracle] [--json FILE]
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
 from pathlib import Path
@@ -31,8 +33,17 @@ from engine.data import build_embedder  # noqa: E402
 from engine.export import load_encoder  # noqa: E402
 from engine.model import Encoder  # noqa: E402
 from engine.probe import encode_records, linear_probe, read_column  # noqa: E402
-from modalities.points.demo import arrangement_score  # noqa: E402
+from modalities.points.demo import arrangement_score, orientation_score  # noqa: E402
 from pipelines.shards import ShardDataset  # noqa: E402
+
+
+def cohort_labels(ds: ShardDataset, data: str, raw: Path) -> dict[str, np.ndarray]:
+    """{label: [record]} of the cohort's labels.csv, matched by each record's source path."""
+    with open(raw / "labels.csv", newline="", encoding="utf-8") as f:
+        rows = {r["path"]: r for r in csv.DictReader(f)}
+    sources = [str(Path(s).relative_to(raw.resolve())) for s in read_column(ds, data, "source")]
+    names = [k for k in ("orientation", "arrangement", "part") if k in next(iter(rows.values()))]
+    return {k: np.array([rows[s][k] for s in sources]) for k in names}
 
 
 def pooled(encoder, cfg, modality, ds) -> np.ndarray:
@@ -56,6 +67,7 @@ def probe_all(x: np.ndarray, labels: dict[str, np.ndarray], ns: list[int], folds
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, help="the ingested control")
+    p.add_argument("--raw", required=True, type=Path, help="the generated cohort (labels.csv)")
     p.add_argument("--run", nargs="*", default=[], metavar="RUN:SEED")
     p.add_argument("--labels", type=int, nargs="+", default=[8], help="labelled files per draw")
     p.add_argument("--folds", type=int, default=10, help="probe draws")
@@ -63,17 +75,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     ds = ShardDataset(args.data)
-    labels = {
-        "arrangement": read_column(ds, args.data, "label"),
-        "part": np.array([Path(s).parent.name for s in read_column(ds, args.data, "source")]),
-    }
+    labels = cohort_labels(ds, args.data, args.raw)
     results: dict[str, dict] = {}
     if args.oracle:
-        recs = (ds[i] for i in range(len(ds)))
-        x = np.array([[arrangement_score(r["points"], int(r["valid_points"]))] for r in recs])
-        res = probe_all(x, {"arrangement": labels["arrangement"]}, args.labels, args.folds)
-        results["oracle"] = res
-        print("oracle arrangement_score: " + "; ".join(f"{k} {v[0]:.3f}" for k, v in res.items()))
+        for name, score in (("orientation", orientation_score), ("arrangement", arrangement_score)):
+            if name not in labels:
+                continue
+            recs = (ds[i] for i in range(len(ds)))
+            x = np.array([[score(r["points"], int(r["valid_points"]))] for r in recs])
+            res = probe_all(x, {name: labels[name]}, args.labels, args.folds)
+            results[f"oracle/{name}"] = res
+            print(
+                f"oracle {score.__name__}: " + "; ".join(f"{k} {v[0]:.3f}" for k, v in res.items())
+            )
     for spec in args.run:
         run, _, seed = spec.rpartition(":")
         if not run or not seed.isdigit():

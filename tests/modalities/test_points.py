@@ -19,7 +19,14 @@ import pytest
 from modalities import get_modality
 from modalities.base import ModalityError, ReadContext
 from modalities.points import MODALITY, PointsOptions
-from modalities.points.demo import ARRANGEMENTS, PARTS, arrangement_score, generate_cohort
+from modalities.points.demo import (
+    ARRANGEMENTS,
+    ORIENTATIONS,
+    PARTS,
+    arrangement_score,
+    generate_cohort,
+    orientation_score,
+)
 from modalities.points.reader import _seed, normalise
 from modalities.points.stats import fit_points_stats
 from pipelines.shards import records_to_table
@@ -305,15 +312,19 @@ def test_demo_cohort_formats_labels_and_oracle(demo):
     assert {p.parent.name for p in files} == set(PARTS)
     rows = list(csv.DictReader(open(demo / "labels.csv")))
     assert len(rows) == 24 and {r["arrangement"] for r in rows} == set(ARRANGEMENTS)
-    scores: dict[str, list[float]] = {a: [] for a in ARRANGEMENTS}
+    assert {r["orientation"] for r in rows} == set(ORIENTATIONS)
+    scores: dict[str, list[float]] = {a: [] for a in ARRANGEMENTS + ORIENTATIONS}
     for r in rows:
         rec = read(demo / r["path"], PointsOptions(num_points=1024, labels="folder"))
         assert rec["label"] == r["part"] and rec["kind"] == (
             "mesh" if r["path"].endswith(".off") else "cloud"
         )
         scores[r["arrangement"]].append(arrangement_score(rec["points"], rec["valid_points"]))
+        scores[r["orientation"]].append(orientation_score(rec["points"], rec["valid_points"]))
     # a square's part distances are two lengths (cv ~0.17), a tetrahedron's one
     assert min(scores["square"]) > 0.12 > 0.06 > max(scores["tetrahedron"])
+    # aligned parts share their second moments, independent ones do not
+    assert min(scores["independent"]) > 0.25 > 0.2 > max(scores["aligned"])
 
 
 def test_demo_generation_is_deterministic(tmp_path, demo):
