@@ -4,8 +4,8 @@ embedder (imports torch; loaded only by the model-side hooks).
 Tokens (Point-JEPA, Point-MAE): the record's first `points` points (a record's order makes every
 prefix cover the object: modalities/points/reader.py), `centres` centres by farthest-point
 sampling from the first point (Open3D's), each centre's `neighbours` nearest points (Open3D's
-KD-tree: 0.35 ms a sample at 1024 x 64 x 32 against 0.70 for brute force in numpy or torch, the
-same neighbours: benchmarks/points_knn.py, docs/benchmarks.md), as coordinates relative to
+KD-tree: 0.31 ms a sample at 1024 x 64 x 32 against 0.70 for brute force in numpy and 0.62 in
+torch, the same neighbours: benchmarks/points_knn.py, docs/benchmarks.md), as coordinates relative to
 their centre, nearest first. A
 token is those [neighbours x 3] offsets flattened, then the centre's xyz (patch_dim =
 3 * neighbours + 3).
