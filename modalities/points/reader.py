@@ -5,8 +5,9 @@ Reading is Open3D's: point clouds (PLY ascii and binary, PCD, XYZ, XYZN, XYZRGB,
 `read_triangle_mesh`, sampled to points on the surface (uniform or Poisson-disk). A cloud with
 more points than the record holds is cut down by farthest-point or uniform subsampling; one with
 fewer keeps all of them, repeated in order (`valid_points` says how many are distinct). The
-points are in farthest-point order (fps) or shuffled (seeded by the file's name) otherwise, so
-every prefix of a record covers the object: a tokenizer may take the first k points. The
+points are shuffled (seeded by the file's name), so every prefix of a record covers the object
+(a tokenizer may take the first k points; Open3D's farthest-point output, like a scan, comes in
+the file's order). The
 points are then centred on their mean and scaled so the farthest lies on the unit sphere; the
 record keeps the centre and scale, so `points * scale + center` gives the file's coordinates.
 Normals and colours are kept when the file has them (a mesh's normals are computed from its
@@ -284,7 +285,6 @@ def _mesh_points(path: str, suffix: str, opts: PointsOptions, seed: int) -> dict
         "colors": np.asarray(cloud.colors) if mesh.has_vertex_colors() else None,
         "source_points": len(vertices),
         "source_faces": faces,
-        "fps_order": False,
     }
 
 
@@ -315,7 +315,6 @@ def _cloud_points(path: str, suffix: str, opts: PointsOptions, seed: int) -> dic
         "colors": np.asarray(cloud.colors) if cloud.has_colors() else None,
         "source_points": n,
         "source_faces": 0,
-        "fps_order": n > opts.num_points and opts.subsample == "fps",
     }
 
 
@@ -378,14 +377,13 @@ def read_points(ctx: ReadContext, opts: PointsOptions) -> Iterator[dict[str, Any
             f"{len(xyz)} points, fewer than the {opts.min_points} one patch needs (--min-points)"
         )
     normals, colors = got["normals"], got["colors"]
-    if not got["fps_order"]:
-        # a seeded shuffle: every prefix of the record is then a uniform subset of the object
-        # (as every prefix of farthest-point order is an even one), so a tokenizer may take the
-        # first k points; a file's own order (scan lines, mesh sampling's) is not
-        perm = np.random.default_rng([_seed(ctx.source), 1]).permutation(len(xyz))
-        xyz = xyz[perm]
-        normals = None if normals is None else normals[perm]
-        colors = None if colors is None else colors[perm]
+    # a seeded shuffle: every prefix of the record is then a uniform subset of what was kept, so
+    # a tokenizer may take the first k points. A file's own order (scan lines) is not, and
+    # neither is Open3D's farthest-point output, which comes back in the file's order.
+    perm = np.random.default_rng([_seed(ctx.source), 1]).permutation(len(xyz))
+    xyz = xyz[perm]
+    normals = None if normals is None else normals[perm]
+    colors = None if colors is None else colors[perm]
     pts, center, scale = normalise(xyz)
     n = opts.num_points
     if normals is not None:

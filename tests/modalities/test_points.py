@@ -169,6 +169,20 @@ def test_subsampling_a_large_cloud(tmp_path, subsample):
     assert read(path, opts)["points"].tobytes() == rec["points"].tobytes()
 
 
+def test_a_prefix_of_a_scan_line_cloud_covers_the_object(tmp_path):
+    """A cloud stored in scan-line order (sorted along x), cut down by either subsampling: the
+    record's first 64 points already span the object (the tokenizer reads a prefix)."""
+    xyz = _cloud(20000, seed=3)
+    xyz = xyz[np.argsort(xyz[:, 0])]
+    path = tmp_path / "scan.xyz"
+    _write_text(path, xyz)
+    for mode in ("fps", "uniform"):
+        rec = read(path, PointsOptions(num_points=1024, subsample=mode))
+        head = rec["points"][:64, 0]
+        full = rec["points"][:, 0]
+        assert head.max() - head.min() > 0.8 * (full.max() - full.min()), mode
+
+
 def test_fps_covers_more_evenly_than_uniform(tmp_path):
     # a cloud ten times denser on one half: fps spreads its picks, a random subset does not
     rng = np.random.default_rng(0)
