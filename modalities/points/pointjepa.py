@@ -127,7 +127,16 @@ class PointMasker:
         self.opts = opts
 
     def __call__(self, rng: np.random.Generator, coords: Any) -> tuple[np.ndarray, list]:
-        c = np.asarray(coords)
+        for _ in range(100):
+            drawn = self._draw(rng, np.asarray(coords))
+            if drawn is not None:
+                return drawn
+        raise ValueError(
+            f"modality.target_blocks / target_scale: {self.opts.target_blocks} blocks of "
+            f"{list(self.opts.target_scale)} left no token for the context in 100 draws"
+        )
+
+    def _draw(self, rng: np.random.Generator, c: np.ndarray) -> tuple[np.ndarray, list] | None:
         n = len(c)
         order = np.argsort(c[:, 3], kind="stable")  # token indices in sequence order
         o = self.opts
@@ -138,7 +147,7 @@ class PointMasker:
                 targets.append(np.sort(order[start : start + length]))
             rest = order[~np.isin(order, np.concatenate(targets))]
             if len(rest) == 0:
-                return self(rng, coords)
+                return None
             start, length = _run(rng, len(rest), o.context_scale)
             return np.sort(rest[start : start + length]), targets
         xyz = c[:, :3].astype(np.float64)
@@ -152,7 +161,7 @@ class PointMasker:
         taken[np.concatenate(targets)] = True
         rest = np.flatnonzero(~taken)
         if len(rest) == 0:
-            return self(rng, coords)
+            return None
         length = max(1, min(len(rest), int(round(len(rest) * rng.uniform(*o.context_scale)))))
         seed = int(rng.choice(rest))
         near = rest[np.argsort(d[seed, rest], kind="stable")[:length]]

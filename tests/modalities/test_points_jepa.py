@@ -118,6 +118,13 @@ def test_mask_invariants_over_1000_draws(masking):
     assert np.std(ctx_sizes) > 0  # the context's size varies
 
 
+def test_masks_that_leave_no_context_are_refused():
+    opts = PointJepaMethod(target_blocks=1, target_scale=(1.0, 1.0))
+    _, coords = point_patches(_object(3), 8192, opts)
+    with pytest.raises(ValueError, match="left no token for the context"):
+        PointMasker(opts)(np.random.default_rng(0), coords)
+
+
 @pytest.mark.parametrize(
     "section, reason",
     [
