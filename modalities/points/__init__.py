@@ -1,11 +1,13 @@
 """Points: point clouds and meshes Open3D reads -> N x 3 points in the unit sphere (Point-JEPA,
 3D-JEPA input).
 
-- options.py: `PointsOptions` (points per record, subsampling, mesh sampling, labels).
+- options.py: `PointsOptions` (points per record, subsampling, mesh sampling, labels) and
+  `PointJepaMethod` (tokenizer sizes, masks, PointNet widths), pure Python.
 - reader.py: one file -> one record (Open3D reading, checks, mesh sampling, subsampling,
   normalisation, labels).
 - stats.py: counts and classes of the written records.
-- demo.py: labelled objects of four identical parts (square or tetrahedron) as PLY, PCD, OFF.
+- demo.py: labelled objects of four identical parts (square or tetrahedron, turned one way or
+  each its own) as PLY, PCD, OFF.
 - pointjepa.py: Point-JEPA's tokenizer, sequencer and masks, 3D-JEPA's multi-block masks, the
   mini-PointNet embedder (imports torch; loaded only by the model-side hooks).
 
