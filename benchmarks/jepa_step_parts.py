@@ -47,6 +47,7 @@ class ModelShape:
     pred_depth: int = 12  # I-JEPA's configs use a 12-deep, 384-wide predictor
     pred_heads: int = 12
     init: str = "ijepa"  # I-JEPA's trunc-normal std 0.02, as the reference step initialises
+    pred_context: str = "once"  # the I-JEPA predictor (engine.config.ModelConfig.pred_context)
     grid: int = 14  # 224 px / 16 px patches -> 14 x 14 = 196 tokens
     batch: int = 64
     num_targets: int = 4

@@ -341,7 +341,7 @@ def kill_when_journalled(cmd: list[str], out: Path, key: str) -> dict:
     return json.loads(journal.read_text())
 
 
-def resume(cmd: list[str], out: Path) -> None:
+def resume(cmd: list[str], out: Path, records: int = 12) -> None:
     done = subprocess.run(
         [*cmd, "--output", str(out)], env=ENV, capture_output=True, text=True, timeout=300
     )
@@ -349,7 +349,7 @@ def resume(cmd: list[str], out: Path) -> None:
     assert "(resumed)" in done.stdout
     ds = ShardDataset(out, verify="all")
     ids = [r for b in ds.iter_batches(columns=["id"]) for r in b.column("id").to_pylist()]
-    assert len(ids) == len(set(ids)) == 12
+    assert len(ids) == len(set(ids)) == records
 
 
 def test_resume_after_kill_is_byte_identical(cohort, tmp_path):
@@ -372,13 +372,21 @@ def test_workers_write_resume_after_kill_is_byte_identical(cohort, tmp_path):
     """--write workers, one source per group: kill -9 once a group is journalled, rerun: the
     journalled groups are kept, the rest redone, partial groups' shards replaced; the shards
     equal the plan run in one process."""
+    import shutil
+
+    # the cohort three times over (12 sources, 12 groups of one): the kill lands long before the
+    # last group even when this process polls late (with 4 groups a loaded machine once saw all
+    # four journalled between two polls)
+    inputs = tmp_path / "in"
+    for copy in ("a", "b", "c"):
+        shutil.copytree(cohort, inputs / copy)
     opts = ("--write", "workers", "--group-size", "0.001", "--shard-size", "0.02")
-    # one CPU: groups finish one at a time, so the kill lands between the first and the last
-    cmd = _ingest_cmd(cohort, *opts, "--num-cpus", "1")
+    # one CPU: groups finish one at a time
+    cmd = [*_ingest_cmd(inputs, *opts), "--num-cpus", "1"]
     killed = tmp_path / "killed"
     groups = kill_when_journalled(cmd, killed, "groups")["groups"]
-    assert 0 < len(groups) < 4
-    resume(cmd, killed)
+    assert 0 < len(groups) < 12
+    resume(cmd, killed, records=36)
     one = tmp_path / "one-process"
-    plan_in_this_process([str(cohort)], one, *opts)
+    plan_in_this_process([str(inputs)], one, *opts)
     assert shard_bytes(killed) == shard_bytes(one)
