@@ -94,6 +94,11 @@ def regularised_mask(
     return mask
 
 
+#: the most cells (rows x times) a token grid may have: S-JEPA's EEG grids are channels x
+#: seconds (a few thousand); beyond this the coords are not a grid
+GRID_CELLS = 1 << 20
+
+
 @dataclass
 class TokenGrids:
     """Every record's tokens, and where each sits on the rows x times grid."""
@@ -118,7 +123,16 @@ class TokenGrids:
 
     def where(self, idx: np.ndarray) -> torch.Tensor:
         """The batch-local flat positions in [B * R * T] (row-major) of the records' tokens,
-        concatenated in record order."""
+        concatenated in record order. ValueError when the tokens do not sit on a rows x times
+        grid (coords columns 0 and 1 small non-negative integers), as point-cloud tokens
+        (centre coordinates) do not: the local and contextual heads need one."""
+        low = min(int(c[:, :2].min()) for c in self.coords)
+        if low < 0 or self.rows * self.times > GRID_CELLS:
+            raise ValueError(
+                f"the local and contextual heads need tokens on a rows x times grid (coords "
+                f"columns 0 and 1 in [0, {GRID_CELLS}) cells); these tokens' coords span "
+                f"{self.rows} x {self.times} from {low}: use --head pooled"
+            )
         return torch.cat(
             [
                 torch.from_numpy((j * self.rows + self.coords[i][:, 0]) * self.times)

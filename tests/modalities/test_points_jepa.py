@@ -201,3 +201,16 @@ def test_shipped_configs_load(name):
     if name == "points_pointjepa":  # the paper's numbers
         assert (opts.points, opts.centres, opts.neighbours) == (1024, 64, 32)
         assert (cfg.ema.start, cfg.ema.end) == (0.9995, 0.99999)
+
+
+def test_grid_heads_refuse_point_tokens_with_a_reason():
+    """engine.finetune's local and contextual heads place tokens on a rows x times grid from
+    coords columns 0 and 1; point tokens' coords are centre coordinates (negative, wide): a
+    clear error naming the pooled head, not a 400 GB allocation."""
+    from engine.finetune import TokenGrids
+
+    opts = PointJepaMethod()
+    tokens, coords = point_patches(_object(4), 8192, opts)
+    grids = TokenGrids([tokens], [coords], 1 + int(coords[:, 0].max()), 1 + int(coords[:, 1].max()))
+    with pytest.raises(ValueError, match="use --head pooled"):
+        grids.where(np.array([0]))
