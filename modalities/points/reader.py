@@ -193,6 +193,10 @@ def check_pcd(path: str) -> None:
         counts = [int(v) for v in fields.get("COUNT", ["1"] * len(sizes))]
     except (ValueError, IndexError):
         raise ModalityError("PCD header: POINTS, SIZE or COUNT is not a number") from None
+    if len(counts) != len(sizes):
+        raise ModalityError(
+            f"PCD header: {len(sizes)} SIZE entries but {len(counts)} COUNT entries (one per field)"
+        )
     data = (fields["DATA"] or [""])[0].lower()
     if data == "ascii":
         rows = _body_rows(path, offset)
@@ -201,7 +205,7 @@ def check_pcd(path: str) -> None:
                 f"ASCII PCD cut short: its header declares {points} points, the body has {rows}"
             )
     elif data == "binary":
-        need = offset + points * sum(s * c for s, c in zip(sizes, counts, strict=False))
+        need = offset + points * sum(s * c for s, c in zip(sizes, counts, strict=True))
         size = os.path.getsize(path)
         if size < need:
             raise ModalityError(

@@ -271,6 +271,12 @@ def _bad_file(tmp_path: Path, kind: str, demo: Path) -> Path:
     elif kind == "garbage pcd":
         p = tmp_path / "garbage.pcd"
         p.write_bytes(bytes(range(256)) * 8)
+    elif kind == "pcd header sizes and counts differ":
+        p = tmp_path / "bad_header.pcd"
+        p.write_bytes(
+            b"VERSION 0.7\nFIELDS x y z\nSIZE 4 4 4\nTYPE F F F\nCOUNT 1 1\nWIDTH 2\nHEIGHT 1\n"
+            b"POINTS 2\nDATA binary\n" + bytes(24)
+        )
     elif kind == "garbage xyz":
         p = tmp_path / "garbage.xyz"
         p.write_text("this is not\na point cloud\n")
@@ -298,6 +304,7 @@ BAD = {
     "not a ply": "not a PLY file",
     "garbage pcd": "not a PCD file",
     "garbage xyz": "Open3D read no points",
+    "pcd header sizes and counts differ": "3 SIZE entries but 2 COUNT entries",
     "unknown format": "not a known point-cloud or mesh format",
     "too few points": "10 points, fewer than the 32",
     "coincident points": "coincide",
