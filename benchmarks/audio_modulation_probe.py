@@ -32,9 +32,8 @@ REPO = Path(__file__).resolve().parents[1]
 # Run as a script, this folder is first on sys.path and its kernels.py would shadow the package.
 sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p).resolve() != REPO / "benchmarks"]
 
-from engine.data import build_embedder, method_options  # noqa: E402
-from engine.export import load_encoder  # noqa: E402
-from engine.model import Encoder  # noqa: E402
+from engine.data import method_options  # noqa: E402
+from engine.export import load_run_and_baseline  # noqa: E402
 from engine.probe import encode_records, linear_probe, read_column, token_probe  # noqa: E402
 from modalities.audio.modulation import file_index, sync_score  # noqa: E402
 from pipelines.shards import ShardDataset  # noqa: E402
@@ -98,12 +97,10 @@ def main(argv: list[str] | None = None) -> int:
             results[f"oracle/{n}"] = {"accuracy": r["mean"], "std": r["std"]}
             print(f"oracle sync_score, {n} labels: {r['mean']:.3f} +- {r['std']:.3f}", flush=True)
     for spec in args.run:
-        run, _, seed = spec.rpartition(":")
-        if not run or not seed.isdigit():
-            p.error(f"--run expects RUN:SEED, got {spec!r}")
-        encoder, cfg, modality = load_encoder(run, "target")
-        torch.manual_seed(int(seed))
-        random_init = Encoder(build_embedder(modality, cfg, ds.stats), cfg.model).eval()
+        try:
+            run, encoder, random_init, cfg, modality = load_run_and_baseline(spec, ds.stats)
+        except ValueError as e:
+            p.error(str(e))
         patch_time = int(method_options(modality, cfg).patch_time)
         for name, enc in (("pretrained", encoder), ("random-init", random_init)):
             toks, targs, pooled = features(enc, cfg, modality, ds, rates, patch_time)

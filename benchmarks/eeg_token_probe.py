@@ -28,14 +28,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 REPO = Path(__file__).resolve().parents[1]
 # Run as a script, this folder is first on sys.path and its kernels.py would shadow the package.
 sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p).resolve() != REPO / "benchmarks"]
 
-from engine.data import build_embedder  # noqa: E402
-from engine.export import load_encoder  # noqa: E402
+from engine.export import load_run_and_baseline  # noqa: E402
 from engine.model import Encoder  # noqa: E402
 from engine.probe import encode_records, linear_probe, read_column, token_probe  # noqa: E402
 from pipelines.shards import ShardDataset  # noqa: E402
@@ -125,12 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     latents = [beta_latents(sub[i]) for i in range(len(sub))]
     groups = np.array([sub[i]["subject"] for i in range(len(sub))])
     for spec in args.run:
-        run, _, seed = spec.rpartition(":")
-        if not run or not seed.isdigit():
-            p.error(f"--run expects RUN:SEED, got {spec!r}")
-        encoder, cfg, modality = load_encoder(run, "target")
-        torch.manual_seed(int(seed))
-        random_init = Encoder(build_embedder(modality, cfg, ds.stats), cfg.model).eval()
+        try:
+            run, encoder, random_init, cfg, modality = load_run_and_baseline(spec, ds.stats)
+        except ValueError as e:
+            p.error(str(e))
         for name, enc in (("pretrained", encoder), ("random-init", random_init)):
             r = probe(enc, cfg, modality, sub, latents, groups)
             results[f"{run}/{name}"] = r

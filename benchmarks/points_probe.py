@@ -23,16 +23,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 REPO = Path(__file__).resolve().parents[1]
 # Run as a script, this folder is first on sys.path and its kernels.py would shadow the package.
 sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p).resolve() != REPO / "benchmarks"]
 
-from engine.data import build_embedder  # noqa: E402
-from engine.export import load_encoder  # noqa: E402
-from engine.model import Encoder  # noqa: E402
-from engine.probe import encode_records, linear_probe, read_column  # noqa: E402
+from engine.export import load_run_and_baseline  # noqa: E402
+from engine.probe import extract_features, linear_probe, read_column  # noqa: E402
 from modalities.points.demo import arrangement_score, orientation_score  # noqa: E402
 from pipelines.shards import ShardDataset  # noqa: E402
 
@@ -44,15 +41,6 @@ def cohort_labels(ds: ShardDataset, data: str, raw: Path) -> dict[str, np.ndarra
     sources = [str(Path(s).relative_to(raw.resolve())) for s in read_column(ds, data, "source")]
     names = [k for k in ("orientation", "arrangement", "part") if k in next(iter(rows.values()))]
     return {k: np.array([rows[s][k] for s in sources]) for k in names}
-
-
-def pooled(encoder, cfg, modality, ds) -> np.ndarray:
-    return np.stack(
-        [
-            torch.cat([h.mean(0), h.std(0, unbiased=False)]).numpy()
-            for _, h in encode_records(encoder, cfg, modality, ds)
-        ]
-    )
 
 
 def probe_all(x: np.ndarray, labels: dict[str, np.ndarray], ns: list[int], folds: int) -> dict:
@@ -89,14 +77,13 @@ def main(argv: list[str] | None = None) -> int:
                 f"oracle {score.__name__}: " + "; ".join(f"{k} {v[0]:.3f}" for k, v in res.items())
             )
     for spec in args.run:
-        run, _, seed = spec.rpartition(":")
-        if not run or not seed.isdigit():
-            p.error(f"--run expects RUN:SEED, got {spec!r}")
-        encoder, cfg, modality = load_encoder(run, "target")
-        torch.manual_seed(int(seed))
-        random_init = Encoder(build_embedder(modality, cfg, ds.stats), cfg.model).eval()
+        try:
+            run, encoder, random_init, cfg, modality = load_run_and_baseline(spec, ds.stats)
+        except ValueError as e:
+            p.error(str(e))
         for name, enc in (("pretrained", encoder), ("random-init", random_init)):
-            res = probe_all(pooled(enc, cfg, modality, ds), labels, args.labels, args.folds)
+            feats = extract_features(enc, cfg, modality, ds, pool="meanstd")
+            res = probe_all(feats, labels, args.labels, args.folds)
             results[f"{run}/{name}"] = res
             line = "; ".join(f"{k} {v[0]:.3f} +- {v[1]:.3f}" for k, v in res.items())
             print(f"{run} {name:>11}: {line}", flush=True)

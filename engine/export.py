@@ -170,6 +170,23 @@ def load_encoder(
     return _build(cfg, mod, weights, state.get("stats")), cfg, mod
 
 
+def random_init_encoder(modality: Modality, cfg: Config, stats: Any, seed: int) -> Encoder:
+    """The run's encoder at the random init `torch.manual_seed(seed)` draws, in eval mode: the
+    baseline a probe sets beside the pretrained encoder."""
+    torch.manual_seed(seed)
+    return Encoder(build_embedder(modality, cfg, stats), cfg.model).eval()
+
+
+def load_run_and_baseline(spec: str, stats: Any) -> tuple[str, Encoder, Encoder, Config, Modality]:
+    """ "RUN:SEED" -> (RUN, its target encoder, the same encoder at SEED's random init, config,
+    modality), as the control probes in benchmarks/ compare them. ValueError on a bad spec."""
+    run, _, seed = spec.rpartition(":")
+    if not run or not seed.isdigit():
+        raise ValueError(f"--run expects RUN:SEED, got {spec!r}")
+    encoder, cfg, modality = load_encoder(run, "target")
+    return run, encoder, random_init_encoder(modality, cfg, stats, int(seed)), cfg, modality
+
+
 def export(
     run_dir: str | Path, out: str | Path, which: str = "target", modality: str | None = None
 ) -> Path:

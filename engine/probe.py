@@ -35,8 +35,8 @@ from torch import nn
 
 from engine.batch import pack_tokens
 from engine.config import Config
-from engine.data import build_embedder, method_options
-from engine.export import load_encoder
+from engine.data import method_options
+from engine.export import load_encoder, random_init_encoder
 from engine.model import Encoder
 from modalities import Modality
 from pipelines.shards import ShardDataset, ShardError
@@ -496,10 +496,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.random_init:
             encoders[args.encoder] = encoder
         if args.random_init or args.baseline:
-            torch.manual_seed(args.seed)
-            encoders["random-init"] = Encoder(
-                build_embedder(modality, cfg, ds.stats), cfg.model
-            ).eval()
+            encoders["random-init"] = random_init_encoder(modality, cfg, ds.stats, args.seed)
         results = {}
         for name, enc in encoders.items():
             results[name] = _probe_runs(args, enc, cfg, modality, ds, labels, groups, keep)
