@@ -39,7 +39,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 # benchmarks/kernels.py would shadow the `kernels` package: import measure, then drop this folder
 sys.path.insert(0, str(HERE))
-from measure import run_measured, same_code_command  # noqa: E402
+from measure import run_suite, same_code_command, speedups  # noqa: E402
 
 sys.path.remove(str(HERE))
 
@@ -112,24 +112,6 @@ if __name__ == "__main__":
 """
 
 
-RAY_PORT = 6391
-
-
-def _ray_head(start: bool) -> None:
-    """Start (or stop) a local 2-CPU Ray head outside the timed run (`ingest-warm`; the
-    ingest finds it with `--address auto`). `ray stop` stops every Ray instance of this user on
-    the machine: do not run this benchmark beside other Ray jobs."""
-    import subprocess
-
-    ray = str(Path(sys.executable).with_name("ray"))
-    if start:
-        cmd = [ray, "start", "--head", "--num-cpus", "2", "--port", str(RAY_PORT),
-               "--include-dashboard", "false", "--disable-usage-stats"]  # fmt: skip
-    else:
-        cmd = [ray, "stop", "--force"]
-    subprocess.run(cmd, check=start, capture_output=True)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--mb", type=float, default=500.0, help="cohort size in MB of FLAC")
@@ -160,35 +142,11 @@ def main() -> int:
                                     str(args.cohort), "--output", out, "--address", "auto",
                                     "--quiet"],
     }  # fmt: skip
-    results = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, cmd in runs.items():
-            if args.only and name not in args.only:
-                continue
-            out = f"{tmp}/{name}"
-            if name == "ingest-warm":
-                _ray_head(start=True)
-            try:
-                results[name] = run_measured(cmd(out), env)
-            finally:
-                if name == "ingest-warm":
-                    _ray_head(start=False)
-            results[name]["load_after"] = os.getloadavg()[0]
-            shutil.rmtree(out, ignore_errors=True)
-    for name, r in results.items():
-        r["mb_per_s"] = nbytes / 1e6 / r["seconds"]
-        print(
-            f"{name:12s} {r['seconds']:8.1f} s {r['mb_per_s']:8.1f} MB/s "
-            f"peak RSS {r['peak_rss_mb']:8.0f} MiB  (load after {r['load_after']:.2f})"
-        )
-    ratios = {}
+    results = run_suite(runs, env, nbytes, args.only)
+    ratios = speedups(
+        results, ("ingest", "ingest-warm"), ("same-code", "librosa-loop", "decode-floor")
+    )
     if "ingest" in results:
-        for run in ("ingest", "ingest-warm"):
-            for base in ("same-code", "librosa-loop", "decode-floor"):
-                if run in results and base in results:
-                    ratio = results[base]["seconds"] / results[run]["seconds"]
-                    ratios[f"{run} vs {base}"] = ratio
-                    print(f"{run} vs {base}: {ratio:.2f}x (time of {base} / time of {run})")
         print(f"ingest summary: {results['ingest']['stdout']}")
     if args.json:
         payload = {"files": len(files), "bytes": nbytes, "results": results, "speedups": ratios,

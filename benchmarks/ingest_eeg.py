@@ -30,7 +30,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from measure import run_measured, same_code_command  # noqa: E402  (benchmarks/ is on sys.path)
+from measure import run_suite, same_code_command, speedups  # noqa: E402  (benchmarks/ is on sys.path)
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -110,27 +110,9 @@ def main() -> int:
         "same-code": lambda out: same_code_command(py, "eeg", out, files),
         "mne-loop": lambda out: [py, "-c", MNE_LOOP, out, *map(str, files)],
     }  # fmt: skip
-    results = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, cmd in runs.items():
-            if args.only and name not in args.only:
-                continue
-            out = f"{tmp}/{name}"
-            results[name] = run_measured(cmd(out), env)
-            results[name]["load_after"] = os.getloadavg()[0]
-            shutil.rmtree(out, ignore_errors=True)
-    for name, r in results.items():
-        r["mb_per_s"] = nbytes / 1e6 / r["seconds"]
-        print(
-            f"{name:10s} {r['seconds']:8.1f} s {r['mb_per_s']:8.1f} MB/s "
-            f"peak RSS {r['peak_rss_mb']:8.0f} MiB  (load after {r['load_after']:.2f})"
-        )
-    ratios = {}
+    results = run_suite(runs, env, nbytes, args.only)
+    ratios = speedups(results, ("ingest",), ("same-code", "mne-loop"))
     if "ingest" in results:
-        for base in ("same-code", "mne-loop"):
-            if base in results:
-                ratios[base] = results[base]["seconds"] / results["ingest"]["seconds"]
-                print(f"ingest vs {base}: {ratios[base]:.2f}x faster (target >= 1.6x)")
         print(f"ingest summary: {results['ingest']['stdout']}")
     if args.json:
         payload = {"files": len(files), "bytes": nbytes, "results": results, "speedups": ratios,

@@ -37,8 +37,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 # benchmarks/kernels.py would shadow the `kernels` package: import measure, then drop this folder
 sys.path.insert(0, str(HERE))
-from ingest_audio import _ray_head  # noqa: E402
-from measure import run_measured, same_code_command  # noqa: E402
+from measure import run_suite, same_code_command, speedups  # noqa: E402
 
 sys.path.remove(str(HERE))
 
@@ -154,31 +153,10 @@ def main() -> int:
                                     str(args.cohort), "--output", out, "--address", "auto",
                                     "--quiet"],
     }  # fmt: skip
-    results = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, cmd in runs.items():
-            if args.only and name not in args.only:
-                continue
-            out = f"{tmp}/{name}"
-            if name == "ingest-warm":
-                _ray_head(start=True)
-            try:
-                results[name] = run_measured(cmd(out), env)
-            finally:
-                if name == "ingest-warm":
-                    _ray_head(start=False)
-            results[name]["load_after"] = os.getloadavg()[0]
-            shutil.rmtree(out, ignore_errors=True)
-            r = results[name]
-            print(f"{name:12s} {r['seconds']:8.1f} s {nbytes / 1e6 / r['seconds']:8.1f} MB/s "
-                  f"peak RSS {r['peak_rss_mb']:8.0f} MiB", flush=True)  # fmt: skip
-    ratios = {}
-    for run in ("ingest", "ingest-warm"):
-        for base in ("same-code", "open3d-loop", "read-floor"):
-            if run in results and base in results:
-                ratio = results[base]["seconds"] / results[run]["seconds"]
-                ratios[f"{run} vs {base}"] = ratio
-                print(f"{run} vs {base}: {ratio:.2f}x (time of {base} / time of {run})")
+    results = run_suite(runs, env, nbytes, args.only)
+    ratios = speedups(
+        results, ("ingest", "ingest-warm"), ("same-code", "open3d-loop", "read-floor")
+    )
     if "ingest" in results:
         print(f"ingest summary: {results['ingest']['stdout']}")
     if args.json:

@@ -1,10 +1,17 @@
-"""Shared by the ingest benchmarks: time a command and the peak RSS of its whole process tree."""
+"""Shared by the ingest benchmarks: time a command and the peak RSS of its whole process tree;
+run a suite of such commands one after the other (a Ray head kept up around the `-warm` ones)
+and compare them."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
+import sys
+import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -81,3 +88,66 @@ def batches():
 
 def same_code_command(python: str, modality: str, out: str, files: list[Path]) -> list[str]:
     return [python, "-c", SAME_CODE, modality, out, *map(str, files)]
+
+
+RAY_PORT = 6391
+
+
+def ray_head(start: bool) -> None:
+    """Start (or stop) a local 2-CPU Ray head outside the timed run (the `-warm` runs; the
+    ingest finds it with `--address auto`). `ray stop` stops every Ray instance of this user on
+    the machine: do not run a benchmark beside other Ray jobs."""
+    ray = str(Path(sys.executable).with_name("ray"))
+    if start:
+        cmd = [ray, "start", "--head", "--num-cpus", "2", "--port", str(RAY_PORT),
+               "--include-dashboard", "false", "--disable-usage-stats"]  # fmt: skip
+    else:
+        cmd = [ray, "stop", "--force"]
+    subprocess.run(cmd, check=start, capture_output=True)
+
+
+def run_suite(
+    runs: dict[str, Callable[[str], list[str]]],
+    env: dict[str, str],
+    nbytes: int,
+    only: list[str] | None = None,
+) -> dict[str, dict]:
+    """Each run (name -> command writing to the output folder it is given), one after the
+    other, each output deleted before the next; a run named `*-warm` gets a Ray head started
+    before its clock and stopped after. Prints a line per run; returns their measures (with
+    `load_after` and `mb_per_s` of `nbytes` input)."""
+    results: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, cmd in runs.items():
+            if only and name not in only:
+                continue
+            out = f"{tmp}/{name}"
+            warm = name.endswith("-warm")
+            if warm:
+                ray_head(start=True)
+            try:
+                r = results[name] = run_measured(cmd(out), env)
+            finally:
+                if warm:
+                    ray_head(start=False)
+            r["load_after"] = os.getloadavg()[0]
+            r["mb_per_s"] = nbytes / 1e6 / r["seconds"]
+            shutil.rmtree(out, ignore_errors=True)
+            print(
+                f"{name:12s} {r['seconds']:8.1f} s {r['mb_per_s']:8.1f} MB/s "
+                f"peak RSS {r['peak_rss_mb']:8.0f} MiB  (load after {r['load_after']:.2f})",
+                flush=True,
+            )
+    return results
+
+
+def speedups(results: dict[str, dict], runs: tuple[str, ...], bases: tuple[str, ...]) -> dict:
+    """{"RUN vs BASE": time of BASE / time of RUN} for every pair measured; printed."""
+    ratios = {}
+    for run in runs:
+        for base in bases:
+            if run in results and base in results:
+                ratio = results[base]["seconds"] / results[run]["seconds"]
+                ratios[f"{run} vs {base}"] = ratio
+                print(f"{run} vs {base}: {ratio:.2f}x (time of {base} / time of {run})")
+    return ratios
