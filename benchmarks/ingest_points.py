@@ -5,13 +5,15 @@ with normals, sampled from modalities.points.demo's objects; one third meshes: t
 subdivided to 100-400 k triangles), measured in one run, each as its own process tree:
 
   (a)  ingest        `python -m pipelines.ingest points --num-cpus 2` (default options: 8192
-                     points, farthest-point subsampling, uniform mesh sampling), including Ray's
-                     start-up and the dataset statistics
+                     points, farthest-point subsampling by QuickFPS, uniform mesh sampling),
+                     including Ray's start-up and the dataset statistics
   (b)  same-code     one process running our reader, shard writer and statistics with no Ray
+                     (ingest / same-code is what the two workers add)
   (c)  open3d-loop   the loop a user writes today, one process: Open3D reads each file
                      (read_point_cloud, or read_triangle_mesh and sample_points_uniformly for
                      meshes), farthest_point_down_sample to 8192, centre and scale to the unit
-                     sphere, float32 points written as Arrow IPC
+                     sphere, float32 points written as Arrow IPC (the same selection as the
+                     ingest's QuickFPS but for the first point: exact farthest-point sampling)
   (d)  read-floor    Open3D reading alone (no sampling) in 2 processes: the least work any
                      ingest of these files does
   (e)  ingest-warm   (a) against a Ray instance already running (`ray start --head --num-cpus

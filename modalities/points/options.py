@@ -25,10 +25,10 @@ class PointsOptions:
     """Preprocessing options of the points reader (JSON-serialisable; in the manifest).
 
     num_points: points per record. A cloud with more is cut down by `subsample`: "fps"
-        (farthest-point sampling from the first point: even coverage, the PointNet++ / Point-MAE
-        choice) or "uniform" (a random subset, seeded by the file's name: keeps the scan's
-        density). A cloud with fewer keeps all its points, repeated in order to fill the record,
-        and `valid_points` says how many are distinct.
+        (farthest-point sampling by QuickFPS: even coverage, the PointNet++ / Point-MAE choice)
+        or "uniform" (a random subset, seeded by the file's name: keeps the scan's density). A
+        cloud with fewer keeps all its points, repeated in order to fill the record, and
+        `valid_points` says how many are distinct.
     mesh_sampling: a mesh is sampled to `num_points` points on its surface, "uniform" (area
         weighted) or "poisson" (Poisson-disk, Yuksel's elimination: evenly spaced), seeded by
         the file's name.

@@ -4,14 +4,17 @@ Reading is Open3D's: point clouds (PLY ascii and binary, PCD, XYZ, XYZN, XYZRGB,
 `read_point_cloud` and meshes (OBJ, OFF, STL, and PLY files whose header declares faces) through
 `read_triangle_mesh`, sampled to points on the surface (uniform or Poisson-disk). A cloud with
 more points than the record holds is cut down by farthest-point or uniform subsampling; one with
-fewer keeps all of them, repeated in order (`valid_points` says how many are distinct). The
-points are shuffled (seeded by the file's name), so every prefix of a record covers the object
-(a tokenizer may take the first k points; Open3D's farthest-point output, like a scan, comes in
-the file's order). The
-points are then centred on their mean and scaled so the farthest lies on the unit sphere; the
-record keeps the centre and scale, so `points * scale + center` gives the file's coordinates.
-Normals and colours are kept when the file has them (a mesh's normals are computed from its
-faces); otherwise zeros, with `has_normals` / `has_colors` false.
+fewer keeps all of them, repeated in order (`valid_points` says how many are distinct).
+Farthest-point sampling is the bucketed KD-tree algorithm of QuickFPS (Han et al. 2023, the
+`fpsample` package): the exact farthest-point selection, started from a point fixed by the
+cloud, about 30x faster than Open3D's `farthest_point_down_sample` on a 200 k-point scan (0.07 s
+vs 2.5 s), which was the whole cost of ingesting a scan. The points are shuffled (seeded by the
+file's name), so every prefix of a record covers the object (a tokenizer may take the first k
+points; a farthest-point selection, like a scan, comes in the file's order). The points are
+then centred on their mean and scaled so the farthest lies on the unit sphere; the record keeps
+the centre and scale, so `points * scale + center` gives the file's coordinates. Normals and
+colours are kept when the file has them (a mesh's normals are computed from its faces);
+otherwise zeros, with `has_normals` / `has_colors` false.
 
 Open3D answers a file it cannot read with an empty geometry and a warning on the console: the
 reader checks what came back and refuses, with a reason (the ingest quarantines the file and
@@ -308,7 +311,8 @@ def _cloud_points(path: str, suffix: str, opts: PointsOptions, seed: int) -> dic
         )
     if n > opts.num_points:
         if opts.subsample == "fps":
-            cloud = cloud.farthest_point_down_sample(opts.num_points)
+            keep = np.sort(farthest_points(xyz, opts.num_points))
+            cloud = cloud.select_by_index(keep.tolist())
         else:
             keep = np.random.default_rng(seed).choice(n, opts.num_points, replace=False)
             cloud = cloud.select_by_index(keep.tolist())
@@ -320,6 +324,22 @@ def _cloud_points(path: str, suffix: str, opts: PointsOptions, seed: int) -> dic
         "source_points": n,
         "source_faces": 0,
     }
+
+
+def farthest_points(xyz: np.ndarray, k: int) -> np.ndarray:
+    """Indices of `k` of the points [N, 3] chosen by farthest-point sampling, in the order chosen:
+    each the point farthest from those chosen before. QuickFPS's bucketed KD-tree (`fpsample`)
+    gives the selection the plain O(N k) loop gives from the same first point (a test checks it);
+    its first point is its own, fixed by the cloud. The tree's height, log2 of the points per
+    bucket, grows with the cloud (measured best: 3 at 2 k points, 7 at 200 k)."""
+    import fpsample
+
+    n = len(xyz)
+    if k >= n:
+        return np.arange(n)
+    height = min(9, max(3, n.bit_length() - 11))
+    idx = fpsample.bucket_fps_kdline_sampling(np.ascontiguousarray(xyz), k, h=height, start_idx=0)
+    return np.asarray(idx, dtype=np.int64)
 
 
 def load_points(path: str, source: str, opts: PointsOptions) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from modalities.points.demo import (
     generate_cohort,
     orientation_score,
 )
-from modalities.points.reader import _seed, normalise
+from modalities.points.reader import _seed, farthest_points, normalise
 from modalities.points.stats import fit_points_stats
 from pipelines.shards import records_to_table
 from pipelines.worker import full_schema
@@ -181,6 +181,23 @@ def test_a_prefix_of_a_scan_line_cloud_covers_the_object(tmp_path):
         head = rec["points"][:64, 0]
         full = rec["points"][:, 0]
         assert head.max() - head.min() > 0.8 * (full.max() - full.min()), mode
+
+
+@pytest.mark.parametrize("n", [300, 5000, 40000])
+def test_farthest_points_is_exact_farthest_point_sampling(n):
+    """QuickFPS (the ingest's subsampling) picks what the plain O(N k) loop picks from the same
+    first point: each new point the farthest from those chosen, ties aside (continuous data)."""
+    xyz = np.random.default_rng(n).normal(size=(n, 3)) * [3.0, 1.0, 0.5]
+    k = 128
+    got = farthest_points(xyz, k)
+    assert got.dtype == np.int64 and len(set(got.tolist())) == k
+    picks, dist = [int(got[0])], np.full(n, np.inf)  # the plain loop from QuickFPS's first pick
+    for _ in range(k - 1):
+        dist = np.minimum(dist, ((xyz - xyz[picks[-1]]) ** 2).sum(axis=1))
+        picks.append(int(dist.argmax()))
+    assert picks == got.tolist()
+    assert (farthest_points(xyz, k) == got).all()  # deterministic
+    assert (np.sort(farthest_points(xyz[:100], 100)) == np.arange(100)).all()  # k >= N: all
 
 
 def test_fps_covers_more_evenly_than_uniform(tmp_path):
