@@ -11,7 +11,8 @@ the classes) and tests on the whole second fold, for the arms asked for, with
 random-init arm of another architecture.
 
     python benchmarks/finetune_gate.py --checkpoint RUN --data DIR --label rhythm \
-        [--train-subjects 32] [--epochs 15] [--arms pretrained random-init] [--set k=v ...]
+        [--train-subjects 32] [--epochs 15] [--eval-every 5] [--arms pretrained random-init] \
+        [--set k=v ...]
 """
 
 from __future__ import annotations
@@ -44,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--group-by", default="subject")
     p.add_argument("--train-subjects", type=int, help="default: every subject of the fold")
     p.add_argument("--epochs", type=int, default=15)
+    p.add_argument(
+        "--eval-every", type=int, default=0, metavar="K",
+        help="also print the held-out accuracy after every K-th epoch (a learning curve)",
+    )  # fmt: skip
     p.add_argument("--head", choices=HEADS, default="contextual")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--arms", nargs="+", choices=("pretrained", "random-init"),
@@ -93,7 +98,13 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     for name in args.arms:
         enc = encoder if name == "pretrained" else random_init
-        acc = finetune_fold(enc, grids, y, train, test, loop, True, len(classes))
+
+        def report(epoch: int, score: float, name: str = name) -> None:
+            print(f"  {name}: held-out accuracy {score:.3f} after {epoch} epochs", flush=True)
+
+        acc = finetune_fold(
+            enc, grids, y, train, test, loop, True, len(classes), report, args.eval_every
+        )
         print(f"  {name}: held-out accuracy {acc:.3f} after {args.epochs} epochs", flush=True)
     return 0
 

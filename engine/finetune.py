@@ -47,6 +47,7 @@ import argparse
 import copy
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -264,8 +265,13 @@ def finetune_fold(
     args: argparse.Namespace,
     classify: bool,
     n_out: int,
+    report: Callable[[int, float], None] | None = None,
+    every: int = 0,
 ) -> float:
-    """Train a fresh head (and, with --tune full, the encoder) on `train`; the test score."""
+    """Train a fresh head (and, with --tune full, the encoder) on `train`; the test score.
+    With `report` and `every`, the test score is also handed to `report(epoch, score)` after
+    every `every`-th epoch before the last (a learning curve; evaluating draws no random numbers,
+    so the final score is the same either way)."""
     torch.manual_seed(args.seed)
     if not classify:  # regress standardised targets (the train split's mean / std)
         mu, sd = y[train].mean(), y[train].std().clamp_min(1e-12)
@@ -288,7 +294,8 @@ def finetune_fold(
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
     rng = np.random.default_rng([args.seed, 0x46544E])
-    for _ in range(args.epochs):
+    for epoch in range(1, args.epochs + 1):
+        model.train()
         order = rng.permutation(train)
         for lo in range(0, len(order), args.batch_size):
             idx = order[lo : lo + args.batch_size]
@@ -298,13 +305,23 @@ def finetune_fold(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+        if report is not None and every > 0 and epoch % every == 0 and epoch < args.epochs:
+            report(epoch, _evaluate(model, grids, y, test, args.batch_size, classify))
+    return _evaluate(model, grids, y, test, args.batch_size, classify)
+
+
+def _evaluate(
+    model: FinetuneModel,
+    grids: TokenGrids,
+    y: torch.Tensor,
+    test: np.ndarray,
+    batch_size: int,
+    classify: bool,
+) -> float:
     model.eval()
     with torch.no_grad():
         pred = torch.cat(
-            [
-                model(grids, test[lo : lo + args.batch_size])
-                for lo in range(0, len(test), args.batch_size)
-            ]
+            [model(grids, test[lo : lo + batch_size]) for lo in range(0, len(test), batch_size)]
         )
     return _score(pred, y[test], classify)
 

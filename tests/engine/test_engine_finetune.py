@@ -187,3 +187,31 @@ def test_regularised_masking_replaces_content_not_positions_and_only_in_training
     assert not torch.equal(out, plain)
     out.sum().backward()
     assert model.mask_embed.grad is not None and model.mask_embed.grad.abs().sum() > 0
+
+
+def test_a_learning_curve_leaves_the_final_score_as_it_was(trained_run):
+    """finetune_fold's `report` evaluates every k epochs without drawing random numbers: the
+    final score with the curve equals the one without (masking on, so the mask draws count)."""
+    import argparse
+
+    from engine.export import load_encoder
+    from engine.finetune import TokenGrids, finetune_fold
+
+    enc, _, _ = load_encoder(trained_run)
+    rng = np.random.default_rng(2)
+    coords = np.stack(np.meshgrid(np.arange(8), np.arange(4), indexing="ij"), -1).reshape(-1, 2)
+    y = torch.tensor(rng.integers(0, 2, 24))
+    tokens = [rng.normal(size=(32, 16)).astype(np.float32) + float(v) for v in y]
+    grids = TokenGrids(tokens, [coords] * 24, 8, 4)
+    train, test = np.arange(16), np.arange(16, 24)
+    loop = argparse.Namespace(
+        seed=0, head="pooled", filters=4, tune="full", lr=1e-3, weight_decay=0.01, epochs=5,
+        batch_size=4, mask_ratio=0.3, mask_shape="tokens",
+    )  # fmt: skip
+    plain = finetune_fold(enc, grids, y, train, test, loop, True, 2)
+    curve: list[tuple[int, float]] = []
+    traced = finetune_fold(
+        enc, grids, y, train, test, loop, True, 2, lambda e, s: curve.append((e, s)), 2
+    )
+    assert traced == plain
+    assert [e for e, _ in curve] == [2, 4] and all(0 <= s <= 1 for _, s in curve)
