@@ -278,6 +278,10 @@ def _write_journal(
     )
 
 
+#: Ray's setting of its workers' niceness (ray._private.ray_constants.RAY_WORKER_NICENESS)
+NICENESS_ENV = "RAY_worker_niceness"
+
+
 def _init_ray(cfg: IngestConfig):
     import logging
 
@@ -293,6 +297,12 @@ def _init_ray(cfg: IngestConfig):
         # a fresh local instance of that size, even beside a running one (which a plain
         # ray.init() would join)
         kwargs.update(address="local", num_cpus=cfg.num_cpus)
+    # An instance this job starts runs its workers at the driver's priority. Ray's default, nice
+    # 15, leaves them ~3% of a core that any ordinary process also wants (measured: docs/
+    # cluster.md). The raylet reads the variable when it starts; a cluster joined keeps its own.
+    own_niceness = not address and NICENESS_ENV not in os.environ
+    if own_niceness:
+        os.environ[NICENESS_ENV] = "0"
     try:
         ray.init(**kwargs)
     except ConnectionError as e:
@@ -300,6 +310,9 @@ def _init_ray(cfg: IngestConfig):
             f"cannot reach the Ray cluster at {address!r} ({e}); check --address / RAY_ADDRESS "
             "(`ray status` on the head node prints the address to use)"
         ) from None
+    finally:
+        if own_niceness:
+            del os.environ[NICENESS_ENV]
     return ray, True
 
 

@@ -390,3 +390,31 @@ def test_workers_write_resume_after_kill_is_byte_identical(cohort, tmp_path):
     one = tmp_path / "one-process"
     plan_in_this_process([str(inputs)], one, *opts)
     assert shard_bytes(killed) == shard_bytes(one)
+
+
+NICENESS_PROBE = """
+import os, sys
+from pathlib import Path
+import ray
+from pipelines.ingest import NICENESS_ENV, IngestConfig, _init_ray
+if len(sys.argv) > 1:
+    os.environ[NICENESS_ENV] = sys.argv[1]
+_init_ray(IngestConfig(modality="fmri", inputs=[], output=Path("."), options=None, num_cpus=1))
+nice = ray.get(ray.remote(lambda: os.nice(0)).remote())
+print(nice, os.environ.get(NICENESS_ENV))
+ray.shutdown()
+"""
+
+
+@pytest.mark.parametrize("given", [None, "7"])
+def test_a_local_instance_runs_its_workers_at_the_drivers_priority(given):
+    """Ray's own default runs workers at nice 15 (starved beside any busy process: 8x slower in
+    docs/cluster.md); an instance the ingest starts uses 0, unless RAY_worker_niceness says."""
+    argv = [sys.executable, "-c", NICENESS_PROBE] + ([given] if given else [])
+    env = {k: v for k, v in ENV.items() if k != ingest.NICENESS_ENV}
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    nice, left = done.stdout.split()[-2:]
+    base = os.nice(0)  # the driver's own
+    assert int(nice) == (base + 7 if given else base)
+    assert left == (given or "None")  # the driver's environment is left as it was
