@@ -95,7 +95,8 @@ RAY_PORT = 6391
 
 def ray_head(start: bool) -> None:
     """Start (or stop) a local 2-CPU Ray head outside the timed run (the `-warm` runs; the
-    ingest finds it with `--address auto`). `ray stop` stops every Ray instance of this user on
+    ingest finds it with `--address auto`), its workers at normal priority as the ingest's own
+    instances run them (docs/cluster.md). `ray stop` stops every Ray instance of this user on
     the machine: do not run a benchmark beside other Ray jobs."""
     ray = str(Path(sys.executable).with_name("ray"))
     if start:
@@ -103,7 +104,8 @@ def ray_head(start: bool) -> None:
                "--include-dashboard", "false", "--disable-usage-stats"]  # fmt: skip
     else:
         cmd = [ray, "stop", "--force"]
-    subprocess.run(cmd, check=start, capture_output=True)
+    env = {**os.environ, "RAY_worker_niceness": os.environ.get("RAY_worker_niceness", "0")}
+    subprocess.run(cmd, check=start, capture_output=True, env=env)
 
 
 def run_suite(
