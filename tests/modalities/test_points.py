@@ -9,6 +9,8 @@ import csv
 import io
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -408,3 +410,16 @@ def test_ingest_cli_end_to_end(tmp_path, demo):
     stats = json.loads((out / "stats.json").read_text())
     assert stats["records"] == 24 and stats["kinds"] == {"cloud": 16, "mesh": 8}
     assert stats["labels"] == {p: 6 for p in PARTS}
+    # the independent minimal JEPA (docs/results.md's cross-check) reads this dataset and probes
+    # the cohort's three labels beside its random init
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "minimal_points_jepa.py"
+    run = subprocess.run(
+        [sys.executable, str(script), "--data", str(out), "--steps", "20", "--raw", str(src),
+         "--labels", "8"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    probe = json.loads(run.stdout.strip().splitlines()[-1])["probe"]
+    for arm in ("pretrained", "random-init"):
+        assert set(probe[arm]) == {"orientation_8", "arrangement_8", "part_8"}
+        assert all(0.0 <= v <= 1.0 for v in probe[arm].values())
