@@ -123,6 +123,38 @@ def load_tokens(data: str, options: dict | None = None) -> tuple[np.ndarray, np.
     return np.stack(toks).astype(np.float32), np.asarray(coords)
 
 
+def set_lr(opt: torch.optim.Optimizer, step: int, steps: int, lr: float) -> None:
+    """Linear warm-up over the first tenth of the run, then a cosine decay."""
+    warm = max(1, steps // 10)
+    if step < warm:
+        opt.param_groups[0]["lr"] = lr * (step + 1) / warm
+    else:
+        opt.param_groups[0]["lr"] = lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / steps))
+
+
+def take(t: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+    """Rows `i` [B, K] of `t` [B, N, D]."""
+    return torch.gather(t, 1, i[..., None].expand(-1, -1, t.shape[-1]))
+
+
+def update(
+    opt: torch.optim.Optimizer,
+    loss: torch.Tensor,
+    params: list[nn.Parameter],
+    target: nn.Module,
+    enc: nn.Module,
+    momentum: float,
+) -> None:
+    """One optimiser step (gradients clipped at norm 1), then the EMA of `enc` into `target`."""
+    opt.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    with torch.no_grad():
+        for a, b in zip(target.parameters(), enc.parameters(), strict=True):
+            a.lerp_(b, 1 - momentum)
+
+
 def train(
     tokens: np.ndarray,
     coords: np.ndarray,
@@ -146,18 +178,13 @@ def train(
     x_all, c = torch.as_tensor(tokens), torch.as_tensor(coords)
     t0 = time.time()
     for step in range(steps):
-        warm = max(1, steps // 10)
-        if step < warm:
-            opt.param_groups[0]["lr"] = lr * (step + 1) / warm
-        else:
-            opt.param_groups[0]["lr"] = lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / steps))
+        set_lr(opt, step, steps, lr)
         x = x_all[rng.integers(0, len(tokens), batch)]
         m = np.stack([block_mask(rng, rows, cols) for _ in range(batch)])
         n_t, n_c = int(m.sum(1).min()), int((~m).sum(1).min())  # same count in every sample
         tgt_idx = torch.as_tensor(np.stack([np.flatnonzero(r)[:n_t] for r in m]))
         ctx_idx = torch.as_tensor(np.stack([np.flatnonzero(~r)[:n_c] for r in m]))
         pos = enc.pos(c)[None].expand(batch, -1, -1)
-        take = lambda t, i: torch.gather(t, 1, i[..., None].expand(-1, -1, t.shape[-1]))  # noqa: E731
         p = pred(enc(x, c, ctx_idx), take(pos, ctx_idx), take(pos, tgt_idx))
         with torch.no_grad():
             h = target(x, c)
@@ -167,14 +194,7 @@ def train(
                 h = h - h.mean(1, keepdim=True)  # exact after the above on a full grid
             h = F.layer_norm(h, (h.shape[-1],))
         loss = F.smooth_l1_loss(p, take(h, tgt_idx))
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        momentum = ema[0] + (ema[1] - ema[0]) * step / steps
-        with torch.no_grad():
-            for a, b in zip(target.parameters(), enc.parameters(), strict=True):
-                a.lerp_(b, 1 - momentum)
+        update(opt, loss, params, target, enc, ema[0] + (ema[1] - ema[0]) * step / steps)
         if log_every and (step % log_every == 0 or step == steps - 1):
             print(f"minimal_jepa: step {step} loss {loss.item():.4f} ({time.time() - t0:.0f} s)")
     return target

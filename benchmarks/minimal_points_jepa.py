@@ -5,17 +5,17 @@ It reads the same tokens as the engine (the points modality's tokenizer: each to
 neighbour offsets and its centre, in Point-JEPA's sequencer order, with the centre's xyz), and
 shares nothing else with it: a textbook PointNet patch embedding (a shared MLP 3-64-64 on each
 neighbour's offset, max over the patch, then linear) plus an MLP of the centre's xyz, torch's
-`nn.TransformerEncoderLayer` (4 x 64), the predictor of `benchmarks/minimal_jepa.py` (1 x 32,
-fed the targets' position codes), targets one contiguous run of 40-50% of the tokens in sequencer
-order (the rest is the context), an EMA target encoder (0.99 -> 1), smooth L1 on targets centred
-by sequencer rank (each rank's batch mean taken out, as `minimal_jepa.py` centres each grid
-position and the engine groups point positions by rank) then layer-normalised; `--targets
-layer_norm` is I-JEPA's plain targets (with a linear patch embedding they collapsed: loss 0.0007
-and chance probes at 1000 steps, seed 0). `--probe LABEL` ends with a logistic probe of the
-trained target encoder and of its own random init (mean and std pooled token features,
-`--labels` labelled records per draw, 10 draws, tested on the rest; `engine.probe.linear_probe`,
-the evaluation only, as `benchmarks/points_probe.py` calls it); `--raw DIR` probes every label of
-the demo cohort's labels.csv instead (orientation, arrangement, part).
+`nn.TransformerEncoderLayer` (4 x 64), the predictor, schedule and update step of
+`benchmarks/minimal_jepa.py` (1 x 32, fed the targets' position codes), targets one contiguous run
+of 40-50% of the tokens in sequencer order (the rest is the context), an EMA target encoder (0.99
+-> 1), smooth L1 on targets centred by sequencer rank (each rank's batch mean taken out, as
+`minimal_jepa.py` centres each grid position and the engine groups point positions by rank) then
+layer-normalised; `--targets layer_norm` is I-JEPA's plain targets (with a linear patch embedding
+they collapsed: loss 0.0007 and chance probes at 1000 steps, seed 0). `--probe LABEL` ends with a
+logistic probe of the trained target encoder and of its own random init (mean and std pooled token
+features, `--labels` labelled records per draw, 10 draws, tested on the rest;
+`engine.probe.linear_probe`, the evaluation only, as `benchmarks/points_probe.py` calls it); `--raw
+DIR` probes every label of the demo cohort's labels.csv instead (orientation, arrangement, part).
 
     python benchmarks/minimal_points_jepa.py --data DIR [--steps 1000] [--seed 0] [--targets ...] \
         [--option centres=32 ...] [--probe label | --raw RAW] [--labels 8 32 128]
@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -43,7 +42,7 @@ sys.path.insert(0, str(REPO))
 # benchmarks/kernels.py would shadow the `kernels` package: import the two scripts' parts, then
 # drop this folder (points_probe drops it too, when it is imported)
 sys.path.insert(0, str(HERE))
-from minimal_jepa import Predictor  # noqa: E402
+from minimal_jepa import Predictor, set_lr, take, update  # noqa: E402
 from points_probe import cohort_labels  # noqa: E402
 
 sys.path[:] = [p for p in sys.path if Path(p).resolve() != HERE]
@@ -128,14 +127,9 @@ def train(
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
     x_all, c_all = torch.as_tensor(tokens), torch.as_tensor(xyz)
     n = tokens.shape[1]
-    take = lambda t, i: torch.gather(t, 1, i[..., None].expand(-1, -1, t.shape[-1]))  # noqa: E731
     t0 = time.time()
     for step in range(steps):
-        warm = max(1, steps // 10)
-        if step < warm:
-            opt.param_groups[0]["lr"] = lr * (step + 1) / warm
-        else:
-            opt.param_groups[0]["lr"] = lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / steps))
+        set_lr(opt, step, steps, lr)
         pick = rng.integers(0, len(tokens), batch)
         x, c = x_all[pick], c_all[pick]
         k = max(1, int(n * rng.uniform(0.4, 0.5)))  # one size a batch
@@ -150,14 +144,7 @@ def train(
                 h = h - h.mean(0, keepdim=True)  # tokens are in rank order in every sample
             h = F.layer_norm(h, (enc.dim,))
         loss = F.smooth_l1_loss(p, take(h, tgt_idx))
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        momentum = ema[0] + (ema[1] - ema[0]) * step / steps
-        with torch.no_grad():
-            for a, b in zip(target.parameters(), enc.parameters(), strict=True):
-                a.lerp_(b, 1 - momentum)
+        update(opt, loss, params, target, enc, ema[0] + (ema[1] - ema[0]) * step / steps)
         if log_every and (step % log_every == 0 or step == steps - 1):
             print(f"minimal_points_jepa: step {step} loss {loss.item():.4f} "
                   f"({time.time() - t0:.0f} s)", flush=True)  # fmt: skip
