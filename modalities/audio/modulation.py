@@ -21,6 +21,11 @@ patch holds a third to one and a third of a cycle.
   distributed alike in both classes (the same rate curve's law, a uniform phase); only the
   alignment of the bands at one time tells them apart, and in comodulated files a masked band is
   predictable from the others at the same time (A-JEPA's frequency-band targets).
+- Level: each file's RMS is set to -30 dBFS, then a random gain of +-6 dB (uniform, drawn alike
+  in both classes). Version 2 scaled every file to a fixed peak; comodulated bands peak
+  together, so those files came out 2-3.5 dB quieter (seed spread 0.3-1 dB) and the label
+  leaked into every patch's loudness: pooled patch embeddings at random init read it (0.90
+  with 32 labels), the baseline any pretraining had to beat.
 
 `sync_score` is the label's one-number oracle: the mean correlation between the loudness time
 courses of neighbouring bands. `python -m modalities.audio.modulation OUT --files N` writes the
@@ -49,8 +54,12 @@ RATE_HZ = (2.0, 8.0)
 SYNC = ("comodulated", "independent")
 SOUNDS = ("noise", "tone", "chirp", "bursts")
 FORMATS = {"wav": ("WAV", "PCM_16"), "flac": ("FLAC", "PCM_16"), "ogg": ("OGG", "VORBIS")}
-#: 1: noise bands only, WAV and FLAC; 2: the four sounds, and OGG
-VERSION = 2
+#: 1: noise bands only, WAV and FLAC; 2: the four sounds, and OGG; 3: the level set by RMS and
+#: a random gain, not by the peak (which told the classes apart)
+VERSION = 3
+#: every file's RMS before its gain (-30 dBFS: the crest factor stays under 12, so no file
+#: clips), and the gain's range in dB (uniform, the same law in every class)
+RMS, GAIN_DB = 0.0316, 6.0
 
 
 def _hz(m: np.ndarray | float) -> np.ndarray:
@@ -71,16 +80,18 @@ def band_edges(bands: int = N_MELS // ROW_BINS) -> list[tuple[float, float]]:
     return out
 
 
-def rate_curve(rng: np.random.Generator, n: int, sr: int = RATE) -> np.ndarray:
+def rate_curve(
+    rng: np.random.Generator, n: int, sr: int = RATE, hz: tuple[float, float] = RATE_HZ
+) -> np.ndarray:
     """A smooth rate [n] in Hz: log-rate a sum of slow cosines (periods 1.5-6 s), squashed to
-    RATE_HZ."""
+    `hz` (low, high)."""
     t = np.arange(n) / sr
     u = np.zeros(n)
     for _ in range(4):
         period = rng.uniform(1.5, 6.0)
         u += rng.normal() * np.cos(2 * np.pi * t / period + rng.uniform(0, 2 * np.pi))
     u = 1 / (1 + np.exp(-u))  # (0, 1)
-    lo, hi = np.log(RATE_HZ[0]), np.log(RATE_HZ[1])
+    lo, hi = np.log(hz[0]), np.log(hz[1])
     return np.exp(lo + (hi - lo) * u)
 
 
@@ -109,10 +120,11 @@ def synthesize(
     bands: int = 8,
     depth: float = 0.95,
     sound: str = "noise",
+    rate_hz: tuple[float, float] = RATE_HZ,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One file's signal (peak 0.5) and its rate at every 10-ms frame."""
+    """One file's signal (RMS -30 dBFS +- `GAIN_DB`) and its rate at every 10-ms frame."""
     n = int(round(SECONDS * RATE))
-    rate = rate_curve(rng, n)
+    rate = rate_curve(rng, n, hz=rate_hz)
     phase = 2 * np.pi * np.cumsum(rate) / RATE
     common = rng.uniform(0, 2 * np.pi)
     glide = rng.uniform(0.25, 0.6)
@@ -125,15 +137,32 @@ def synthesize(
         y += x * env
     y += 10 ** (-50 / 20) * rng.standard_normal(n)
     frames = rate[: (n // HOP) * HOP].reshape(-1, HOP).mean(axis=1)
-    return 0.5 * y / np.abs(y).max(), frames
+    # The level: the file's RMS set, then a random gain drawn alike for both classes. Scaling to
+    # a fixed peak instead (version 2) leaked the label: comodulated bands peak together, so
+    # their files came out 2-3.5 dB quieter, which any patch's loudness showed.
+    gain_db = rng.uniform(-GAIN_DB, GAIN_DB)
+    y *= RMS * 10 ** (gain_db / 20) / np.sqrt(np.mean(y**2))
+    if np.abs(y).max() >= 1.0:
+        raise ValueError(f"{sound}/{sync} file would clip (peak {np.abs(y).max():.2f})")
+    return y, frames
 
 
-def generate(out_dir: str | Path, n: int, seed: int = 0, bands: int = 8) -> list[str]:
+def generate(
+    out_dir: str | Path,
+    n: int,
+    seed: int = 0,
+    bands: int = 8,
+    rate_hz: tuple[float, float] = RATE_HZ,
+    sounds: tuple[str, ...] = SOUNDS,
+) -> list[str]:
     """Write `n` files, labels.csv, rates.npy and demo.json under `out_dir`; the files' paths."""
     import soundfile as sf
 
     from modalities.audio.demo import fix_ogg_serial
 
+    unknown = sorted(set(sounds) - set(SOUNDS))
+    if unknown or not sounds:
+        raise ValueError(f"sounds must be among {', '.join(SOUNDS)}, got {', '.join(sounds)}")
     if not 1 <= bands <= N_MELS // ROW_BINS:
         raise ValueError(f"bands must be 1..{N_MELS // ROW_BINS}, got {bands}")
     out = Path(out_dir)
@@ -142,8 +171,8 @@ def generate(out_dir: str | Path, n: int, seed: int = 0, bands: int = 8) -> list
     for i in range(n):
         rng = np.random.default_rng([seed, i, 0xC0DE])
         # every (sync, sound) pair in each run of 8 files, the formats in turn by runs of 8
-        sync, sound = SYNC[i % 2], SOUNDS[(i // 2) % len(SOUNDS)]
-        y, frames = synthesize(rng, sync, bands, sound=sound)
+        sync, sound = SYNC[i % 2], sounds[(i // 2) % len(sounds)]
+        y, frames = synthesize(rng, sync, bands, sound=sound, rate_hz=rate_hz)
         fmt = list(FORMATS)[(i // 8) % len(FORMATS)]
         container, subtype = FORMATS[fmt]
         rel = f"clip-{i:05d}.{fmt}"
@@ -160,7 +189,15 @@ def generate(out_dir: str | Path, n: int, seed: int = 0, bands: int = 8) -> list
         w = csv.DictWriter(f, fieldnames=["path", "sync", "sound"])
         w.writeheader()
         w.writerows(rows)
-    meta = {"version": VERSION, "files": n, "seed": seed, "bands": bands, "control": "modulation"}
+    meta = {
+        "version": VERSION,
+        "files": n,
+        "seed": seed,
+        "bands": bands,
+        "rate_hz": list(rate_hz),
+        "sounds": list(sounds),
+        "control": "modulation",
+    }
     (out / "demo.json").write_text(json.dumps(meta, indent=1) + "\n")
     return paths
 
@@ -192,9 +229,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--files", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bands", type=int, default=8, help="noise bands, one per patch row (<= 8)")
+    p.add_argument(
+        "--rate-hz",
+        type=float,
+        nargs=2,
+        default=list(RATE_HZ),
+        metavar=("LOW", "HIGH"),
+        help=f"the modulation rate's range (default {RATE_HZ[0]:g} {RATE_HZ[1]:g})",
+    )
+    p.add_argument(
+        "--sounds",
+        nargs="+",
+        default=list(SOUNDS),
+        choices=SOUNDS,
+        help="what fills the bands, in turn (default: all four; version 1 was noise only)",
+    )
     args = p.parse_args(argv)
     try:
-        paths = generate(args.out, args.files, args.seed, args.bands)
+        if not 0 < args.rate_hz[0] <= args.rate_hz[1] < 50:
+            raise ValueError(f"--rate-hz needs 0 < LOW <= HIGH < 50, got {args.rate_hz}")
+        paths = generate(
+            args.out, args.files, args.seed, args.bands, tuple(args.rate_hz), tuple(args.sounds)
+        )
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -378,9 +378,13 @@ def test_voices_add_note_streams(tmp_path):
 def test_comodulation_control_files_latents_and_oracle(tmp_path):
     """modalities.audio.modulation: 24 files (every sound and sync, as WAV, FLAC and OGG)
     through the real reader; the bands sit one in each 16-bin mel row; the oracle separates the
-    classes for every sound; rates are per 10-ms frame within 2-8 Hz; the same seed writes the
-    same bytes (the Ogg file too)."""
+    classes for every sound; rates are per 10-ms frame within 2-8 Hz; every file's level is
+    the set RMS within its +-6 dB gain, whatever its class (not a fixed peak: version 2's leak);
+    the same seed writes the same bytes (the Ogg file too); `--sounds` and `--rate-hz` narrow
+    the cohort, and bad values are refused."""
     import csv
+
+    import soundfile as sf
 
     from modalities.audio import modulation as mod
 
@@ -405,6 +409,20 @@ def test_comodulation_control_files_latents_and_oracle(tmp_path):
         scores.setdefault(r["sound"], {}).setdefault(r["sync"], []).append(score)
     for sound, by_sync in scores.items():
         assert min(by_sync["comodulated"]) > 0.7 > max(by_sync["independent"]), sound
+    for r in rows:
+        if r["path"].endswith(".wav"):
+            y, _ = sf.read(tmp_path / "a" / r["path"])
+            db = 20 * np.log10(np.sqrt(np.mean(y**2)) / mod.RMS)
+            assert abs(db) <= mod.GAIN_DB + 0.05, (r, db)
     mod.generate(tmp_path / "b", 17, seed=1)
     for name in ("clip-00001.wav", "clip-00016.ogg"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    args = [str(tmp_path / "c"), "--files", "4", "--sounds", "bursts", "--rate-hz", "1", "2"]
+    assert mod.main(args) == 0
+    assert {r["sound"] for r in csv.DictReader(open(tmp_path / "c" / "labels.csv"))} == {"bursts"}
+    rates = np.load(tmp_path / "c" / "rates.npy")
+    assert rates.min() >= 1.0 and rates.max() <= 2.0
+    assert json.loads((tmp_path / "c" / "demo.json").read_text())["sounds"] == ["bursts"]
+    assert mod.main([str(tmp_path / "d"), "--rate-hz", "3", "2"]) == 1
+    with pytest.raises(ValueError, match="sounds must be among"):
+        mod.generate(tmp_path / "d", 2, sounds=("violin",))
