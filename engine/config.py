@@ -9,6 +9,7 @@ with the modalities' own options).
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,6 +111,9 @@ class LossConfig:
     # before the layer norm, so no few strong directions (a record-level trait) drown the rest
     # (an experiment: docs/results.md; the target encoder then runs without a CUDA graph).
     target_norm: str = "position_centered"
+    # > 0: add this times VICReg's variance and covariance terms on the position-centred
+    # context features (`engine.objective.spread_penalty`): an anti-collapse term (C-JEPA)
+    spread: float = 0.0
 
 
 @dataclass
@@ -425,6 +429,12 @@ def validate(cfg: Config) -> None:
     )
     _check(m.init in INITS, "model.init", "|".join(INITS), m.init)
     _check(cfg.loss.beta > 0, "loss.beta", "must be > 0", cfg.loss.beta)
+    _check(
+        math.isfinite(cfg.loss.spread) and cfg.loss.spread >= 0,
+        "loss.spread",
+        "must be >= 0",
+        cfg.loss.spread,
+    )
     _check(o.lr > 0, "optim.lr", "must be > 0", o.lr)
     _check(0 <= o.warmup_frac < 1, "optim.warmup_frac", "must be in [0, 1)", o.warmup_frac)
     _check(
@@ -479,6 +489,11 @@ def kernel_notes(cfg: Config) -> list[str]:
             "train.zero_stage=3: the step and the target forward run eagerly, not from CUDA "
             "graphs (ZeRO-3 gathers each layer's parameters from Python hooks, which a graph "
             "cannot replay)"
+        )
+    if cfg.loss.spread > 0 and t.cuda_graph_step:
+        out.append(
+            "loss.spread > 0: the step runs eagerly, not from a CUDA graph (the penalty reads "
+            "the context features the forward keeps)"
         )
     return out
 

@@ -282,6 +282,9 @@ class JEPA(nn.Module):
         self.encoder = Encoder(embedder, cfg)
         self.predictor = Predictor(cfg, out_dim)
         self.cuda_graphs: Any = None
+        # loss.spread > 0: forward_eager keeps the context features for the trainer's penalty
+        self.keep_context = False
+        self.last_context: torch.Tensor | None = None
 
     def forward(self, batch: PackedBatch) -> torch.Tensor:
         if self.cuda_graphs is not None:
@@ -295,6 +298,8 @@ class JEPA(nn.Module):
         # A batch padded to a fixed size (engine.graphs.pad_batch) runs its padding rows as
         # sequences of their own: "cu_ctx_seq" delimits the attention's sequences then.
         ctx = enc.encode(ctx, batch.context_seqs, batch.max_ctx)
+        if self.keep_context:
+            self.last_context = ctx
         positions = enc.embedder_of(batch.modality).position(batch.coords).to(ctx.dtype)
         return self.predictor(ctx, positions, batch)
 

@@ -58,3 +58,28 @@ def collapse_stats(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]
         out[f"{name}_std"] = float(std.mean())
         out[f"{name}_std_min"] = float(std.min())
     return out
+
+
+def spread_penalty(ctx: torch.Tensor, batch: PackedBatch, eps: float = 1e-4) -> torch.Tensor:
+    """VICReg's variance and covariance terms on the context features ctx [Tc, D] (the packed
+    context tokens, `batch.ctx_idx` order), each first centred by position over the batch (the
+    mean of the batch's context tokens at the same position taken out, as the targets are), so
+    a feature that only says where a token sits does not count as spread. Variance: the mean
+    over channels of relu(1 - std); covariance: the off-diagonal squared covariances' sum / D.
+    Padding rows past cu_ctx[-1] are left out (no host sync)."""
+    t, d = ctx.shape
+    n = batch.tokens.shape[1]
+    rows = torch.arange(t, device=ctx.device)
+    cu = batch.cu_ctx.to(ctx.device)
+    valid = (rows < cu[-1]).to(ctx.dtype)[:, None]
+    sample = (torch.searchsorted(cu, rows, right=True) - 1).clamp(0, len(cu) - 2)
+    group = batch.pos_group.to(ctx.device)[sample * n + batch.ctx_idx.to(ctx.device).long()]
+    x = ctx.float() * valid
+    sums = x.new_zeros(batch.n_pos_groups, d).index_add_(0, group, x)
+    counts = x.new_zeros(batch.n_pos_groups).index_add_(0, group, valid[:, 0].float())
+    x = (x - (sums / counts.clamp_min(1)[:, None]).index_select(0, group)) * valid
+    m = valid.sum().clamp_min(2)
+    cov = x.T @ x / (m - 1)
+    std = torch.sqrt(torch.diagonal(cov) + eps)
+    off = cov - torch.diag(torch.diagonal(cov))
+    return F.relu(1 - std).mean() + off.pow(2).sum() / d

@@ -53,7 +53,7 @@ from engine.graphs import GraphedJEPA, GraphedTargetFeatures
 from engine.launch import DistInfo
 from engine.metrics import MetricsLogger, plot_curves, truncate_metrics
 from engine.model import JEPA, Encoder, encode_targets, set_fused_layernorm
-from engine.objective import collapse_stats, jepa_loss, mae_targets
+from engine.objective import collapse_stats, jepa_loss, mae_targets, spread_penalty
 from engine.ops import EMATarget
 from engine.schedules import cosine_ramp, warmup_cosine
 from engine.zero3 import PartitionedTarget, gathered, target_deepspeed_config
@@ -248,13 +248,19 @@ class Trainer:
             model = JEPA(embedder, cfg.model, out_dim)
         model = model.to(info.device)
         set_fused_layernorm(model, cfg.train.fused_layernorm)
+        model.keep_context = cfg.loss.spread > 0
+        self.jepa = model
         # The module's forward hands batches to the graphs (eager on CPU), so DeepSpeed's engine
         # still wraps every call. With several ranks they replay or run eagerly together.
         # ZeRO-3 gathers each layer's parameters from Python hooks, which no graph replays: its
         # step runs eagerly (engine.config.kernel_notes says so on a GPU).
+        # loss.spread reads the context features the step's forward keeps: eager too.
         model.cuda_graphs = GraphedJEPA(
             model,
-            cfg.train.cuda_graph_step and not self.zero3 and not self.several,
+            cfg.train.cuda_graph_step
+            and not self.zero3
+            and not self.several
+            and cfg.loss.spread == 0,
             ratio=cfg.train.cuda_graph_ratio,
             max_graphs=cfg.train.cuda_graph_buckets,
             agree=self._every_rank if info.world > 1 else None,
@@ -440,6 +446,11 @@ class Trainer:
             with autocast:
                 tgt = self.target_features(batch)
         loss = jepa_loss(pred, tgt.float(), self.cfg.loss.kind, self.cfg.loss.beta)
+        if self.cfg.loss.spread > 0:
+            penalty = spread_penalty(self.jepa.last_context, batch)
+            self.jepa.last_context = None
+            self._spread = penalty.detach()
+            loss = loss + self.cfg.loss.spread * penalty
         self._last_batch = batch
         return loss, pred.detach(), tgt
 
@@ -495,6 +506,8 @@ class Trainer:
         if grad_norm is not None:
             out["grad_norm"] = float(grad_norm)
         out.update(collapse_stats(pred, tgt))
+        if c.loss.spread > 0:
+            out["spread"] = float(self._spread)  # the last micro-batch's penalty, unweighted
         every = c.train.diag_every
         if every and (self.state.step % every == 0 or self.state.step == 1):
             out.update(self.diagnostics(self._last_batch, tgt, out["target_std"]))

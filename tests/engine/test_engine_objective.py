@@ -145,3 +145,59 @@ def test_context_every_layer_feeds_the_encoded_context_to_each_predictor_layer(g
     torch.testing.assert_close(out["once-1"], out["every_layer-1"])
     with pytest.raises(ValueError, match="model.pred_context"):
         load_config(overrides=[*base, "model.pred_context=always"])
+
+
+def _context_groups(batch) -> torch.Tensor:
+    """Each packed context row's position group, the slow way."""
+    n = batch.tokens.shape[1]
+    out = []
+    for s in range(len(batch.cu_ctx) - 1):
+        for row in range(int(batch.cu_ctx[s]), int(batch.cu_ctx[s + 1])):
+            out.append(int(batch.pos_group[s * n + int(batch.ctx_idx[row])]))
+    return torch.tensor(out)
+
+
+def test_spread_penalty_is_vicreg_on_position_centred_context_and_skips_padding(grid_data):
+    """loss.spread's penalty: VICReg's variance hinge and covariance terms, computed after each
+    position's batch mean is taken out (checked against a direct computation); a context that
+    only says where its tokens sit counts as collapsed (the hinge's full 1 - sqrt(eps)); padding
+    rows past cu_ctx[-1] change nothing; a collapsed encoder gets a gradient."""
+    import dataclasses
+
+    from engine.objective import spread_penalty
+
+    cfg = load_config(overrides=[*TINY, "data.num_workers=0"], values={"data.path": str(grid_data)})
+    modality = resolve_modality(cfg.data.modality, "grid")
+    batch = next(iter(JEPALoader(cfg, modality)))
+    groups = _context_groups(batch)
+    t, d = len(groups), 6
+    assert t == int(batch.cu_ctx[-1]) and len(torch.unique(groups)) < t  # positions repeat
+    g = torch.Generator().manual_seed(0)
+    ctx = 1.3 * torch.randn(t, d, generator=g, dtype=torch.float64)
+    centred = ctx.clone()
+    for k in torch.unique(groups):
+        centred[groups == k] -= ctx[groups == k].mean(0)
+    cov = centred.T @ centred / (t - 1)
+    off = cov - torch.diag(torch.diagonal(cov))
+    want = torch.relu(1 - torch.sqrt(torch.diagonal(cov) + 1e-4)).mean() + off.pow(2).sum() / d
+    got = spread_penalty(ctx.float(), batch)
+    torch.testing.assert_close(got, want.float(), rtol=1e-4, atol=1e-6)
+    # position alone: centred away, every channel's std is 0
+    only_pos = torch.randn(int(groups.max()) + 1, d, generator=g)[groups]
+    expect = torch.tensor(1 - 1e-4**0.5)
+    torch.testing.assert_close(spread_penalty(only_pos, batch), expect, rtol=1e-4, atol=1e-5)
+    # padding rows (as engine.graphs pads a batch) are left out
+    junk = 50 * torch.randn(5, d, generator=g)
+    padded = dataclasses.replace(
+        batch, ctx_idx=torch.cat([batch.ctx_idx, batch.ctx_idx.new_zeros(5)])
+    )
+    torch.testing.assert_close(spread_penalty(torch.cat([ctx.float(), junk]), padded), got)
+    # through the model: the context features forward keeps, and a gradient into the encoder
+    torch.manual_seed(0)
+    model = JEPA(build_embedder(modality, cfg), cfg.model)
+    model(batch)
+    assert model.last_context is None  # kept only when asked (loss.spread > 0)
+    model.keep_context = True
+    model(batch)
+    spread_penalty(model.last_context, batch).backward()
+    assert model.encoder.blocks[0].fc1.weight.grad.abs().sum() > 0

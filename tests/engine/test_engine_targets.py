@@ -168,6 +168,8 @@ def test_config_keys_of_the_fixes():
         ("loss.target_norm=batch", "loss.target_norm"),
         ("model.init=xavier", "model.init"),
         ("loss.objective=byol", "loss.objective"),
+        ("loss.spread=-0.1", "loss.spread"),
+        ("loss.spread=nan", "loss.spread"),
     ):
         with pytest.raises(ConfigError, match=key):
             load_config(None, [bad])
