@@ -426,3 +426,54 @@ def test_comodulation_control_files_latents_and_oracle(tmp_path):
     assert mod.main([str(tmp_path / "d"), "--rate-hz", "3", "2"]) == 1
     with pytest.raises(ValueError, match="sounds must be among"):
         mod.generate(tmp_path / "d", 2, sounds=("violin",))
+
+
+def test_comodulation_probe_end_to_end(tmp_path):
+    """benchmarks/audio_modulation_probe.py, which docs/results.md rests its audio numbers on:
+    16 control files read by the audio reader (labels from the cohort's CSV), a 3-step run with
+    loss.spread, then every probe (oracle, pooled patches, token rate, sync, sound) for the run
+    and its random init, into the JSON."""
+    import runpy
+    import subprocess
+    import sys
+
+    from modalities.audio import MODALITY
+    from modalities.audio import modulation as mod
+    from modalities.base import ReadContext
+    from pipelines.shards import write_dataset
+    from pipelines.worker import full_schema
+
+    repo = Path(__file__).resolve().parents[2]
+    raw = tmp_path / "raw"
+    paths = mod.generate(raw, 16, seed=2)
+    opts = AudioOptions(
+        segment_frames=512, labels="csv", labels_csv=str(raw / "labels.csv"), label_column="sync"
+    )
+    records = []
+    for i, path in enumerate(paths):
+        ctx = ReadContext(path, path, Path(path).stat().st_size, 1 << 34)
+        records += [{"id": f"r{i}", "source": path, **r} for r in MODALITY.read(ctx, opts)]
+    mel = np.concatenate([r["mel"][:, : r["valid_frames"]].ravel() for r in records]).astype(float)
+    data = tmp_path / "ds"
+    write_dataset(data, "audio", full_schema(MODALITY.schema(opts)), records,
+                  stats={"mean": float(mel.mean()), "std": float(mel.std())})  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = tmp_path / "run"
+    train = [sys.executable, "-m", "engine.train", "--data", str(data), "--out", str(run),
+             "--config", "engine/configs/audio_control.yaml", "--steps", "3",
+             "--save-every", "3", "data.batch_size=4", "data.num_workers=0",
+             "loss.spread=0.1"]  # fmt: skip
+    subprocess.run(train, cwd=repo, env=env, check=True, capture_output=True, timeout=300)
+    out = tmp_path / "probe.json"
+    probe = runpy.run_path(str(repo / "benchmarks" / "audio_modulation_probe.py"))["main"]
+    args = ["--data", str(data), "--raw", str(raw), "--run", f"{run}:0", "--labels", "4",
+            "--folds", "2", "--oracle", "--patches", "--json", str(out)]  # fmt: skip
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert probe(args) == 0
+    res = json.loads(out.read_text())["results"]
+    assert set(res) == {"oracle/4", "patches", f"{run}/pretrained", f"{run}/random-init"}
+    assert res["oracle/4"]["accuracy"] > 0.8  # one number per file reads the label
+    for arm in ("pretrained", "random-init"):
+        r = res[f"{run}/{arm}"]
+        assert {"token_rate_r2", "sync_4", "sound_4"} <= set(r)
+        assert 0 <= r["sync_4"][0] <= 1 and np.isfinite(r["token_rate_r2"])
