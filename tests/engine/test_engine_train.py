@@ -189,16 +189,14 @@ def test_corrupt_shard_stops_the_run_naming_it(tmp_path):
     assert shard.name in proc.stderr and "checksum mismatch" in proc.stderr
 
 
-def test_spread_penalty_trains_and_is_logged(grid_data, tmp_path):
-    """loss.spread > 0: the step adds the context-spread penalty (logged unweighted as
-    `spread`, finite, and the logged loss is larger than the same run's without it at step 1,
-    where both start from the same weights and batch)."""
-    runs = {}
-    for name, extra in (("plain", ()), ("spread", ("loss.spread=0.5",))):
-        run_cli(train_args(grid_data, tmp_path / name, 3, 0, *extra))
-        runs[name] = read_metrics(tmp_path / name)
-    assert "spread" not in runs["plain"][0]
-    pen = [r["spread"] for r in runs["spread"]]
+def test_spread_penalty_trains_and_is_logged(grid_data, trained_run, tmp_path):
+    """loss.spread > 0: the step adds the context-spread penalty, logged unweighted as
+    `spread` (finite); at step 1, where a run without it (the shared `trained_run`, same
+    settings) starts from the same weights and batch, the logged loss is that run's plus the
+    weighted penalty."""
+    run_cli(train_args(grid_data, tmp_path / "spread", 3, 0, "optim.lr=2e-3", "loss.spread=0.5"))
+    rows, plain = read_metrics(tmp_path / "spread"), read_metrics(trained_run)
+    assert "spread" not in plain[0]
+    pen = [r["spread"] for r in rows]
     assert len(pen) == 3 and all(np.isfinite(pen)) and pen[0] > 0
-    plain, spread = runs["plain"][0]["loss"], runs["spread"][0]["loss"]
-    assert spread == pytest.approx(plain + 0.5 * pen[0], rel=1e-4)
+    assert rows[0]["loss"] == pytest.approx(plain[0]["loss"] + 0.5 * pen[0], rel=1e-4)
