@@ -18,7 +18,8 @@ patch holds a third to one and a third of a cycle.
   control's kind (as the fMRI frequency control's tokens).
 - Record label `sync`: "comodulated" (every band's offset the same: the bands swell and fade
   together) or "independent" (each band its own offset, uniform). Every patch's content is
-  distributed alike in both classes (the same rate curve's law, a uniform phase); only the
+  distributed alike in both classes (the same rate curve's law, a uniform phase; nearly: a
+  band's spectral leakage into its neighbours' rows shows a little of two bands); only the
   alignment of the bands at one time tells them apart, and in comodulated files a masked band is
   predictable from the others at the same time (A-JEPA's frequency-band targets).
 - Level: each file's RMS is set to -30 dBFS, then a random gain of +-6 dB (uniform, drawn alike
