@@ -7,7 +7,8 @@ values, each token standardised over its values (MAE's normalised-pixel targets)
 `collapse_stats`: per-dimension standard deviation of target and predicted features across
 tokens; a collapsed encoder drives it towards 0.
 
-Imports torch, `engine.batch` and `engine.ops` (the token gather).
+Imports torch, `engine.batch`, `engine.model` (position centring) and `engine.ops` (the token
+gather).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.batch import PackedBatch
+from engine.model import center_by_position
 from engine.ops import gather_tokens
 
 
@@ -71,13 +73,13 @@ def spread_penalty(ctx: torch.Tensor, batch: PackedBatch, eps: float = 1e-4) -> 
     n = batch.tokens.shape[1]
     rows = torch.arange(t, device=ctx.device)
     cu = batch.cu_ctx.to(ctx.device)
-    valid = (rows < cu[-1]).to(ctx.dtype)[:, None]
+    valid = rows < cu[-1]
     sample = (torch.searchsorted(cu, rows, right=True) - 1).clamp(0, len(cu) - 2)
     group = batch.pos_group.to(ctx.device)[sample * n + batch.ctx_idx.to(ctx.device).long()]
-    x = ctx.float() * valid
-    sums = x.new_zeros(batch.n_pos_groups, d).index_add_(0, group, x)
-    counts = x.new_zeros(batch.n_pos_groups).index_add_(0, group, valid[:, 0].float())
-    x = (x - (sums / counts.clamp_min(1)[:, None]).index_select(0, group)) * valid
+    # padding rows join the batch's padding group (the last), so no real position's mean sees them
+    group = torch.where(valid, group, batch.n_pos_groups - 1)
+    x = center_by_position(ctx.float()[None], group, batch.n_pos_groups)[0]
+    x = x * valid[:, None]
     m = valid.sum().clamp_min(2)
     cov = x.T @ x / (m - 1)
     std = torch.sqrt(torch.diagonal(cov) + eps)
