@@ -11,19 +11,31 @@ record features carry, beside the same encoder at its random init.
   `labels.csv`), the same pooled features and probe: what one patch shows, which random
   features should read as well as pretrained ones.
 - `--oracle`: `sync_score` (one number per file, no fitting beyond a threshold) through the same
-  probe: that the label is readable at all.
-- `--patches`: the tokens themselves (each record's 16 x 16 log-mel patches as the first
-  `--run`'s tokenizer cuts them, mean+std pooled, no encoder) through the same probe: how much
-  of `sync` a per-patch statistic reads (the control's claim is little; on the generator's
+  probe: that the label is readable at all; and `rate_track` (one number per token: its band's
+  instantaneous modulation rate over the patch's frames) through the token probe: how much of
+  the token latent the patch's band and time neighbours give.
+- `--rate-gate EPOCHS`: the token latent's supervised gate. Each `--run`'s encoder at its random
+  init (`--gate-arms`: and/or pretrained), with a linear head on every token, trained end to end
+  to regress the tokens' log-rate on one half of the files (or `--gate-files N` of it: label
+  efficiency) for EPOCHS epochs (MSE, AdamW lr 1e-3, batches of 16 files) and tested on the
+  other half (R^2, and on the training files: whether a fit memorises): that the architecture
+  can learn the latent at all (the reference for the token probe), and how fast from few
+  labelled files.
+- `--patches`: the tokens themselves (each record's 16 x 16 log-mel patches as the first `--run`'s
+  tokenizer cuts them, no encoder): each patch through the token probe (how much of the rate a
+  linear function of one patch carries), and mean+std pooled through the record probe: how much of
+  `sync` a per-patch statistic reads (the control's claim is little; on the generator's
   peak-normalised version 2, pooled patch embeddings read it at 0.89 with 32 labels).
 
     python benchmarks/audio_modulation_probe.py --data DS --raw RAW --run RUN:SEED [...] \
-        [--labels 8] [--folds 10] [--oracle] [--patches] [--json FILE]
+        [--labels 8] [--folds 10] [--oracle] [--patches] \
+        [--rate-gate EPOCHS [--gate-files N] [--gate-arms ARM...]] [--json FILE]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import json
 import sys
@@ -36,10 +48,11 @@ REPO = Path(__file__).resolve().parents[1]
 # Run as a script, this folder is first on sys.path and its kernels.py would shadow the package.
 sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p).resolve() != REPO / "benchmarks"]
 
+from engine.batch import pack_tokens  # noqa: E402
 from engine.data import method_options  # noqa: E402
 from engine.export import load_run_and_baseline  # noqa: E402
 from engine.probe import encode_records, linear_probe, read_column, token_probe  # noqa: E402
-from modalities.audio.modulation import file_index, sync_score  # noqa: E402
+from modalities.audio.modulation import file_index, rate_track, sync_score  # noqa: E402
 from pipelines.shards import ShardDataset  # noqa: E402
 
 
@@ -66,13 +79,116 @@ def features(encoder, cfg, modality, ds, rates, patch_time):
     return tokens, targets, np.stack(pooled)
 
 
-def patch_pooled(cfg, modality, ds) -> np.ndarray:
-    """Every record's tokens (the patches the encoder reads), mean+std pooled: [records, 2P]."""
-    opts, out = method_options(modality, cfg), []
+def patch_tokens(cfg, modality, ds, rates, patch_time):
+    """The patches the encoder reads, no encoder: every record's tokens mean+std pooled
+    [records, 2P], and each record's tokens [N_i, P] with their log-rates [N_i]."""
+    opts, pooled, toks, targets = method_options(modality, cfg), [], [], []
     for i in range(len(ds)):
-        x = np.asarray(modality.tokenize(ds[i], ds.stats, opts)["tokens"], dtype=np.float64)
-        out.append(np.concatenate([x.mean(0), x.std(0)]))
-    return np.stack(out)
+        t = modality.tokenize(ds[i], ds.stats, opts)
+        x = np.asarray(t["tokens"], dtype=np.float64)
+        pooled.append(np.concatenate([x.mean(0), x.std(0)]))
+        y = token_rates(ds[i], rates, np.asarray(t["coords"]), patch_time)
+        keep = np.isfinite(y)
+        toks.append(x[keep])
+        targets.append(y[keep])
+    return np.stack(pooled), toks, targets
+
+
+def oracle_tokens(ds: ShardDataset, rates: np.ndarray, cfg, modality, patch_time: int):
+    """Per record: `rate_track` averaged over each token's row and frames [N_i, 1], and the
+    tokens' log-rates [N_i]."""
+    opts, feats, targets = method_options(modality, cfg), [], []
+    for i in range(len(ds)):
+        rec = ds[i]
+        vf = int(rec["valid_frames"])
+        coords = np.asarray(modality.tokenize(rec, ds.stats, opts)["coords"])
+        track = rate_track(rec["mel"], valid_frames=vf)
+        y = token_rates(rec, rates, coords, patch_time)
+        x = np.array(
+            [track[r, t * patch_time : (t + 1) * patch_time].mean() for r, t in coords]
+            if track.shape[1] >= patch_time
+            else [np.nan] * len(coords)
+        )
+        keep = np.isfinite(y) & np.isfinite(x)
+        feats.append(x[keep, None])
+        targets.append(y[keep])
+    return feats, targets
+
+
+def rate_gate(encoder, cfg, modality, ds, rates, patch_time, epochs, seed, files=0, lr=1e-3):
+    """The token latent's supervised fit (module docstring): `encoder` with a linear head on
+    every token trained on `files` files of one half (0: all of it), tested on the other half;
+    held-out R^2 at ten points of the run."""
+    # a trainable copy: load_encoder hands out frozen encoders, and the probes reuse this one
+    encoder = copy.deepcopy(encoder).requires_grad_(True)
+    start = torch.cat([q.detach().flatten().clone() for q in encoder.parameters()])
+    opts = method_options(modality, cfg)
+    recs = []
+    for i in range(len(ds)):
+        t = modality.tokenize(ds[i], ds.stats, opts)
+        coords = np.asarray(t["coords"])
+        y = token_rates(ds[i], rates, coords, patch_time)
+        recs.append((np.asarray(t["tokens"], dtype=np.float32), coords, y))
+    order = np.random.default_rng(seed).permutation(len(recs))
+    train, test = order[: len(order) // 2], order[len(order) // 2 :]
+    if files:
+        if files > len(train):
+            raise ValueError(f"--gate-files {files}: only {len(train)} files in the training half")
+        train = train[:files]
+    ys = np.concatenate([recs[i][2] for i in train])
+    mu, sd = float(np.nanmean(ys)), float(np.nanstd(ys))
+    torch.manual_seed(seed)
+    head = torch.nn.Linear(encoder.norm.weight.shape[0], 1)
+    params = list(encoder.parameters()) + list(head.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
+
+    def run(idx: np.ndarray, learn: bool) -> tuple[np.ndarray, np.ndarray]:
+        preds, truth = [], []
+        for lo in range(0, len(idx), 16):
+            part = [recs[i] for i in idx[lo : lo + 16]]
+            b = pack_tokens([r[0] for r in part], [r[1] for r in part], modality.position_columns)
+            with torch.set_grad_enabled(learn):
+                h = encoder.forward_all(b.tokens, b.coords, b.n_tokens, b.packing)
+                out = head(h.float()).squeeze(-1)
+            y = torch.full(out.shape, float("nan"))
+            for j, r in enumerate(part):
+                y[j, : len(r[2])] = torch.from_numpy((r[2] - mu) / sd).float()
+            keep = torch.isfinite(y)
+            if learn:
+                opt.zero_grad()
+                torch.nn.functional.mse_loss(out[keep], y[keep]).backward()
+                opt.step()
+            preds.append(out[keep].detach().numpy())
+            truth.append(y[keep].numpy())
+        return np.concatenate(preds), np.concatenate(truth)
+
+    def r2(idx: np.ndarray) -> float:
+        pred, truth = run(idx, False)
+        return 1.0 - float(np.sum((pred - truth) ** 2) / np.sum((truth - truth.mean()) ** 2))
+
+    curve: dict[int, float] = {}
+    fit: dict[int, float] = {}
+    rng = np.random.default_rng(seed + 1)
+    every = max(1, epochs // 10)
+    for epoch in range(1, epochs + 1):
+        encoder.train()
+        run(rng.permutation(train), True)
+        if epoch % every and epoch != epochs:
+            continue
+        encoder.eval()
+        curve[epoch], fit[epoch] = r2(test), r2(train)
+        print(f"  token rate R2 {curve[epoch]:.3f} held out, {fit[epoch]:.3f} on the training "
+              f"files after {epoch} epochs", flush=True)  # fmt: skip
+    end = torch.cat([q.detach().flatten() for q in encoder.parameters()])
+    moved = float((end - start).norm() / start.norm())
+    print(f"  the encoder's weights moved by {moved:.1%} of their norm", flush=True)
+    return {
+        "train_files": len(train),
+        "test_files": len(test),
+        "r2_by_epoch": curve,
+        "train_r2_by_epoch": fit,
+        "encoder_moved": moved,
+    }
 
 
 def plain_class(ds: ShardDataset, raw: Path) -> np.ndarray | None:
@@ -98,8 +214,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--folds", type=int, default=10, help="record-probe draws")
     p.add_argument("--oracle", action="store_true")
     p.add_argument("--patches", action="store_true", help="probe the pooled patches too")
+    p.add_argument(
+        "--rate-gate", type=int, default=0, metavar="EPOCHS",
+        help="fine-tune each run's encoder(s) on the token rate for EPOCHS epochs",
+    )  # fmt: skip
+    p.add_argument(
+        "--gate-files", type=int, default=0, metavar="N",
+        help="labelled files for --rate-gate (default: the whole training half)",
+    )  # fmt: skip
+    p.add_argument("--gate-arms", nargs="+", choices=("pretrained", "random-init"),
+                   default=["random-init"])  # fmt: skip
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
+    if args.rate_gate and not args.run:
+        p.error("--rate-gate needs a --run (whose encoders it trains)")
     ds = ShardDataset(args.data)
     rates = np.load(Path(args.raw) / "rates.npy")
     y = read_column(ds, args.data, "label")
@@ -112,6 +240,12 @@ def main(argv: list[str] | None = None) -> int:
             r = linear_probe(x, y, args.folds, 0, train_groups=n)
             results[f"oracle/{n}"] = {"accuracy": r["mean"], "std": r["std"]}
             print(f"oracle sync_score, {n} labels: {r['mean']:.3f} +- {r['std']:.3f}", flush=True)
+        if args.run:  # the token oracle needs the runs' patch size
+            _, _, _, cfg0, mod0 = load_run_and_baseline(args.run[0], ds.stats)
+            pt = int(method_options(mod0, cfg0).patch_time)
+            t = token_probe(*oracle_tokens(ds, rates, cfg0, mod0, pt), None)
+            results["oracle/token_rate"] = {"r2": t["mean"], "std": t["std"]}
+            print(f"oracle rate_track: token rate R2 {t['mean']:.3f} +- {t['std']:.3f}", flush=True)
     for spec in args.run:
         try:
             run, encoder, random_init, cfg, modality = load_run_and_baseline(spec, ds.stats)
@@ -119,7 +253,10 @@ def main(argv: list[str] | None = None) -> int:
             p.error(str(e))
         patch_time = int(method_options(modality, cfg).patch_time)
         if args.patches and "patches" not in results:
-            pooled, res, line = patch_pooled(cfg, modality, ds), {}, "patches (no encoder):"
+            pooled, toks, targs = patch_tokens(cfg, modality, ds, rates, patch_time)
+            t = token_probe(toks, targs, None)
+            res = {"token_rate_r2": t["mean"], "token_rate_r2_std": t["std"]}
+            line = f"patches (no encoder): token rate R2 {t['mean']:.3f} +- {t['std']:.3f};"
             for n in args.labels:
                 r = linear_probe(pooled, y, args.folds, 0, train_groups=n)
                 res[f"sync_{n}"] = [r["mean"], r["std"]]
@@ -142,6 +279,13 @@ def main(argv: list[str] | None = None) -> int:
                     line += f"; sound {n} labels {r['mean']:.3f} +- {r['std']:.3f}"
             results[f"{run}/{name}"] = res
             print(line, flush=True)
+        for arm in args.gate_arms if args.rate_gate else ():
+            seed = int(spec.rpartition(":")[2])
+            enc = encoder if arm == "pretrained" else random_init
+            print(f"{run} {arm}: token rate fit, {args.gate_files or 'all'} files", flush=True)
+            results[f"{run}/{arm}/rate_gate"] = rate_gate(
+                enc, cfg, modality, ds, rates, patch_time, args.rate_gate, seed, args.gate_files
+            )
     if args.json:
         args.json.write_text(json.dumps({"data": args.data, "results": results}, indent=2))
     return 0

@@ -29,9 +29,10 @@ patch holds a third to one and a third of a cycle.
   with 32 labels), the baseline any pretraining had to beat.
 
 `sync_score` is the label's one-number oracle: the mean correlation between the loudness time
-courses of neighbouring bands. `python -m modalities.audio.modulation OUT --files N` writes the
-files (WAV, FLAC and OGG/Vorbis in turn, each format holding every class), `labels.csv` (path,
-sync, sound), `rates.npy` and `demo.json`. Imports numpy and soundfile.
+courses of neighbouring bands; `rate_track` the token latent's (each band's instantaneous
+modulation rate). `python -m modalities.audio.modulation OUT --files N` writes the files (WAV,
+FLAC and OGG/Vorbis in turn, each format holding every class), `labels.csv` (path, sync, sound),
+`rates.npy` and `demo.json`. Imports numpy, soundfile and (`rate_track`) scipy.
 """
 
 from __future__ import annotations
@@ -217,6 +218,26 @@ def sync_score(mel: np.ndarray, bands: int = 8, valid_frames: int | None = None)
     loud = loud - loud.mean(axis=1, keepdims=True)
     loud /= np.linalg.norm(loud, axis=1, keepdims=True) + 1e-12
     return float(np.mean(np.sum(loud[:-1] * loud[1:], axis=1)))
+
+
+def rate_track(
+    mel: np.ndarray, bands: int = 8, valid_frames: int | None = None, smooth: int = 17
+) -> np.ndarray:
+    """The token latent's oracle: each band's modulation rate at every frame, log Hz
+    [bands, frames], from one log-mel [n_mels, frames]. A band's loudness (the mean of its row's
+    bins) less its half-second moving mean, the instantaneous frequency of its analytic signal
+    (Hilbert), averaged over `smooth` frames and clipped to 0.5-20 Hz. It reads the rate from a
+    band's own time course around a frame: what the patch's time neighbours tell."""
+    from scipy.ndimage import uniform_filter1d
+    from scipy.signal import hilbert
+
+    x = np.asarray(mel, dtype=np.float64)[: bands * ROW_BINS, : valid_frames or None]
+    loud = x.reshape(bands, ROW_BINS, -1).mean(axis=1)
+    loud = loud - uniform_filter1d(loud, 51, axis=1, mode="nearest")
+    phase = np.unwrap(np.angle(hilbert(loud, axis=1)), axis=1)
+    hz = np.gradient(phase, axis=1) * (RATE / HOP) / (2 * np.pi)
+    hz = uniform_filter1d(hz, smooth, axis=1, mode="nearest")
+    return np.log(np.clip(hz, 0.5, 20.0))
 
 
 def main(argv: list[str] | None = None) -> int:
