@@ -20,7 +20,8 @@ record features carry, beside the same encoder at its random init.
   efficiency) for EPOCHS epochs (MSE, AdamW lr 1e-3, batches of 16 files) and tested on the
   other half (R^2, and on the training files: whether a fit memorises): that the architecture
   can learn the latent at all (the reference for the token probe), and how fast from few
-  labelled files.
+  labelled files. `--gate-alone`: every patch encoded as a record of its own (the rate from
+  one patch and its position, nonlinearly: what no context gives).
 - `--patches`: the tokens themselves (each record's 16 x 16 log-mel patches as the first `--run`'s
   tokenizer cuts them, no encoder): each patch through the token probe (how much of the rate a
   linear function of one patch carries), and mean+std pooled through the record probe: how much of
@@ -29,7 +30,7 @@ record features carry, beside the same encoder at its random init.
 
     python benchmarks/audio_modulation_probe.py --data DS --raw RAW --run RUN:SEED [...] \
         [--labels 8] [--folds 10] [--oracle] [--patches] \
-        [--rate-gate EPOCHS [--gate-files N] [--gate-arms ARM...]] [--json FILE]
+        [--rate-gate EPOCHS [--gate-files N] [--gate-arms ARM...] [--gate-alone]] [--json FILE]
 """
 
 from __future__ import annotations
@@ -115,10 +116,13 @@ def oracle_tokens(ds: ShardDataset, rates: np.ndarray, cfg, modality, patch_time
     return feats, targets
 
 
-def rate_gate(encoder, cfg, modality, ds, rates, patch_time, epochs, seed, files=0, lr=1e-3):
+def rate_gate(
+    encoder, cfg, modality, ds, rates, patch_time, epochs, seed, files=0, alone=False, lr=1e-3
+):
     """The token latent's supervised fit (module docstring): `encoder` with a linear head on
     every token trained on `files` files of one half (0: all of it), tested on the other half;
-    held-out R^2 at ten points of the run."""
+    held-out R^2 at ten points of the run. `alone`: every patch is encoded as a record of its
+    own (with its position), so the fit reads what one patch shows."""
     # a trainable copy: load_encoder hands out frozen encoders, and the probes reuse this one
     encoder = copy.deepcopy(encoder).requires_grad_(True)
     start = torch.cat([q.detach().flatten().clone() for q in encoder.parameters()])
@@ -146,6 +150,8 @@ def rate_gate(encoder, cfg, modality, ds, rates, patch_time, epochs, seed, files
         preds, truth = [], []
         for lo in range(0, len(idx), 16):
             part = [recs[i] for i in idx[lo : lo + 16]]
+            if alone:  # one record per patch: [t[k : k + 1], c[k : k + 1], y[k : k + 1]]
+                part = [tuple(a[k : k + 1] for a in r) for r in part for k in range(len(r[0]))]
             b = pack_tokens([r[0] for r in part], [r[1] for r in part], modality.position_columns)
             with torch.set_grad_enabled(learn):
                 h = encoder.forward_all(b.tokens, b.coords, b.n_tokens, b.packing)
@@ -224,6 +230,10 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     p.add_argument("--gate-arms", nargs="+", choices=("pretrained", "random-init"),
                    default=["random-init"])  # fmt: skip
+    p.add_argument(
+        "--gate-alone", action="store_true",
+        help="--rate-gate encodes every patch alone: what one patch shows of the rate",
+    )  # fmt: skip
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     if args.rate_gate and not args.run:
@@ -283,9 +293,11 @@ def main(argv: list[str] | None = None) -> int:
             seed = int(spec.rpartition(":")[2])
             enc = encoder if arm == "pretrained" else random_init
             print(f"{run} {arm}: token rate fit, {args.gate_files or 'all'} files", flush=True)
-            results[f"{run}/{arm}/rate_gate"] = rate_gate(
-                enc, cfg, modality, ds, rates, patch_time, args.rate_gate, seed, args.gate_files
-            )
+            key = f"{run}/{arm}/rate_gate" + ("_alone" if args.gate_alone else "")
+            results[key] = rate_gate(
+                enc, cfg, modality, ds, rates, patch_time, args.rate_gate, seed,
+                args.gate_files, args.gate_alone,
+            )  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps({"data": args.data, "results": results}, indent=2))
     return 0

@@ -441,7 +441,7 @@ def test_comodulation_probe_end_to_end(tmp_path):
     16 control files read by the audio reader (labels from the cohort's CSV), a 3-step run with
     loss.spread, then every probe (oracle, pooled patches, token rate, sync, sound) for the run
     and its random init, the token rate's oracle and a one-epoch fit of it from both encoders
-    on 4 labelled files, into the JSON."""
+    on 4 labelled files (and from one patch at a time), into the JSON."""
     import runpy
     import subprocess
     import sys
@@ -492,6 +492,11 @@ def test_comodulation_probe_end_to_end(tmp_path):
         assert gate["encoder_moved"] > 0  # fine-tuned end to end, the loaded encoder too
         for curve in (gate["r2_by_epoch"], gate["train_r2_by_epoch"]):
             assert list(curve) == ["1"] and np.isfinite(curve["1"])
+    # the same fit with every patch encoded alone (what one patch shows of the rate)
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert probe(args[:10] + ["--rate-gate", "1", "--gate-alone", "--json", str(out)]) == 0
+    gate = json.loads(out.read_text())["results"][f"{run}/random-init/rate_gate_alone"]
+    assert gate["test_files"] == 8 and np.isfinite(gate["r2_by_epoch"]["1"])
     for arm in ("pretrained", "random-init"):
         r = res[f"{run}/{arm}"]
         assert {"token_rate_r2", "sync_4", "sound_4"} <= set(r)
