@@ -12,8 +12,9 @@ seeds), or, with `--labels N`, trained on N labelled subjects and tested on all 
 pretraining and few labels for the probe. Folds are grouped by subject when the dataset has a
 `subject` column: windows of one recording are near-duplicates, and letting them straddle train
 and test would score identity, not the label. `--random-init` probes the same architecture with
-fresh weights, the baseline pretraining must beat; `--baseline` probes both in one run. Results
-are printed and written as JSON next to the checkpoint (`--json` to choose the file).
+fresh weights (by default the run's own init, from its train.seed; `--init-seed` another), the
+baseline pretraining must beat; `--baseline` probes both in one run. Results are printed and
+written as JSON next to the checkpoint (`--json` to choose the file).
 `token_probe` (a library function) scores a ridge regression of a per-token target from each
 token's features, folds grouped by subject.
 Imports torch, numpy, scikit-learn and engine (never DeepSpeed).
@@ -460,8 +461,12 @@ def main(argv: list[str] | None = None) -> int:
         help="repeat the split with seeds SEED..SEED+R-1 and report the mean and std of the R "
         "averaged scores (split noise is large with few subjects)",
     )
+    p.add_argument("--seed", type=int, default=0, help="split seed")
     p.add_argument(
-        "--seed", type=int, default=0, help="split seed, and the init seed of --random-init"
+        "--init-seed",
+        type=int,
+        help="the random init's seed (default: the run's train.seed, so the baseline is the "
+        "very weights the run started from)",
     )
     p.add_argument(
         "--steps", type=int, default=300, help="attentive probe: training steps per split"
@@ -496,7 +501,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.random_init:
             encoders[args.encoder] = encoder
         if args.random_init or args.baseline:
-            encoders["random-init"] = random_init_encoder(modality, cfg, ds.stats, args.seed)
+            init_seed = cfg.train.seed if args.init_seed is None else args.init_seed
+            encoders["random-init"] = random_init_encoder(modality, cfg, ds.stats, init_seed)
         results = {}
         for name, enc in encoders.items():
             results[name] = _probe_runs(args, enc, cfg, modality, ds, labels, groups, keep)
@@ -516,6 +522,7 @@ def main(argv: list[str] | None = None) -> int:
         "labels": args.labels,
         "group_by": group_col,
         "seed": args.seed,
+        "init_seed": init_seed if "random-init" in encoders else None,
         "results": results,
     }
     try:

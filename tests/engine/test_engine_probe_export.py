@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from engine.checkpoint import latest_checkpoint
 from engine.data import method_options
-from engine.export import load_encoder
+from engine.export import load_encoder, random_init_encoder
 from engine.probe import extract_features, linear_probe
 from pipelines.shards import ShardDataset
 
@@ -119,7 +119,7 @@ def test_grouped_folds_do_not_score_subject_identity():
         linear_probe(identity[:18], labels[:18], folds=5, groups=subjects[:18] % 3)
 
 
-def test_probe_cli_random_init_baseline(trained_run, grid_data):
+def test_probe_cli_random_init_baseline(trained_run, grid_data, tmp_path):
     args = ["engine.probe", "--checkpoint", str(trained_run), "--data", str(grid_data)]
     trained = run_cli([*args, "--label", "label", "--folds", "4"])
     random = run_cli([*args, "--label", "label", "--folds", "4", "--random-init"])
@@ -134,6 +134,21 @@ def test_probe_cli_random_init_baseline(trained_run, grid_data):
     assert set(saved["results"]) == {"target", "random-init"}
     for name in ("target", "random-init"):
         assert f"{saved['results'][name]['mean']:.4f}" in both.stdout
+    # the baseline is the run's own init (its train.seed): the weights it trained from are
+    # much nearer the trained ones than another seed's draw is
+    encoder, cfg, modality = load_encoder(trained_run, "target")
+    assert saved["init_seed"] == cfg.train.seed
+    stats = ShardDataset(grid_data).stats
+    trained = torch.cat([q.flatten() for q in encoder.parameters()])
+
+    def distance(seed: int) -> float:
+        init = random_init_encoder(modality, cfg, stats, seed).parameters()
+        return float((torch.cat([q.detach().flatten() for q in init]) - trained).norm())
+
+    assert distance(cfg.train.seed) < 0.5 * distance(cfg.train.seed + 1)
+    run_cli([*args, "--label", "label", "--folds", "4", "--random-init", "--init-seed", "7",
+             "--json", str(tmp_path / "r7.json")])  # fmt: skip
+    assert json.loads((tmp_path / "r7.json").read_text())["init_seed"] == 7
 
 
 def test_export_carries_dataset_stats_and_loads_without_the_dataset(
