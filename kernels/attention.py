@@ -351,12 +351,26 @@ def varlen_attention_reference(
     causal: bool = False,
     scale: float | None = None,
 ) -> torch.Tensor:
-    """Plain torch attention, one sample at a time, in at least float32 (differentiable)."""
+    """Plain torch attention, one sample at a time (one batched call when every sample has the
+    same length), in at least float32 (differentiable)."""
     _check_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     compute = torch.promote_types(q.dtype, torch.float32)
     cq = cu_seqlens_q.tolist()
     ck = cu_seqlens_k.tolist()
+    lens_q = {b - a for a, b in zip(cq[:-1], cq[1:], strict=True)}
+    lens_k = {b - a for a, b in zip(ck[:-1], ck[1:], strict=True)}
+    if len(lens_q) == len(lens_k) == 1 and q.shape[0] == cq[-1] and k.shape[0] == ck[-1]:
+        # Every sample the same length (whole records of one shape, or one token each): a
+        # single batched call instead of a Python loop over samples.
+        (lq,), (lk,) = lens_q, lens_k
+        if lk > 0 and (not causal or lq == lk):
+            qs, ks, vs = (
+                t.to(compute).reshape(-1, n, *t.shape[1:]).transpose(1, 2)
+                for t, n in ((q, lq), (k, lk), (v, lk))
+            )
+            out = F.scaled_dot_product_attention(qs, ks, vs, is_causal=causal, scale=scale)
+            return out.transpose(1, 2).reshape(q.shape[0], out.shape[1], -1).to(q.dtype)
     outs = []
     for b in range(len(cq) - 1):
         qs = q[cq[b] : cq[b + 1]].to(compute).transpose(0, 1)  # [H, Lq, D]
