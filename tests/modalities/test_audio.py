@@ -380,7 +380,7 @@ def test_comodulation_control_files_latents_and_oracle(tmp_path):
     through the real reader; the bands sit one in each 16-bin mel row; the oracle separates the
     classes for every sound; rates are per 10-ms frame within 2-8 Hz; every file's level is
     the set RMS within its +-6 dB gain, whatever its class (not a fixed peak: version 2's leak);
-    the rate oracle follows the rate;
+    the rate oracle follows the rate; phases.npy holds the bands' offsets;
     the same seed writes the same bytes (the Ogg file too); `--sounds` and `--rate-hz` narrow
     the cohort, and bad values are refused."""
     import csv
@@ -396,6 +396,9 @@ def test_comodulation_control_files_latents_and_oracle(tmp_path):
     assert [Path(r["path"]).suffix for r in rows[::8]] == [".wav", ".flac", ".ogg"]
     rates = np.load(tmp_path / "a" / "rates.npy")
     assert rates.shape == (24, 512) and rates.min() >= 2.0 and rates.max() <= 8.0
+    phases = np.load(tmp_path / "a" / "phases.npy")  # each band's offset: one per comodulated file
+    assert phases.shape == (24, 8) and phases.min() >= 0 and phases.max() < 2 * np.pi
+    assert np.ptp(phases[0::2], axis=1).max() == 0 and np.ptp(phases[1::2], axis=1).min() > 0
     filters = mel_filters(128, 512, 16000)
     for k, (lo, hi) in enumerate(mod.band_edges()):
         # the band's centre frequency excites the mel bins of row k most
