@@ -35,7 +35,7 @@ from engine.checkpoint import (
 )
 from engine.config import Config, config_from_dict
 from engine.data import build_embedder, method_options, resolve_modality
-from engine.model import Encoder
+from engine.model import JEPA, Encoder
 from modalities import Modality
 from modalities.options import options_to_dict
 
@@ -64,6 +64,12 @@ def _checkpoint_weights(ckpt: Path, which: str, zero_stage: int) -> dict[str, to
     if which != "context":
         raise ValueError(f"encoder must be 'target' or 'context', got {which!r}")
     prefix = "encoder."
+    states = _trained_states(ckpt, zero_stage)
+    return {k[len(prefix) :]: v.float() for k, v in states.items() if k.startswith(prefix)}
+
+
+def _trained_states(ckpt: Path, zero_stage: int) -> dict[str, torch.Tensor]:
+    """The trained module's (context encoder and predictor) states in checkpoint `ckpt`."""
     if zero_stage >= 1:
         # DeepSpeed's reader (imported here only: loading a target or an export never needs
         # DeepSpeed). It asks torch.load to unpickle; `weights_only_loads` holds it to tensors
@@ -82,7 +88,7 @@ def _checkpoint_weights(ckpt: Path, which: str, zero_stage: int) -> dict[str, to
         states = torch.load(
             ckpt / DS_TAG / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True
         )["module"]
-    return {k[len(prefix) :]: v.float() for k, v in states.items() if k.startswith(prefix)}
+    return states
 
 
 def _modality(cfg: Config, modality_name: str) -> Modality:
@@ -168,6 +174,24 @@ def load_encoder(
     _check_same(state["modality"], modality, ckpt)
     mod = _modality(cfg, state["modality"])
     return _build(cfg, mod, weights, state.get("stats")), cfg, mod
+
+
+def load_jepa(path: str | Path) -> tuple[JEPA, Config, Modality]:
+    """The trained context encoder with its predictor (what the objective trained, in eval
+    mode, frozen) from a checkpoint or run directory of one modality: to ask what the predictor
+    predicts, which an encoder export does not hold. MAE runs (a pixel predictor) included."""
+    ckpt = _checkpoint_dir(Path(path))
+    state = read_state(ckpt)
+    cfg = config_from_dict(state["config"])
+    if state.get("embedders"):
+        raise CheckpointError(f"{ckpt}: a trunk shared by several modalities; load_jepa reads one")
+    mod = _modality(cfg, state["modality"])
+    weights = {k: v.float() for k, v in _trained_states(ckpt, cfg.train.zero_stage).items()}
+    out = weights["predictor.out.weight"].shape[0]
+    embedder = build_embedder(mod, cfg, state.get("stats"))
+    model = JEPA(embedder, cfg.model, out if cfg.loss.objective == "mae" else None)
+    model.load_state_dict(weights, strict=True)
+    return model.eval().requires_grad_(False), cfg, mod
 
 
 def random_init_encoder(modality: Modality, cfg: Config, stats: Any, seed: int) -> Encoder:

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from engine.checkpoint import latest_checkpoint
 from engine.data import method_options
-from engine.export import load_encoder, random_init_encoder
+from engine.export import load_encoder, load_jepa, random_init_encoder
 from engine.probe import extract_features, linear_probe
 from pipelines.shards import ShardDataset
 
@@ -149,6 +149,19 @@ def test_probe_cli_random_init_baseline(trained_run, grid_data, tmp_path):
     run_cli([*args, "--label", "label", "--folds", "4", "--random-init", "--init-seed", "7",
              "--json", str(tmp_path / "r7.json")])  # fmt: skip
     assert json.loads((tmp_path / "r7.json").read_text())["init_seed"] == 7
+
+
+def test_load_jepa_holds_the_trained_encoder_and_predictor(trained_run):
+    """engine.export.load_jepa: the context encoder (the weights load_encoder's "context"
+    reads) with the predictor that trained beside it, frozen, in eval mode."""
+    jepa, cfg, _ = load_jepa(trained_run)
+    context, _, _ = load_encoder(trained_run, "context")
+    want = context.state_dict()
+    assert list(jepa.encoder.state_dict()) == list(want)
+    for k, a in jepa.encoder.state_dict().items():
+        torch.testing.assert_close(a, want[k], msg=k)
+    assert not jepa.training and not any(p.requires_grad for p in jepa.parameters())
+    assert jepa.predictor.out.weight.shape == (cfg.model.embed_dim, cfg.model.pred_dim)
 
 
 def test_export_carries_dataset_stats_and_loads_without_the_dataset(
