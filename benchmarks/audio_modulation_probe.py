@@ -4,6 +4,9 @@ record features carry, beside the same encoder at its random init.
 - token: each patch's modulation rate (the mean log-rate over its 16 frames, from the cohort's
   `rates.npy`), predicted from the patch's encoder features by a ridge regression (R^2, 5 folds
   grouped by file: `engine.probe.token_probe`).
+- token, when the cohort has `phases.npy`: each patch's place in its band's swing (the mean
+  sine and cosine of the band's modulation phase over its frames), through the same token
+  probe: the feature the bands' alignment, and so `sync`, is made of.
 - record: the `sync` label (comodulated / independent) from mean+std pooled features, a
   logistic probe trained on `--labels` files per draw, `--folds` draws, tested on the rest
   (`engine.probe.linear_probe`, as `engine.probe --labels N --pool meanstd`).
@@ -22,6 +25,11 @@ record features carry, beside the same encoder at its random init.
   can learn the latent at all (the reference for the token probe), and how fast from few
   labelled files. `--gate-alone`: every patch encoded as a record of its own (the rate from
   one patch and its position, nonlinearly: what no context gives).
+- `--band-error`: what the predictor knows. Each run's JEPA (context encoder, predictor and
+  target encoder; and the same at its random init) predicts each band of every record from the
+  other bands; the per-band log errors [bands] go through the record probe for `sync`, and the
+  mean error of each class is printed. With comodulated bands a masked band is predictable
+  from the others; a predictor that uses it errs less on those files.
 - `--patches`: the tokens themselves (each record's 16 x 16 log-mel patches as the first `--run`'s
   tokenizer cuts them, no encoder): each patch through the token probe (how much of the rate a
   linear function of one patch carries), and mean+std pooled through the record probe: how much of
@@ -30,7 +38,8 @@ record features carry, beside the same encoder at its random init.
 
     python benchmarks/audio_modulation_probe.py --data DS --raw RAW --run RUN:SEED [...] \
         [--labels 8] [--folds 10] [--oracle] [--patches] \
-        [--rate-gate EPOCHS [--gate-files N] [--gate-arms ARM...] [--gate-alone]] [--json FILE]
+        [--rate-gate EPOCHS [--gate-files N] [--gate-arms ARM...] [--gate-alone]] \
+        [--band-error] [--json FILE]
 """
 
 from __future__ import annotations
@@ -49,11 +58,12 @@ REPO = Path(__file__).resolve().parents[1]
 # Run as a script, this folder is first on sys.path and its kernels.py would shadow the package.
 sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p).resolve() != REPO / "benchmarks"]
 
-from engine.batch import pack_tokens  # noqa: E402
-from engine.data import method_options  # noqa: E402
-from engine.export import load_run_and_baseline  # noqa: E402
+from engine.batch import Sample, pack, pack_tokens  # noqa: E402
+from engine.data import build_embedder, method_options  # noqa: E402
+from engine.export import load_jepa, load_run_and_baseline  # noqa: E402
+from engine.model import JEPA, target_features  # noqa: E402
 from engine.probe import encode_records, linear_probe, read_column, token_probe  # noqa: E402
-from modalities.audio.modulation import file_index, rate_track, sync_score  # noqa: E402
+from modalities.audio.modulation import HOP, RATE, file_index, rate_track, sync_score  # noqa: E402
 from pipelines.shards import ShardDataset  # noqa: E402
 
 
@@ -69,30 +79,49 @@ def token_rates(record: dict, rates: np.ndarray, coords: np.ndarray, patch_time:
     return np.asarray(out)
 
 
+def token_swings(
+    record: dict, rates: np.ndarray, phases: np.ndarray, coords: np.ndarray, patch_time: int
+) -> np.ndarray:
+    """Each token's place in its band's swing [N, 2]: the mean sine and cosine of the band's
+    modulation phase over the patch's frames (the phase from the rates, plus the band's offset
+    from phases.npy; coords[:, 0] is the band's row)."""
+    j = file_index(record["source"])
+    phase = 2 * np.pi * np.cumsum(rates[j].astype(np.float64)) * (HOP / RATE)
+    start = int(round(float(record["offset_s"]) * 100))
+    out = []
+    for row, t in coords.astype(int):
+        seg = phase[start + t * patch_time : start + (t + 1) * patch_time] + phases[j, row]
+        out.append([np.sin(seg).mean(), np.cos(seg).mean()])
+    return np.asarray(out)
+
+
 def features(encoder, cfg, modality, ds, rates, patch_time):
-    tokens, targets, pooled = [], [], []
+    tokens, targets, pooled, kept = [], [], [], []
     for i, (coords, h) in enumerate(encode_records(encoder, cfg, modality, ds)):
         y = token_rates(ds[i], rates, coords, patch_time)
         keep = np.isfinite(y)
         tokens.append(h.numpy()[keep])
         targets.append(y[keep])
+        kept.append(coords[keep])
         pooled.append(torch.cat([h.mean(0), h.std(0, unbiased=False)]).numpy())
-    return tokens, targets, np.stack(pooled)
+    return tokens, targets, np.stack(pooled), kept
 
 
 def patch_tokens(cfg, modality, ds, rates, patch_time):
     """The patches the encoder reads, no encoder: every record's tokens mean+std pooled
-    [records, 2P], and each record's tokens [N_i, P] with their log-rates [N_i]."""
-    opts, pooled, toks, targets = method_options(modality, cfg), [], [], []
+    [records, 2P], and each record's tokens [N_i, P] with their log-rates [N_i] and coords."""
+    opts, pooled, toks, targets, kept = method_options(modality, cfg), [], [], [], []
     for i in range(len(ds)):
         t = modality.tokenize(ds[i], ds.stats, opts)
         x = np.asarray(t["tokens"], dtype=np.float64)
         pooled.append(np.concatenate([x.mean(0), x.std(0)]))
-        y = token_rates(ds[i], rates, np.asarray(t["coords"]), patch_time)
+        coords = np.asarray(t["coords"])
+        y = token_rates(ds[i], rates, coords, patch_time)
         keep = np.isfinite(y)
         toks.append(x[keep])
         targets.append(y[keep])
-    return np.stack(pooled), toks, targets
+        kept.append(coords[keep])
+    return np.stack(pooled), toks, targets, kept
 
 
 def oracle_tokens(ds: ShardDataset, rates: np.ndarray, cfg, modality, patch_time: int):
@@ -197,6 +226,29 @@ def rate_gate(
     }
 
 
+def band_errors(jepa, target, cfg, modality, ds) -> np.ndarray:
+    """Each record's JEPA prediction error with each band (row of patches) masked in turn, the
+    rest as context: log mean squared error over the band's tokens [records, bands], against
+    `target`'s features normalised as in training (`loss.target_norm`)."""
+    opts, out = method_options(modality, cfg), []
+    with torch.no_grad():
+        for i in range(len(ds)):
+            t = modality.tokenize(ds[i], ds.stats, opts)
+            tokens, coords = np.asarray(t["tokens"], dtype=np.float32), np.asarray(t["coords"])
+            rows = np.unique(coords[:, 0])
+            samples = [
+                Sample(i, tokens, coords, np.flatnonzero(coords[:, 0] != r),
+                       [np.flatnonzero(coords[:, 0] == r)])
+                for r in rows
+            ]  # fmt: skip
+            b = pack(samples, modality.position_columns)
+            pred = jepa.forward_eager(b).float()
+            err = ((pred - target_features(target, b, cfg.loss.target_norm)) ** 2).mean(-1)
+            cu = b.cu_tgt.tolist()
+            out.append([float(err[cu[k] : cu[k + 1]].mean().log()) for k in range(len(rows))])
+    return np.asarray(out)
+
+
 def plain_class(ds: ShardDataset, raw: Path) -> np.ndarray | None:
     """Each record's `sound` from the cohort's labels.csv (None for a version-1 cohort, or
     one of a single sound)."""
@@ -234,12 +286,19 @@ def main(argv: list[str] | None = None) -> int:
         "--gate-alone", action="store_true",
         help="--rate-gate encodes every patch alone: what one patch shows of the rate",
     )  # fmt: skip
+    p.add_argument(
+        "--band-error", action="store_true",
+        help="read sync from each run's prediction error with each band masked (needs the "
+        "run's checkpoint: its predictor)",
+    )  # fmt: skip
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     if args.rate_gate and not args.run:
         p.error("--rate-gate needs a --run (whose encoders it trains)")
     ds = ShardDataset(args.data)
     rates = np.load(Path(args.raw) / "rates.npy")
+    has_phases = (Path(args.raw) / "phases.npy").is_file()  # cohorts written since 2026-12-04
+    phases = np.load(Path(args.raw) / "phases.npy") if has_phases else None
     y = read_column(ds, args.data, "label")
     sound = plain_class(ds, Path(args.raw))
     results: dict[str, dict] = {}
@@ -262,11 +321,19 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as e:
             p.error(str(e))
         patch_time = int(method_options(modality, cfg).patch_time)
+
+        def swings(kept: list[np.ndarray], pt: int = patch_time) -> list[np.ndarray]:
+            return [token_swings(ds[i], rates, phases, c, pt) for i, c in enumerate(kept)]
+
         if args.patches and "patches" not in results:
-            pooled, toks, targs = patch_tokens(cfg, modality, ds, rates, patch_time)
+            pooled, toks, targs, kept = patch_tokens(cfg, modality, ds, rates, patch_time)
             t = token_probe(toks, targs, None)
             res = {"token_rate_r2": t["mean"], "token_rate_r2_std": t["std"]}
             line = f"patches (no encoder): token rate R2 {t['mean']:.3f} +- {t['std']:.3f};"
+            if phases is not None:
+                t = token_probe(toks, swings(kept), None)
+                res["token_swing_r2"] = [t["mean"], t["std"]]
+                line += f" swing R2 {t['mean']:.3f} +- {t['std']:.3f};"
             for n in args.labels:
                 r = linear_probe(pooled, y, args.folds, 0, train_groups=n)
                 res[f"sync_{n}"] = [r["mean"], r["std"]]
@@ -274,10 +341,14 @@ def main(argv: list[str] | None = None) -> int:
             results["patches"] = res
             print(line.rstrip(";"), flush=True)
         for name, enc in (("pretrained", encoder), ("random-init", random_init)):
-            toks, targs, pooled = features(enc, cfg, modality, ds, rates, patch_time)
+            toks, targs, pooled, kept = features(enc, cfg, modality, ds, rates, patch_time)
             t = token_probe(toks, targs, None)
             res = {"token_rate_r2": t["mean"], "token_rate_r2_std": t["std"]}
             line = f"{run} {name:>11}: token rate R2 {t['mean']:.3f} +- {t['std']:.3f}"
+            if phases is not None:
+                t = token_probe(toks, swings(kept), None)
+                res["token_swing_r2"] = [t["mean"], t["std"]]
+                line += f"; swing R2 {t['mean']:.3f} +- {t['std']:.3f}"
             for n in args.labels:
                 r = linear_probe(pooled, y, args.folds, 0, train_groups=n)
                 res[f"sync_{n}"] = [r["mean"], r["std"]]
@@ -289,6 +360,24 @@ def main(argv: list[str] | None = None) -> int:
                     line += f"; sound {n} labels {r['mean']:.3f} +- {r['std']:.3f}"
             results[f"{run}/{name}"] = res
             print(line, flush=True)
+        if args.band_error:
+            jepa, _, _ = load_jepa(run)
+            # the run's random init, drawn as the trainer drew it (the seed of RUN:SEED)
+            torch.manual_seed(int(spec.rpartition(":")[2]))
+            init = JEPA(build_embedder(modality, cfg, ds.stats), cfg.model).eval()
+            for name, model, target in (("pretrained", jepa, encoder),
+                                        ("random-init", init, init.encoder)):  # fmt: skip
+                err = band_errors(model, target, cfg, modality, ds)
+                res = {c: float(err[y == c].mean()) for c in np.unique(y)}
+                line = f"{run} {name:>11}: band-masked log error " + ", ".join(
+                    f"{c} {v:.3f}" for c, v in res.items()
+                )
+                for n in args.labels:
+                    r = linear_probe(err, y, args.folds, 0, train_groups=n)
+                    res[f"sync_{n}"] = [r["mean"], r["std"]]
+                    line += f"; sync from it, {n} labels {r['mean']:.3f} +- {r['std']:.3f}"
+                results[f"{run}/{name}/band_error"] = res
+                print(line, flush=True)
         for arm in args.gate_arms if args.rate_gate else ():
             seed = int(spec.rpartition(":")[2])
             enc = encoder if arm == "pretrained" else random_init

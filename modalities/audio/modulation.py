@@ -22,7 +22,11 @@ patch holds a third to one and a third of a cycle.
   distributed alike in both classes (the same rate curve's law, a uniform phase; nearly: a
   band's spectral leakage into its neighbours' rows shows a little of two bands); only the
   alignment of the bands at one time tells them apart, and in comodulated files a masked band is
-  predictable from the others at the same time (A-JEPA's frequency-band targets).
+  predictable from the others at the same time (A-JEPA's frequency-band targets). With
+  `--relation antiphase` the other class is "antiphase" instead (the upper half of the bands
+  half a cycle behind the lower half): a masked band is then predictable from the others in
+  both classes, so a JEPA has no reason to drop a band's phase (with independent offsets it is
+  unpredictable in half the files).
 - Level: each file's RMS is set to -30 dBFS, then a random gain of +-6 dB (uniform, drawn alike
   in both classes). Version 2 scaled every file to a fixed peak; comodulated bands peak
   together, so those files came out 2-3.5 dB quieter (seed spread 0.3-1 dB) and the label
@@ -55,6 +59,9 @@ HOP = 160  # the ingest's 10-ms hop at 16 kHz
 N_MELS, ROW_BINS = 128, 16
 RATE_HZ = (2.0, 8.0)
 SYNC = ("comodulated", "independent")
+#: the other class of `sync` by `relation`: independent offsets, or the upper half of the bands
+#: half a cycle behind the lower half (every band predictable from the others in both classes)
+RELATIONS = ("independent", "antiphase")
 SOUNDS = ("noise", "tone", "chirp", "bursts")
 FORMATS = {"wav": ("WAV", "PCM_16"), "flac": ("FLAC", "PCM_16"), "ogg": ("OGG", "VORBIS")}
 #: 1: noise bands only, WAV and FLAC; 2: the four sounds, and OGG; 3: the level set by RMS and
@@ -133,10 +140,17 @@ def synthesize(
     common = rng.uniform(0, 2 * np.pi)
     glide = rng.uniform(0.25, 0.6)
     y, offsets = np.zeros(n), []
-    for lo, hi in band_edges(bands):
+    for k, (lo, hi) in enumerate(band_edges(bands)):
         x = _carrier(rng, sound, lo, hi, n, glide)
-        offset = common if sync == "comodulated" else rng.uniform(0, 2 * np.pi)
-        offsets.append(offset)
+        if sync == "comodulated":
+            offset = common
+        elif sync == "antiphase":
+            offset = common + (np.pi if k >= bands // 2 else 0.0)
+        elif sync == "independent":
+            offset = rng.uniform(0, 2 * np.pi)
+        else:
+            raise ValueError(f"unknown sync {sync!r}")
+        offsets.append(np.mod(offset, 2 * np.pi))
         swing = np.sin(phase + offset)
         env = (0.5 + 0.5 * swing) ** 4 if sound == "bursts" else 1 + depth * swing
         y += x * env
@@ -159,6 +173,7 @@ def generate(
     bands: int = 8,
     rate_hz: tuple[float, float] = RATE_HZ,
     sounds: tuple[str, ...] = SOUNDS,
+    relation: str = "independent",
 ) -> list[str]:
     """Write `n` files, labels.csv, rates.npy, phases.npy and demo.json under `out_dir`; the
     files' paths."""
@@ -169,6 +184,9 @@ def generate(
     unknown = sorted(set(sounds) - set(SOUNDS))
     if unknown or not sounds:
         raise ValueError(f"sounds must be among {', '.join(SOUNDS)}, got {', '.join(sounds)}")
+    if relation not in RELATIONS:
+        raise ValueError(f"relation must be one of {', '.join(RELATIONS)}, got {relation!r}")
+    classes = (SYNC[0], relation)
     if not 1 <= bands <= N_MELS // ROW_BINS:
         raise ValueError(f"bands must be 1..{N_MELS // ROW_BINS}, got {bands}")
     out = Path(out_dir)
@@ -177,7 +195,7 @@ def generate(
     for i in range(n):
         rng = np.random.default_rng([seed, i, 0xC0DE])
         # every (sync, sound) pair in each run of 8 files, the formats in turn by runs of 8
-        sync, sound = SYNC[i % 2], sounds[(i // 2) % len(sounds)]
+        sync, sound = classes[i % 2], sounds[(i // 2) % len(sounds)]
         y, frames, offsets = synthesize(rng, sync, bands, sound=sound, rate_hz=rate_hz)
         fmt = list(FORMATS)[(i // 8) % len(FORMATS)]
         container, subtype = FORMATS[fmt]
@@ -204,6 +222,7 @@ def generate(
         "bands": bands,
         "rate_hz": list(rate_hz),
         "sounds": list(sounds),
+        "relation": relation,
         "control": "modulation",
     }
     (out / "demo.json").write_text(json.dumps(meta, indent=1) + "\n")
@@ -273,13 +292,19 @@ def main(argv: list[str] | None = None) -> int:
         choices=SOUNDS,
         help="what fills the bands, in turn (default: all four; version 1 was noise only)",
     )
+    p.add_argument(
+        "--relation", choices=RELATIONS, default="independent",
+        help="sync's other class: independent offsets (default), or antiphase (the upper half "
+        "of the bands half a cycle behind the lower: every band predictable from the others)",
+    )  # fmt: skip
     args = p.parse_args(argv)
     try:
         if not 0 < args.rate_hz[0] <= args.rate_hz[1] < 50:
             raise ValueError(f"--rate-hz needs 0 < LOW <= HIGH < 50, got {args.rate_hz}")
         paths = generate(
-            args.out, args.files, args.seed, args.bands, tuple(args.rate_hz), tuple(args.sounds)
-        )
+            args.out, args.files, args.seed, args.bands, tuple(args.rate_hz), tuple(args.sounds),
+            args.relation,
+        )  # fmt: skip
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -382,7 +382,8 @@ def test_comodulation_control_files_latents_and_oracle(tmp_path):
     the set RMS within its +-6 dB gain, whatever its class (not a fixed peak: version 2's leak);
     the rate oracle follows the rate; phases.npy holds the bands' offsets;
     the same seed writes the same bytes (the Ogg file too); `--sounds` and `--rate-hz` narrow
-    the cohort, and bad values are refused."""
+    the cohort, `--relation antiphase` makes the other class half a cycle apart, and bad values
+    are refused."""
     import csv
 
     import soundfile as sf
@@ -435,6 +436,22 @@ def test_comodulation_control_files_latents_and_oracle(tmp_path):
     assert rates.min() >= 1.0 and rates.max() <= 2.0
     assert json.loads((tmp_path / "c" / "demo.json").read_text())["sounds"] == ["bursts"]
     assert mod.main([str(tmp_path / "d"), "--rate-hz", "3", "2"]) == 1
+    # --relation antiphase: the other class has the upper bands half a cycle behind the lower
+    assert mod.main([str(tmp_path / "e"), "--files", "8", "--relation", "antiphase"]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "e" / "labels.csv")))
+    assert [r["sync"] for r in rows] == ["comodulated", "antiphase"] * 4
+    phases = np.load(tmp_path / "e" / "phases.npy")
+    assert np.ptp(phases[0::2], axis=1).max() == 0
+    lag = np.mod(phases[1::2, 4:] - phases[1::2, :4], 2 * np.pi)
+    assert np.allclose(lag, np.pi) and np.ptp(phases[1::2, :4], axis=1).max() == 0
+    score = {}
+    for r in rows:
+        rec = read_all(tmp_path / "e" / r["path"], AudioOptions(segment_frames=512))[0]
+        score.setdefault(r["sync"], []).append(mod.sync_score(rec["mel"], valid_frames=510))
+    assert min(score["comodulated"]) > max(score["antiphase"])
+    assert json.loads((tmp_path / "e" / "demo.json").read_text())["relation"] == "antiphase"
+    with pytest.raises(ValueError, match="relation must be one of"):
+        mod.generate(tmp_path / "d", 2, relation="sideways")
     with pytest.raises(ValueError, match="sounds must be among"):
         mod.generate(tmp_path / "d", 2, sounds=("violin",))
 
@@ -444,7 +461,8 @@ def test_comodulation_probe_end_to_end(tmp_path):
     16 control files read by the audio reader (labels from the cohort's CSV), a 3-step run with
     loss.spread, then every probe (oracle, pooled patches, token rate, sync, sound) for the run
     and its random init, the token rate's oracle and a one-epoch fit of it from both encoders
-    on 4 labelled files (and from one patch at a time), into the JSON."""
+    on 4 labelled files (and from one patch at a time), and sync read from the prediction error
+    with each band masked, into the JSON."""
     import runpy
     import subprocess
     import sys
@@ -480,21 +498,30 @@ def test_comodulation_probe_end_to_end(tmp_path):
     probe = runpy.run_path(str(repo / "benchmarks" / "audio_modulation_probe.py"))["main"]
     args = ["--data", str(data), "--raw", str(raw), "--run", f"{run}:0", "--labels", "4",
             "--folds", "2", "--oracle", "--patches", "--rate-gate", "1", "--gate-files", "4",
-            "--gate-arms", "pretrained", "random-init", "--json", str(out)]  # fmt: skip
+            "--gate-arms", "pretrained", "random-init", "--band-error",
+            "--json", str(out)]  # fmt: skip
     with contextlib.redirect_stdout(io.StringIO()):
         assert probe(args) == 0
     res = json.loads(out.read_text())["results"]
-    arms = {f"{run}/{a}{g}" for a in ("pretrained", "random-init") for g in ("", "/rate_gate")}
+    arms = {
+        f"{run}/{a}{g}"
+        for a in ("pretrained", "random-init")
+        for g in ("", "/rate_gate", "/band_error")
+    }
     assert set(res) == {"oracle/4", "oracle/token_rate", "patches"} | arms
     assert res["oracle/4"]["accuracy"] > 0.8  # one number per file reads the label
     assert res["oracle/token_rate"]["r2"] > 0.3  # and one number per token the rate
     assert np.isfinite(res["patches"]["token_rate_r2"])
+    assert np.isfinite(res["patches"]["token_swing_r2"][0])  # the cohort has phases.npy
     for arm in ("pretrained", "random-init"):
         gate = res[f"{run}/{arm}/rate_gate"]
         assert (gate["train_files"], gate["test_files"]) == (4, 8)
         assert gate["encoder_moved"] > 0  # fine-tuned end to end, the loaded encoder too
         for curve in (gate["r2_by_epoch"], gate["train_r2_by_epoch"]):
             assert list(curve) == ["1"] and np.isfinite(curve["1"])
+        err = res[f"{run}/{arm}/band_error"]  # what the predictor makes of each masked band
+        assert np.isfinite([err["comodulated"], err["independent"]]).all()
+        assert 0 <= err["sync_4"][0] <= 1
     # the same fit with every patch encoded alone (what one patch shows of the rate)
     with contextlib.redirect_stdout(io.StringIO()):
         assert probe(args[:10] + ["--rate-gate", "1", "--gate-alone", "--json", str(out)]) == 0
@@ -502,5 +529,5 @@ def test_comodulation_probe_end_to_end(tmp_path):
     assert gate["test_files"] == 8 and np.isfinite(gate["r2_by_epoch"]["1"])
     for arm in ("pretrained", "random-init"):
         r = res[f"{run}/{arm}"]
-        assert {"token_rate_r2", "sync_4", "sound_4"} <= set(r)
+        assert {"token_rate_r2", "token_swing_r2", "sync_4", "sound_4"} <= set(r)
         assert 0 <= r["sync_4"][0] <= 1 and np.isfinite(r["token_rate_r2"])
