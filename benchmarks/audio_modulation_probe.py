@@ -249,6 +249,17 @@ def band_errors(jepa, target, cfg, modality, ds) -> np.ndarray:
     return np.asarray(out)
 
 
+def record_probe(x: np.ndarray, y: np.ndarray, args, res: dict, key: str) -> str:
+    """The record probe of label `y` from features `x` with each of `args.labels` labelled
+    files (`args.folds` draws): into res[f"{key}_{n}"] as [mean, std]; the printed text."""
+    parts = []
+    for n in args.labels:
+        r = linear_probe(x, y, args.folds, 0, train_groups=n)
+        res[f"{key}_{n}"] = [r["mean"], r["std"]]
+        parts.append(f"{key} {n} labels {r['mean']:.3f} +- {r['std']:.3f}")
+    return "; ".join(parts)
+
+
 def plain_class(ds: ShardDataset, raw: Path) -> np.ndarray | None:
     """Each record's `sound` from the cohort's labels.csv (None for a version-1 cohort, or
     one of a single sound)."""
@@ -334,12 +345,9 @@ def main(argv: list[str] | None = None) -> int:
                 t = token_probe(toks, swings(kept), None)
                 res["token_swing_r2"] = [t["mean"], t["std"]]
                 line += f" swing R2 {t['mean']:.3f} +- {t['std']:.3f};"
-            for n in args.labels:
-                r = linear_probe(pooled, y, args.folds, 0, train_groups=n)
-                res[f"sync_{n}"] = [r["mean"], r["std"]]
-                line += f" sync {n} labels {r['mean']:.3f} +- {r['std']:.3f};"
+            line += " " + record_probe(pooled, y, args, res, "sync")
             results["patches"] = res
-            print(line.rstrip(";"), flush=True)
+            print(line, flush=True)
         for name, enc in (("pretrained", encoder), ("random-init", random_init)):
             toks, targs, pooled, kept = features(enc, cfg, modality, ds, rates, patch_time)
             t = token_probe(toks, targs, None)
@@ -349,15 +357,9 @@ def main(argv: list[str] | None = None) -> int:
                 t = token_probe(toks, swings(kept), None)
                 res["token_swing_r2"] = [t["mean"], t["std"]]
                 line += f"; swing R2 {t['mean']:.3f} +- {t['std']:.3f}"
-            for n in args.labels:
-                r = linear_probe(pooled, y, args.folds, 0, train_groups=n)
-                res[f"sync_{n}"] = [r["mean"], r["std"]]
-                line += f"; sync {n} labels {r['mean']:.3f} +- {r['std']:.3f}"
+            line += "; " + record_probe(pooled, y, args, res, "sync")
             if sound is not None:
-                for n in args.labels:
-                    r = linear_probe(pooled, sound, args.folds, 0, train_groups=n)
-                    res[f"sound_{n}"] = [r["mean"], r["std"]]
-                    line += f"; sound {n} labels {r['mean']:.3f} +- {r['std']:.3f}"
+                line += "; " + record_probe(pooled, sound, args, res, "sound")
             results[f"{run}/{name}"] = res
             print(line, flush=True)
         if args.band_error:
@@ -372,10 +374,7 @@ def main(argv: list[str] | None = None) -> int:
                 line = f"{run} {name:>11}: band-masked log error " + ", ".join(
                     f"{c} {v:.3f}" for c, v in res.items()
                 )
-                for n in args.labels:
-                    r = linear_probe(err, y, args.folds, 0, train_groups=n)
-                    res[f"sync_{n}"] = [r["mean"], r["std"]]
-                    line += f"; sync from it, {n} labels {r['mean']:.3f} +- {r['std']:.3f}"
+                line += "; from it " + record_probe(err, y, args, res, "sync")
                 results[f"{run}/{name}/band_error"] = res
                 print(line, flush=True)
         for arm in args.gate_arms if args.rate_gate else ():
