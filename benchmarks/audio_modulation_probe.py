@@ -39,7 +39,7 @@ record features carry, beside the same encoder at its random init.
     python benchmarks/audio_modulation_probe.py --data DS --raw RAW --run RUN:SEED [...] \
         [--labels 8] [--folds 10] [--oracle] [--patches] \
         [--rate-gate EPOCHS [--gate-files N] [--gate-arms ARM...] [--gate-alone]] \
-        [--band-error] [--json FILE]
+        [--band-error] [--encoder target|context] [--json FILE]
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p).resolve() != REPO / 
 
 from engine.batch import Sample, pack, pack_tokens  # noqa: E402
 from engine.data import build_embedder, method_options  # noqa: E402
-from engine.export import load_jepa, load_run_and_baseline  # noqa: E402
+from engine.export import load_encoder, load_jepa, load_run_and_baseline  # noqa: E402
 from engine.model import JEPA, target_features  # noqa: E402
 from engine.probe import encode_records, linear_probe, read_column, token_probe  # noqa: E402
 from modalities.audio.modulation import HOP, RATE, file_index, rate_track, sync_score  # noqa: E402
@@ -302,6 +302,11 @@ def main(argv: list[str] | None = None) -> int:
         help="read sync from each run's prediction error with each band masked (needs the "
         "run's checkpoint: its predictor)",
     )  # fmt: skip
+    p.add_argument(
+        "--encoder", choices=("target", "context"), default="target",
+        help="which of each run's encoders to probe (context: the online one, e.g. when the "
+        "target was frozen with ema.start=1)",
+    )  # fmt: skip
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     if args.rate_gate and not args.run:
@@ -328,7 +333,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"oracle rate_track: token rate R2 {t['mean']:.3f} +- {t['std']:.3f}", flush=True)
     for spec in args.run:
         try:
-            run, encoder, random_init, cfg, modality = load_run_and_baseline(spec, ds.stats)
+            run, encoder, random_init, cfg, modality = load_run_and_baseline(
+                spec, ds.stats, args.encoder
+            )
         except ValueError as e:
             p.error(str(e))
         patch_time = int(method_options(modality, cfg).patch_time)
@@ -367,7 +374,8 @@ def main(argv: list[str] | None = None) -> int:
             # the run's random init, drawn as the trainer drew it (the seed of RUN:SEED)
             torch.manual_seed(int(spec.rpartition(":")[2]))
             init = JEPA(build_embedder(modality, cfg, ds.stats), cfg.model).eval()
-            for name, model, target in (("pretrained", jepa, encoder),
+            ema = encoder if args.encoder == "target" else load_encoder(run, "target")[0]
+            for name, model, target in (("pretrained", jepa, ema),
                                         ("random-init", init, init.encoder)):  # fmt: skip
                 err = band_errors(model, target, cfg, modality, ds)
                 res = {c: float(err[y == c].mean()) for c in np.unique(y)}

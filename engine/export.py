@@ -201,13 +201,16 @@ def random_init_encoder(modality: Modality, cfg: Config, stats: Any, seed: int) 
     return Encoder(build_embedder(modality, cfg, stats), cfg.model).eval()
 
 
-def load_run_and_baseline(spec: str, stats: Any) -> tuple[str, Encoder, Encoder, Config, Modality]:
-    """ "RUN:SEED" -> (RUN, its target encoder, the same encoder at SEED's random init, config,
-    modality), as the control probes in benchmarks/ compare them. ValueError on a bad spec."""
+def load_run_and_baseline(
+    spec: str, stats: Any, which: str = "target"
+) -> tuple[str, Encoder, Encoder, Config, Modality]:
+    """ "RUN:SEED" -> (RUN, its `which` encoder (target or context), the same encoder at SEED's
+    random init, config, modality), as the control probes in benchmarks/ compare them.
+    ValueError on a bad spec."""
     run, _, seed = spec.rpartition(":")
     if not run or not seed.isdigit():
         raise ValueError(f"--run expects RUN:SEED, got {spec!r}")
-    encoder, cfg, modality = load_encoder(run, "target")
+    encoder, cfg, modality = load_encoder(run, which)
     return run, encoder, random_init_encoder(modality, cfg, stats, int(seed)), cfg, modality
 
 
