@@ -364,7 +364,7 @@ def varlen_attention_reference(
         # Every sample the same length (whole records of one shape, or one token each): a
         # single batched call instead of a Python loop over samples.
         (lq,), (lk,) = lens_q, lens_k
-        if lk > 0 and (not causal or lq == lk):
+        if lq > 0 and lk > 0 and (not causal or lq == lk):
             qs, ks, vs = (
                 t.to(compute).reshape(-1, n, *t.shape[1:]).transpose(1, 2)
                 for t, n in ((q, lq), (k, lk), (v, lk))
