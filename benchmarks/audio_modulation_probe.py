@@ -5,8 +5,9 @@ record features carry, beside the same encoder at its random init.
   `rates.npy`), predicted from the patch's encoder features by a ridge regression (R^2, 5 folds
   grouped by file: `engine.probe.token_probe`).
 - token, when the cohort has `phases.npy`: each patch's place in its band's swing (the mean
-  sine and cosine of the band's modulation phase over its frames), through the same token
-  probe: the feature the bands' alignment, and so `sync`, is made of.
+  sine and cosine of the band's modulation phase over its frames), the feature the bands'
+  alignment is made of, and that alignment itself (the mean cosine of the band's phase offset
+  against its neighbouring bands': `sync` per token), through the same token probe.
 - record: the `sync` label (comodulated / independent) from mean+std pooled features, a
   logistic probe trained on `--labels` files per draw, `--folds` draws, tested on the rest
   (`engine.probe.linear_probe`, as `engine.probe --labels N --pool meanstd`).
@@ -93,6 +94,31 @@ def token_swings(
         seg = phase[start + t * patch_time : start + (t + 1) * patch_time] + phases[j, row]
         out.append([np.sin(seg).mean(), np.cos(seg).mean()])
     return np.asarray(out)
+
+
+def token_alignments(record: dict, phases: np.ndarray, coords: np.ndarray) -> np.ndarray:
+    """Each token's band's alignment with its neighbouring bands [N]: the mean cosine of the
+    phase offsets' differences (1 in comodulated files; what `sync` is made of, per token)."""
+    p = phases[file_index(record["source"])]
+    out = []
+    for row in coords[:, 0].astype(int):
+        near = [n for n in (row - 1, row + 1) if 0 <= n < len(p)]
+        out.append(np.mean([np.cos(p[row] - p[n]) for n in near]))
+    return np.asarray(out)
+
+
+def phase_probes(ds, rates, phases, patch_time, toks, kept, res: dict) -> str:
+    """The swing and alignment token probes of token features `toks` (coords `kept`) into
+    `res`; the printed text."""
+    swing = [token_swings(ds[i], rates, phases, c, patch_time) for i, c in enumerate(kept)]
+    align = [token_alignments(ds[i], phases, c) for i, c in enumerate(kept)]
+    t, a = token_probe(toks, swing, None), token_probe(toks, align, None)
+    res["token_swing_r2"] = [t["mean"], t["std"]]
+    res["token_alignment_r2"] = [a["mean"], a["std"]]
+    return (
+        f"swing R2 {t['mean']:.3f} +- {t['std']:.3f}; "
+        f"alignment R2 {a['mean']:.3f} +- {a['std']:.3f}"
+    )
 
 
 def features(encoder, cfg, modality, ds, rates, patch_time):
@@ -339,19 +365,13 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as e:
             p.error(str(e))
         patch_time = int(method_options(modality, cfg).patch_time)
-
-        def swings(kept: list[np.ndarray], pt: int = patch_time) -> list[np.ndarray]:
-            return [token_swings(ds[i], rates, phases, c, pt) for i, c in enumerate(kept)]
-
         if args.patches and "patches" not in results:
             pooled, toks, targs, kept = patch_tokens(cfg, modality, ds, rates, patch_time)
             t = token_probe(toks, targs, None)
             res = {"token_rate_r2": t["mean"], "token_rate_r2_std": t["std"]}
             line = f"patches (no encoder): token rate R2 {t['mean']:.3f} +- {t['std']:.3f};"
             if phases is not None:
-                t = token_probe(toks, swings(kept), None)
-                res["token_swing_r2"] = [t["mean"], t["std"]]
-                line += f" swing R2 {t['mean']:.3f} +- {t['std']:.3f};"
+                line += " " + phase_probes(ds, rates, phases, patch_time, toks, kept, res) + ";"
             line += " " + record_probe(pooled, y, args, res, "sync")
             results["patches"] = res
             print(line, flush=True)
@@ -361,9 +381,7 @@ def main(argv: list[str] | None = None) -> int:
             res = {"token_rate_r2": t["mean"], "token_rate_r2_std": t["std"]}
             line = f"{run} {name:>11}: token rate R2 {t['mean']:.3f} +- {t['std']:.3f}"
             if phases is not None:
-                t = token_probe(toks, swings(kept), None)
-                res["token_swing_r2"] = [t["mean"], t["std"]]
-                line += f"; swing R2 {t['mean']:.3f} +- {t['std']:.3f}"
+                line += "; " + phase_probes(ds, rates, phases, patch_time, toks, kept, res)
             line += "; " + record_probe(pooled, y, args, res, "sync")
             if sound is not None:
                 line += "; " + record_probe(pooled, sound, args, res, "sound")

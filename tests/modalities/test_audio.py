@@ -512,7 +512,8 @@ def test_comodulation_probe_end_to_end(tmp_path):
     assert res["oracle/4"]["accuracy"] > 0.8  # one number per file reads the label
     assert res["oracle/token_rate"]["r2"] > 0.3  # and one number per token the rate
     assert np.isfinite(res["patches"]["token_rate_r2"])
-    assert np.isfinite(res["patches"]["token_swing_r2"][0])  # the cohort has phases.npy
+    for key in ("token_swing_r2", "token_alignment_r2"):  # the cohort has phases.npy
+        assert np.isfinite(res["patches"][key][0])
     for arm in ("pretrained", "random-init"):
         gate = res[f"{run}/{arm}/rate_gate"]
         assert (gate["train_files"], gate["test_files"]) == (4, 8)
@@ -529,5 +530,6 @@ def test_comodulation_probe_end_to_end(tmp_path):
     assert gate["test_files"] == 8 and np.isfinite(gate["r2_by_epoch"]["1"])
     for arm in ("pretrained", "random-init"):
         r = res[f"{run}/{arm}"]
-        assert {"token_rate_r2", "token_swing_r2", "sync_4", "sound_4"} <= set(r)
+        keys = {"token_rate_r2", "token_swing_r2", "token_alignment_r2", "sync_4", "sound_4"}
+        assert keys <= set(r)
         assert 0 <= r["sync_4"][0] <= 1 and np.isfinite(r["token_rate_r2"])
